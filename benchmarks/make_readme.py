@@ -1,0 +1,79 @@
+"""Write benchmarks/README.md from benchmarks/results/*.json (run by `make bench` after the scripts)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TARGETS = {
+    "dct_step": [("time_ratio", "<=", 1.05), ("mem_ratio", "<=", 1.10)],
+    "token_scaling": [("speedup_2_over_1", ">=", 1.7), ("sim_makespan_over_ideal", "<=", 1.10)],
+    "generation": [("ratio", ">=", 0.90)],
+}
+
+ABOUT = {
+    "dct_step": "Seconds and peak resident memory per DCT update on the MiniWorld pipeline (batch 8, 10 DDIM "
+                "steps, guidance 3, gradient through the last step and the VAE decoder): ours (`DCTLearner`, what "
+                "the token actors run) against a bare single-process loop with the structure of the original "
+                "DCT implementation (textual-inversion style: the whole embedding matrix trainable, other rows "
+                "restored after each step). Each in its own process; median of the timed updates.",
+    "token_scaling": "Classes per hour of the token stage with 1 and 2 actors, each held to one core "
+                     "(`tokens.num_cpus=1`, one torch thread), actor start-up included; then 1,000 simulated "
+                     "classes over 64 simulated actors on the real scheduling code (`digzsl_ray.pool.run_pool`), "
+                     "each class sleeping for a duration drawn from the measured ones (scaled by `sim_time_scale`): "
+                     "makespan over the ideal `max(sum/64, max)` and idle actor time per class.",
+    "generation": "Images per second through the Ray Data generation stage (`map_batches(ImageGenerator, "
+                  "ActorPoolStrategy(size=1))`, PNG encoding and CDM scoring included) against a bare "
+                  "`StableDiffusionPipeline` loop in one process with the same batch size, steps and threads.",
+    "serve": "Requests per second and p50/p99 latency of `POST /v1/classify` (multipart PNG) at 1, 8 and 32 "
+             "concurrent clients on loopback, with dynamic batching (max batch 16, 5 ms wait) and without "
+             "(max batch 1); `time_breakdown`: image decoding, the model per image at batch 1 and 16, and the "
+             "rest of the single-client latency (HTTP proxy, routing, the ingress-to-model hop).",
+    "pipeline": "Wall time per stage and peak resident memory of the whole process tree for `digzsl run --config "
+                "miniworld` (what `make demo` runs), from a fresh run directory.",
+    "gpu": "SD-1.5-sized UNet/VAE/text encoder (random weights) at 512x512, 30 steps, fp16: images per second "
+           "with SDPA (and xformers), seconds per DCT update, and each as a fraction of the FLOP lower bound at "
+           "the GPU's peak. Runs only where CUDA is present.",
+}
+
+
+def fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def main() -> None:
+    lines = ["# Benchmarks", "",
+             "Scripts in this folder print one JSON line each and save it to `results/<name>.json` with the "
+             "machine they ran on. `make bench` runs the CPU ones and rewrites this file. They are never "
+             "collected as tests.", ""]
+    for name in ("dct_step", "token_scaling", "generation", "serve", "pipeline", "gpu"):
+        p = HERE / "results" / f"{name}.json"
+        lines += [f"## {name}", "", ABOUT[name], ""]
+        if not p.is_file():
+            lines += ["*Not run on this machine yet* " + ("(no GPU available to this project)." if name == "gpu"
+                                                          else "."), ""]
+            continue
+        r = json.loads(p.read_text())
+        m = r.get("machine", {})
+        lines.append(f"Latest: {m.get('date')} on {m.get('cpu')} ({m.get('cores')} cores, "
+                     f"{m.get('memory_gb')} GB, GPU: {m.get('gpu') or 'none'}); torch {m.get('versions', {}).get('torch')}, "
+                     f"ray {m.get('versions', {}).get('ray')}.")
+        lines.append("")
+        lines.append("```json")
+        lines.append(json.dumps({k: v for k, v in r.items() if k not in ("machine", "benchmark")}, indent=2))
+        lines.append("```")
+        for key, op, target in TARGETS.get(name, []):
+            v = r.get(key)
+            ok = v is not None and (v <= target if op == "<=" else v >= target)
+            lines.append(f"- `{key}` = {fmt(v)} (target {op} {target}): **{'met' if ok else 'missed'}**")
+        notes = HERE / "notes" / f"{name}.md"
+        if notes.is_file():
+            lines += ["", notes.read_text().strip()]
+        lines.append("")
+    (HERE / "README.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {HERE / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()

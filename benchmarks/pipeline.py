@@ -1,0 +1,43 @@
+"""pipeline: wall time per stage and peak resident memory of the whole MiniWorld run.
+
+Runs `digzsl run --config miniworld --out <fresh dir>` in a subprocess (the same command as
+`make demo`) and reads `timing_s` and `peak_rss_mb` (the summed RSS of the process tree: driver,
+Ray daemons, every worker, sampled twice a second) from its metrics.json.
+
+    python benchmarks/pipeline.py [--out /tmp/digzsl-bench-run] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import save  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="/tmp/digzsl-bench-run")
+    ap.add_argument("--keep", action="store_true", help="keep the run directory")
+    a = ap.parse_args()
+    out = Path(a.out)
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "digzsl_ray.cli", "run", "--config", "miniworld", "--out", str(out)],
+                   check=True)
+    wall = time.perf_counter() - t0
+    m = json.loads((out / "metrics.json").read_text())
+    save("pipeline", {"timing_s": m["timing_s"], "peak_rss_mb": m["peak_rss_mb"], "wall_s": round(wall, 1),
+                      "zsl_top1": m["zsl_top1"], "gzsl_H": m["gzsl_H"]})
+    if not a.keep:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

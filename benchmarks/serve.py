@@ -1,0 +1,140 @@
+"""serve: requests per second and p50/p99 latency of /v1/classify at 1, 8 and 32 concurrent
+clients (loopback, bounded request counts), with dynamic batching on and off, plus where the time
+goes: image decoding, the model per batch size, and the rest (proxy, routing, HTTP).
+
+    python benchmarks/serve.py [--run runs/miniworld] [--requests 400]
+
+Needs a finished run directory (``make demo`` writes runs/miniworld).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import socket
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import save  # noqa: E402
+
+CLIENTS = (1, 8, 32)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _images(n: int) -> list[bytes]:
+    from PIL import Image
+
+    from digzsl_ray.miniworld import world
+
+    out = []
+    for i, spec in enumerate(world.all_classes() * (n // 72 + 1)):
+        buf = io.BytesIO()
+        world.render(spec, 0, 90, i).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out[:n]
+
+
+def load(url: str, clients: int, total: int, images: list[bytes]) -> dict:
+    import httpx
+
+    lat: list[float] = []
+    errors = [0]
+    per = max(1, total // clients)
+    lock = threading.Lock()
+
+    def worker(k):
+        with httpx.Client(base_url=url, timeout=60) as c:
+            for i in range(per):
+                data = images[(k * per + i) % len(images)]
+                t0 = time.perf_counter()
+                r = c.post("/v1/classify", files={"image": ("x.png", data, "image/png")})
+                dt = time.perf_counter() - t0
+                with lock:
+                    lat.append(dt)
+                    errors[0] += r.status_code != 200
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
+    t0 = time.perf_counter()
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    wall = time.perf_counter() - t0
+    lat.sort()
+    return {"rps": round(len(lat) / wall, 1), "p50_ms": round(1000 * lat[len(lat) // 2], 2),
+            "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 2), "errors": errors[0],
+            "requests": len(lat)}
+
+
+def breakdown(run: Path, images: list[bytes]) -> dict:
+    """In-process costs: decode one image; model forward at batch 1 and 16 (per image)."""
+    import torch
+
+    from digzsl_ray.classifier import load_classifier
+    from digzsl_ray.serve import decode_image
+
+    torch.set_num_threads(1)
+    model, cfg, _ = load_classifier(run / "classifier")
+    t0 = time.perf_counter()
+    arrs = [decode_image(b, cfg["image_size"], 10**8) for b in images[:200]]
+    dec = (time.perf_counter() - t0) / 200
+    out = {"decode_ms": round(1000 * dec, 3)}
+    for bs in (1, 16):
+        x = torch.from_numpy(np.stack(arrs[:bs]))
+        with torch.no_grad():
+            model(x)
+            t0 = time.perf_counter()
+            for _ in range(20):
+                model(x)
+        out[f"model_ms_per_image_batch{bs}"] = round(1000 * (time.perf_counter() - t0) / 20 / bs, 3)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", default="runs/miniworld")
+    ap.add_argument("--requests", type=int, default=400, help="requests per client-count setting")
+    a = ap.parse_args()
+    run = Path(a.run)
+    if not (run / "classifier" / "weights.safetensors").is_file():
+        sys.exit(f"{run}: no finished run directory; run `make demo` first (or pass --run)")
+    import ray
+    from ray import serve
+
+    from digzsl_ray.raycluster import init_ray
+    from digzsl_ray.serve import build_app
+
+    images = _images(300)
+    init_ray(num_cpus=4)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = f"http://127.0.0.1:{port}"
+    result: dict = {}
+    for mode, mbs in (("batched", 16), ("unbatched", 1)):
+        serve.run(build_app({"run_dir": str(run.resolve()), "max_batch_size": mbs, "batch_wait_timeout_s": 0.005}),
+                  name="digzsl", route_prefix="/")
+        load(url, 4, 40, images)  # warm-up
+        result[mode] = {str(c): load(url, c, a.requests, images) for c in CLIENTS}
+        serve.delete("digzsl")
+    serve.shutdown()
+    ray.shutdown()
+    bd = breakdown(run, images)
+    p50_1 = result["batched"]["1"]["p50_ms"]
+    bd["other_ms_at_1_client"] = round(p50_1 - bd["decode_ms"] - bd["model_ms_per_image_batch1"], 2)
+    gain = {c: round(result["batched"][c]["rps"] / result["unbatched"][c]["rps"], 3) for c in map(str, CLIENTS)}
+    save("serve", {**result, "batched_over_unbatched_rps": gain, "time_breakdown": bd,
+                   "settings": {"requests_per_setting": a.requests, "replicas": "autoscaling 1..2 (config)",
+                                "max_batch_size": 16, "batch_wait_timeout_s": 0.005}})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""token_scaling: classes per hour with 1 and 2 token actors, and a simulated 64-actor pool.
+
+1. Real: the token stage (``run_tokens``) on MiniWorld for ``--classes`` unseen classes, once with
+   one actor and once with two, each actor held to one core (``tokens.num_cpus=1``, one torch
+   thread), so the speedup measures the scheduling, not thread counts. Wall time of the stage,
+   actor start-up included. Prototypes and the CDM are trained once beforehand (not timed).
+2. Simulated: 1,000 classes over 64 actors on the real scheduling code (``digzsl_ray.pool.run_pool``)
+   where each "class" sleeps for a duration drawn from the per-class durations measured in 1,
+   scaled by ``--time-scale`` so the run takes seconds. Reports the makespan against the ideal
+   ``max(sum(d) / 64, max(d))`` and the scheduling overhead per class,
+   ``(makespan * 64 - sum(d)) / classes`` (idle actor time per class), in real seconds.
+
+    python benchmarks/token_scaling.py [--classes 6] [--sim-classes 1000] [--sim-actors 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import save  # noqa: E402
+
+
+def real_runs(n_classes: int) -> tuple[dict, list[float]]:
+    import ray
+
+    from digzsl_ray.config import load_config
+    from digzsl_ray.raycluster import init_ray
+    from digzsl_ray.stages.cdm import run_cdm
+    from digzsl_ray.stages.common import prepare
+    from digzsl_ray.stages.prototypes import run_prototypes
+    from digzsl_ray.stages.tokens import run_tokens
+
+    tmp = Path(tempfile.mkdtemp(prefix="tokbench"))
+    try:
+        cfg = load_config("miniworld", ["tokens.num_cpus=1", "models.torch_threads=1", "ray.num_cpus=2"])
+        init_ray(num_cpus=2)
+        base, split = prepare(cfg, tmp / "base", progress=False)
+        run_prototypes(cfg, base, split)
+        run_cdm(cfg, base, split)
+        sub = dataclasses.replace(split, unseen=list(split.unseen[:n_classes]))
+        out, durations = {}, []
+        for actors in (1, 2):
+            d = tmp / f"a{actors}"
+            shutil.copytree(base.root, d, ignore=shutil.ignore_patterns("ray", "tokens"))
+            c = cfg.model_copy(update={"tokens": cfg.tokens.model_copy(update={"pool_max": actors, "pool_min": actors})})
+            rd, _ = prepare(c, d, progress=False)
+            t0 = time.perf_counter()
+            run_tokens(c, rd, sub, progress=False)
+            wall = time.perf_counter() - t0
+            index = json.loads((rd.tokens / "index.json").read_text())
+            durations += [e["seconds"] for e in index.values()]
+            out[actors] = {"wall_s": round(wall, 1), "classes_per_hour": round(3600 * n_classes / wall, 1)}
+        ray.shutdown()
+        return out, durations
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def simulate(durations: list[float], n_classes: int, n_actors: int, scale: float) -> dict:
+    import ray
+
+    from digzsl_ray.pool import run_pool
+    from digzsl_ray.raycluster import init_ray
+
+    @ray.remote(num_cpus=0)
+    class Sleeper:
+        def ready(self):
+            return True
+
+        def work(self, shard):
+            time.sleep(sum(d for _, d in shard))
+            return shard
+
+    rng = np.random.default_rng(0)
+    d = rng.choice(np.asarray(durations) * scale, size=n_classes)
+    init_ray(num_cpus=2)
+    actors = [Sleeper.remote() for _ in range(n_actors)]
+    ray.get([a.ready.remote() for a in actors])  # start-up is not scheduling: excluded
+    shards = [[(i, float(x))] for i, x in enumerate(d)]
+    done = []
+    t0 = time.perf_counter()
+    run_pool(shards, lambda i: actors[i], lambda a, s: a.work.remote(s), lambda s, r: done.append(r),
+             size=n_actors, wait_timeout_s=0.5)
+    makespan = time.perf_counter() - t0
+    ray.shutdown()
+    assert len(done) == n_classes
+    ideal = max(d.sum() / n_actors, d.max())
+    overhead = (makespan * n_actors - d.sum()) / n_classes
+    return {"sim_makespan_s": round(makespan, 2), "sim_ideal_s": round(float(ideal), 2),
+            "sim_makespan_over_ideal": round(makespan / ideal, 4), "sim_overhead_per_class_s": round(float(overhead), 4),
+            "sim_classes": n_classes, "sim_actors": n_actors, "sim_time_scale": scale,
+            "sim_mean_class_s": round(float(d.mean()), 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--classes", type=int, default=6)
+    ap.add_argument("--sim-classes", type=int, default=1000)
+    ap.add_argument("--sim-actors", type=int, default=64)
+    ap.add_argument("--time-scale", type=float, default=0.05)
+    a = ap.parse_args()
+    real, durations = real_runs(a.classes)
+    sim = simulate(durations, a.sim_classes, a.sim_actors, a.time_scale)
+    save("token_scaling", {
+        "classes_per_hour_1": real[1]["classes_per_hour"], "classes_per_hour_2": real[2]["classes_per_hour"],
+        "speedup_2_over_1": round(real[2]["classes_per_hour"] / real[1]["classes_per_hour"], 3),
+        "wall_s_1": real[1]["wall_s"], "wall_s_2": real[2]["wall_s"], "classes": a.classes,
+        "measured_class_s": {"mean": round(float(np.mean(durations)), 2), "min": round(min(durations), 2),
+                             "max": round(max(durations), 2)},
+        **sim,
+    })
+
+
+if __name__ == "__main__":
+    main()

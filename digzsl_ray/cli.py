@@ -1,0 +1,211 @@
+"""The ``digzsl`` command line. Every command has ``--help``; long work shows progress bars.
+
+Commands are thin: they parse arguments, load the typed config and call into the package. Bad
+input (config keys, dataset problems) is reported as one clear error line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .config import ConfigError
+
+EXIT_USER_ERROR = 2
+
+
+def _add_config_args(p: argparse.ArgumentParser, out_required: bool = True) -> None:
+    p.add_argument("--config", "-c", default=None,
+                   help="YAML file of overrides, or a shipped config name (miniworld, cub, awa2, sun, flo); "
+                        "default: the built-in MiniWorld settings")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set cdm.epochs=5 (repeatable; values parsed as YAML)")
+    if out_required is not None:
+        p.add_argument("--out", "-o", required=out_required, help="run directory (created if missing)")
+
+
+def _load(args, model=None):
+    from .config import RunConfig, load_config
+
+    return load_config(args.config, args.overrides, model or RunConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# digzsl miniworld ...
+def cmd_miniworld_make(args) -> int:
+    from .miniworld.make import PARTS, WorldParams, format_summary, make_world
+
+    params = WorldParams(seed=args.seed)
+    if args.corpus_size is not None:
+        params.corpus_size = args.corpus_size
+    parts = tuple(args.parts.split(",")) if args.parts else PARTS
+    summary = make_world(args.out, params, progress=not args.quiet, parts=parts)
+    print(format_summary(summary))
+    print(f"wrote {args.out} (contact sheet: {Path(args.out) / 'contact_sheet.png'})")
+    return 0
+
+
+def cmd_miniworld_pretrain(args) -> int:
+    from .config import PretrainConfig
+    from .miniworld.foundation import run_pretrain
+    from .raycluster import init_ray
+
+    cfg = _load(args, PretrainConfig)
+    init_ray(num_cpus=max(cfg.cpus_per_worker * cfg.num_workers, os.cpu_count() or 1))
+    meta = run_pretrain(args.data, args.out, cfg)
+    print(json.dumps({"out": str(args.out), "wall_seconds": meta["wall_seconds"],
+                      "phases": {k: round(v["seconds"]) for k, v in meta["phases"].items()}}))
+    return 0
+
+
+def cmd_miniworld_oracle(args) -> int:
+    from .miniworld.oracle import train_oracle
+
+    meta = train_oracle(args.out, seed=args.seed, steps=args.steps)
+    print(json.dumps({k: meta[k] for k in ("held_out_acc", "train_seconds", "train_steps")}))
+    return 0
+
+
+def cmd_miniworld_check(args) -> int:
+    from .miniworld.check import format_check, run_check
+
+    result = run_check(assets=args.assets, world_dir=args.world, n_per_class=args.images_per_class,
+                       progress=not args.quiet)
+    print(format_check(result))
+    if args.json:
+        from .io import write_json
+
+        write_json(args.json, result)
+        print(f"saved {args.json}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# digzsl config / data
+def cmd_config_show(args) -> int:
+    from .config import to_yaml
+
+    print(to_yaml(_load(args)), end="")
+    return 0
+
+
+def cmd_config_explain(args) -> int:
+    from .config import explain
+
+    print("\n".join(explain()))
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    from .data import load_split
+
+    cfg = _load(args)
+    split = load_split(cfg.data, out=args.out, validate=True)
+    print(split.summary())
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="digzsl",
+        description="Zero-shot learning by discriminative image generation (DIG-ZSL) on Ray. "
+                    "Run the whole method with `digzsl run --config C --out OUT`, or one stage at a time.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    # miniworld
+    mw = sub.add_parser("miniworld", help="render MiniWorld, train and check its foundation models",
+                        description="MiniWorld: the project's own miniature world (DESIGN section 5).")
+    mws = mw.add_subparsers(dest="mw_command", required=True, metavar="SUBCOMMAND")
+    p = mws.add_parser("make", help="render the corpus, the ZSL benchmark and the multi-label set",
+                       description="Render MiniWorld into OUT (same seed, same bytes).")
+    p.add_argument("--out", "-o", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    p.add_argument("--corpus-size", type=int, default=None, help="images in the captioned corpus (default 30000)")
+    p.add_argument("--parts", default=None, help="comma-separated subset of corpus,zsl,multilabel (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_miniworld_make)
+
+    p = mws.add_parser("pretrain", help="train a tiny CLIP and Stable Diffusion on a captioned folder (Ray Train)",
+                       description="Generic pretraining from any captioned image folder (metadata.jsonl + images; "
+                                   "see docs/dataset-format.md). Writes OUT/sd (diffusers) and OUT/clip (open_clip). "
+                                   "Rerunning with the same OUT resumes from the last checkpoint.")
+    p.add_argument("--data", required=True, help="captioned image folder (MiniWorld: WORLD/corpus)")
+    p.add_argument("--out", "-o", required=True, help="output directory")
+    p.add_argument("--config", "-c", default=None, help="YAML overrides of the pretraining config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a pretraining key, e.g. --set sd_steps=100")
+    p.set_defaults(func=cmd_miniworld_pretrain)
+
+    p = mws.add_parser("train-oracle", help="train the measuring-stick oracle on fresh renders",
+                       description="Train the MiniWorld oracle (never a training signal, only a measure).")
+    p.add_argument("--out", "-o", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0, help="seed")
+    p.add_argument("--steps", type=int, default=800, help="optimisation steps (batch 128)")
+    p.set_defaults(func=cmd_miniworld_oracle)
+
+    p = mws.add_parser("check", help="measure the shipped MiniWorld models through the real loaders",
+                       description="Load the shipped CLIP, SD pipeline and oracle with the loaders that load real "
+                                   "models, and print clip_zero_shot_top1, oracle_acc, sd_plain_prompt_oracle_acc, "
+                                   "sd_rare/common/unseen_class_oracle_acc, vae_recon_oracle_acc(_min_attribute), "
+                                   "sd_guidance_scale and sd_seconds_per_image (accuracies in percent).")
+    p.add_argument("--json", default=None, help="also save the results to this JSON file")
+    p.add_argument("--assets", default=None, help="model folder (default: the shipped digzsl_ray/assets/miniworld)")
+    p.add_argument("--world", default=None, help="rendered world to read frequencies from (default: render metadata)")
+    p.add_argument("--images-per-class", type=int, default=24, help="generated images per class (default 24)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_miniworld_check)
+
+    # config
+    cp = sub.add_parser("config", help="show or explain the typed config")
+    cps = cp.add_subparsers(dest="cfg_command", required=True, metavar="SUBCOMMAND")
+    p = cps.add_parser("show", help="print the fully resolved config", description="Print the resolved config as YAML.")
+    _add_config_args(p, out_required=None)
+    p.set_defaults(func=cmd_config_show)
+    p = cps.add_parser("explain", help="list every key with its default and meaning",
+                       description="List every config key with its default and description.")
+    p.set_defaults(func=cmd_config_explain)
+
+    # data
+    dp = sub.add_parser("data", help="dataset utilities")
+    dps = dp.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    p = dps.add_parser("check", help="load and validate the configured dataset",
+                       description="Load the dataset of the config and run every validation (names, splits, images).")
+    _add_config_args(p, out_required=False)
+    p.set_defaults(func=cmd_data_check)
+
+    from . import stages_cli
+
+    stages_cli.register(sub, _add_config_args)
+    return parser
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean bad input (reported as one line, exit code 2), not a bug."""
+    from .data.captioned import CaptionedFolderError
+    from .data.format import DatasetFormatError
+    from .data.validate import DatasetError
+    from .dct import TokenError
+    from .models.presets import ModelLoadError
+    from .stages.common import RunDirError
+    from .stages.tokens import TokenStageError
+
+    return (ConfigError, DatasetError, DatasetFormatError, CaptionedFolderError, RunDirError, TokenStageError,
+            TokenError, ModelLoadError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except user_errors() as e:
+        print(f"digzsl: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""``digzsl miniworld check``: measure the shipped MiniWorld models through the real loaders.
+
+Every figure is an accuracy in percent, judged by the oracle on fresh images (never training
+seeds). Keys are a contract (other checks read them): ``clip_zero_shot_top1``, ``oracle_acc``,
+``sd_plain_prompt_oracle_acc`` (+ ``sd_plain_prompt_per_class``), ``sd_rare_class_oracle_acc``,
+``sd_common_class_oracle_acc``, ``sd_unseen_class_oracle_acc``, ``vae_recon_oracle_acc``,
+``vae_recon_oracle_acc_min_attribute``, ``sd_guidance_scale``, ``sd_seconds_per_image``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import RunConfig
+from ..models.presets import ASSETS, clip_norm, load_clip, load_sd_pipeline
+from ..models.sd import generate
+from ..prototypes import build_prototypes
+from . import world
+from .make import WorldParams
+from .oracle import evaluate_oracle, load_oracle, oracle_predict, render_batch
+
+# Fresh render streams used only by this check (disjoint from corpus, benchmark and oracle training).
+STREAM_CLIP, STREAM_VAE = 60, 61
+SEED_GENERATION = 5_000_000
+
+
+def plain_prompt(name: str) -> str:
+    return RunConfig().generate.plain_template.format(name=name)
+
+
+def world_facts(world_dir: str | Path | None) -> tuple[dict[str, int], list[str]]:
+    """(corpus frequency per class, unseen classes) of a rendered world, or of the default world."""
+    if world_dir:
+        meta = json.loads((Path(world_dir) / "world.json").read_text())
+        return meta["corpus_frequency"], meta["unseen"]
+    p = WorldParams()
+    freqs = world.class_frequencies(p.seed, p.corpus_size, p.head, p.tail)
+    return freqs, world.choose_unseen(p.seed, p.n_unseen)
+
+
+def quarters(freqs: dict[str, int]) -> tuple[list[str], list[str]]:
+    """(most common quarter, rarest quarter) of the classes by corpus frequency."""
+    order = sorted(freqs, key=lambda k: (-freqs[k], k))
+    q = len(order) // 4
+    return order[:q], order[-q:]
+
+
+@torch.no_grad()
+def clip_zero_shot(clip_ref: str, n_per_class: int = 20, seed: int = 0) -> float:
+    model, _, tokenizer = load_clip(clip_ref)
+    specs = world.all_classes()
+    protos = build_prototypes(model, tokenizer, [s.name for s in specs], RunConfig().prototypes.templates)
+    labels = np.repeat(np.arange(len(specs)), n_per_class)
+    x = render_batch(specs, labels, seed, STREAM_CLIP, 0)
+    mean, std = clip_norm(model)
+    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    feats = torch.cat([torch.nn.functional.normalize(model.encode_image(x[i : i + 512]).float(), dim=-1)
+                       for i in range(0, len(x), 512)])
+    pred = (feats @ protos.t()).argmax(1).numpy()
+    return float((pred == labels).mean() * 100)
+
+
+@torch.no_grad()
+def vae_recon(pipe, oracle, n_per_class: int = 20, seed: int = 0) -> tuple[float, dict[str, float]]:
+    specs = world.all_classes()
+    labels = np.repeat(np.arange(len(specs)), n_per_class)
+    x = render_batch(specs, labels, seed, STREAM_VAE, 0)
+    vae = pipe.vae
+    recs = []
+    for i in range(0, len(x), 256):
+        xb = (x[i : i + 256] * 2 - 1).to(pipe.device, vae.dtype)
+        recs.append(((vae.decode(vae.encode(xb).latent_dist.mean).sample.float().cpu() + 1) / 2).clamp(0, 1))
+    ok = oracle_predict(oracle, torch.cat(recs)).numpy() == labels
+    per = {}
+    for attr, values in world.ATTRIBUTES.items():
+        for v in values:
+            m = np.array([getattr(specs[l], attr) == v for l in labels])
+            per[f"{attr}={v}"] = round(float(ok[m].mean() * 100), 2)
+    return float(ok.mean() * 100), per
+
+
+def sd_plain_prompt(pipe, oracle, n_per_class: int, guidance: float, steps: int, progress: bool) -> tuple[dict, float]:
+    specs = world.all_classes()
+    acc: dict[str, float] = {}
+    t0 = time.time()
+    for ci, s in enumerate(tqdm(specs, desc="sd plain prompts", disable=not progress, mininterval=2.0)):
+        seeds = [SEED_GENERATION + ci * 1000 + j for j in range(n_per_class)]
+        imgs = generate(pipe, [plain_prompt(s.name)] * n_per_class, seeds, steps, guidance, batch=n_per_class)
+        acc[s.name] = round(float((oracle_predict(oracle, imgs).numpy() == ci).mean() * 100), 2)
+    return acc, (time.time() - t0) / (len(specs) * n_per_class)
+
+
+def run_check(assets: str | Path | None = None, world_dir: str | Path | None = None, n_per_class: int = 24,
+              progress: bool = True) -> dict:
+    assets = Path(assets) if assets else ASSETS
+    defaults = RunConfig().generate
+    guidance, steps = defaults.guidance_scale, defaults.num_inference_steps
+    freqs, unseen = world_facts(world_dir)
+    oracle, names = load_oracle(assets / "oracle")
+    if names != [s.name for s in world.all_classes()]:
+        raise ValueError(f"{assets / 'oracle'}: oracle classes differ from this MiniWorld's classes")
+
+    out: dict = {}
+    out["oracle_acc"] = round(evaluate_oracle(oracle, seed=777, n_per_class=20), 2)
+    out["clip_zero_shot_top1"] = round(clip_zero_shot(f"local-dir:{assets / 'clip'}"), 2)
+    pipe = load_sd_pipeline(str(assets / "sd"), device="cpu")
+    recon, per_attr = vae_recon(pipe, oracle)
+    out["vae_recon_oracle_acc"] = round(recon, 2)
+    out["vae_recon_oracle_acc_min_attribute"] = min(per_attr.values())
+    out["vae_recon_per_attribute"] = per_attr
+    per_class, spi = sd_plain_prompt(pipe, oracle, n_per_class, guidance, steps, progress)
+    common, rare = quarters(freqs)
+    out["sd_plain_prompt_oracle_acc"] = round(float(np.mean(list(per_class.values()))), 2)
+    out["sd_common_class_oracle_acc"] = round(float(np.mean([per_class[c] for c in common])), 2)
+    out["sd_rare_class_oracle_acc"] = round(float(np.mean([per_class[c] for c in rare])), 2)
+    out["sd_unseen_class_oracle_acc"] = round(float(np.mean([per_class[c] for c in unseen])), 2)
+    out["sd_plain_prompt_per_class"] = per_class
+    out["sd_guidance_scale"] = guidance
+    out["sd_num_inference_steps"] = steps
+    out["sd_seconds_per_image"] = round(spi, 4)
+    out["images_per_class"] = n_per_class
+    out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+def format_check(r: dict) -> str:
+    keys = ["clip_zero_shot_top1", "oracle_acc", "sd_plain_prompt_oracle_acc", "sd_common_class_oracle_acc",
+            "sd_rare_class_oracle_acc", "sd_unseen_class_oracle_acc", "vae_recon_oracle_acc",
+            "vae_recon_oracle_acc_min_attribute", "sd_guidance_scale", "sd_seconds_per_image"]
+    return "\n".join(f"{k:<36} {r[k]}" for k in keys)

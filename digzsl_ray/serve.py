@@ -1,0 +1,338 @@
+"""The online classification endpoint (Ray Serve): ``build_app(args)``.
+
+Two deployments: ``Ingress`` (FastAPI; parses and validates requests, decodes images) and
+``Classifier`` (the model; dynamic request batching with ``@serve.batch``). Routes:
+
+* ``POST /v1/classify``: multipart form field ``image`` (optional field/query ``k``), or JSON
+  ``{"image_base64": "...", "k": 5}``; answers ``{"predictions": [{"class", "score", "seen",
+  "probability"}], "model_version"}``: the top k classes under GZSL calibrated stacking (``score`` =
+  softmax probability minus the run's calibration lambda for seen classes, the ranking used by
+  the evaluation).
+* ``GET /v1/classes``: class names with a seen flag; ``GET /healthz``; ``GET /v1/stats``: the
+  batching counters of one Classifier replica.
+
+Every user mistake is a 4xx JSON ``{"error": "..."}``: wrong content type (415), missing field,
+bad base64 / JSON, not an image, truncated image, bad ``k`` (400), body or pixel count over the
+limits (413). The classifier is loaded with safetensors and JSON only; nothing is unpickled.
+
+``args`` (from ``serve run``/``serve deploy`` or ``digzsl serve``): ``run_dir`` (required) and
+optional overrides of the run's ``serve`` config (``OVERRIDABLE``: batching, limits, replicas,
+resources). A model replica lost mid-request gives a retryable 503 JSON error.
+"""
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from fastapi import Request  # real (not postponed) annotations: the app is pickled into Serve replicas
+
+log = logging.getLogger("digzsl")
+
+
+# serve.* keys that build_app args may override (serve run / serve deploy / digzsl serve)
+OVERRIDABLE = ("max_batch_size", "batch_wait_timeout_s", "max_body_bytes", "max_pixels", "default_k", "min_replicas",
+               "max_replicas", "num_cpus", "num_gpus")
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def load_run_meta(run_dir: str | Path) -> dict:
+    """What serving needs from a run directory: serve config, classes, lambda, model version."""
+    from .config import RunConfig, load_yaml
+
+    run_dir = Path(run_dir)
+    cdir = run_dir / "classifier"
+    for f in ("weights.safetensors", "config.json", "classes.json"):
+        if not (cdir / f).is_file():
+            raise FileNotFoundError(f"{cdir / f}: missing; serve needs a finished run directory (digzsl run)")
+    cfg = RunConfig.model_validate(load_yaml(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() \
+        else RunConfig()
+    classes = json.loads((cdir / "classes.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    digest = hashlib.sha256((cdir / "weights.safetensors").read_bytes()).hexdigest()[:12]
+    return {"serve": cfg.serve.model_dump(), "classes": classes["classes"], "seen": classes["seen"],
+            "unseen": classes["unseen"], "lambda": float(metrics.get("calibration_lambda", 0.0)),
+            "model_version": f"{cfg.name}-{digest}", "classifier_dir": str(cdir)}
+
+
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # never EPS/PS (Ghostscript) or other exotica
+MAX_ASPECT = 20  # longer side / shorter side
+
+
+def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
+    """Validated image -> ``uint8 [3, size, size]``; raises :class:`RequestError` on bad input."""
+    from PIL import Image, UnidentifiedImageError
+
+    from .images import to_uint8_tensor
+
+    if not data:
+        raise RequestError(400, "empty image")
+    try:
+        im = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        raise RequestError(400, "not an image: the bytes are not a supported format "
+                                f"({', '.join(IMAGE_FORMATS)})") from None
+    except Image.DecompressionBombError as e:
+        raise RequestError(413, f"image too large: {e}") from None
+    except Exception as e:  # PIL raises many types for malformed headers
+        raise RequestError(400, f"not an image ({type(e).__name__})") from None
+    w, h = im.size
+    if w * h > max_pixels:
+        raise RequestError(413, f"image too large: {w}x{h} = {w * h} pixels, the limit is {max_pixels}")
+    if min(w, h) < 1 or max(w, h) > MAX_ASPECT * min(w, h):
+        raise RequestError(400, f"unsupported image shape {w}x{h}: the longer side may be at most {MAX_ASPECT} "
+                                f"times the shorter")
+    try:
+        im.load()
+    except Image.DecompressionBombError as e:
+        raise RequestError(413, f"image too large: {e}") from None
+    except Exception as e:  # truncated data, bad chunks, decoder errors
+        raise RequestError(400, f"truncated or corrupt image ({type(e).__name__}: {e})") from None
+    try:
+        return to_uint8_tensor(im, size).numpy()
+    except Exception as e:
+        raise RequestError(400, f"could not convert the image ({type(e).__name__}: {e})") from None
+
+
+def parse_k(raw, default: int, num_classes: int) -> int:
+    if raw is None or raw == "":
+        return default
+    if isinstance(raw, bool):
+        raise RequestError(400, f"bad k: got {raw!r}, expected an integer from 1 to {num_classes}")
+    try:
+        k = int(raw)
+        if isinstance(raw, float) and raw != k:
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise RequestError(400, f"bad k: got {raw!r}, expected an integer from 1 to {num_classes}") from None
+    if not 1 <= k <= num_classes:
+        raise RequestError(400, f"bad k: got {k}, expected an integer from 1 to {num_classes}")
+    return k
+
+
+def top_k(probs: np.ndarray, classes: list[str], seen: set[int], lam: float, k: int) -> list[dict]:
+    """Rank by calibrated score (probability minus lambda for seen classes)."""
+    score = probs.astype(np.float64).copy()
+    idx_seen = np.fromiter(seen, dtype=np.int64) if seen else np.zeros(0, dtype=np.int64)
+    score[idx_seen] -= lam
+    order = np.argsort(-score, kind="stable")[:k]
+    return [{"class": classes[i], "score": round(float(score[i]), 6), "seen": i in seen,
+             "probability": round(float(probs[i]), 6)} for i in order]
+
+
+def build_app(args: dict):
+    """The Serve application for ``args["run_dir"]`` (see module docstring)."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from ray import serve
+
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    UNAVAILABLE: tuple = (RayActorError, ActorDiedError, ActorUnavailableError)
+    try:
+        from ray.serve.exceptions import BackPressureError
+
+        UNAVAILABLE += (BackPressureError,)
+    except ImportError:
+        pass
+    if "run_dir" not in args:
+        raise ValueError("build_app args: missing 'run_dir' (the finished run directory to serve)")
+    meta = load_run_meta(args["run_dir"])
+    sc = dict(meta["serve"])
+    for key in OVERRIDABLE:
+        if key in args:
+            sc[key] = type(sc[key])(args[key])
+    if sc["min_replicas"] > sc["max_replicas"]:
+        sc["max_replicas"] = sc["min_replicas"]
+
+    @serve.deployment(name="Classifier", max_ongoing_requests=max(32, 2 * sc["max_batch_size"]),
+                      ray_actor_options={"num_cpus": sc["num_cpus"], "num_gpus": sc["num_gpus"]},
+                      autoscaling_config={"min_replicas": sc["min_replicas"], "max_replicas": sc["max_replicas"],
+                                          "target_ongoing_requests": sc["target_ongoing_requests"]})
+    class Classifier:
+        def __init__(self, classifier_dir: str, max_batch_size: int, batch_wait_timeout_s: float, threads: int):
+            import torch
+
+            from .classifier import load_classifier
+            from .models.presets import pick_device
+
+            torch.set_num_threads(threads)
+            self.device = pick_device("auto")
+            self.model, self.cfg, _ = load_classifier(classifier_dir, self.device)
+            self.classify.set_max_batch_size(max_batch_size)
+            self.classify.set_batch_wait_timeout_s(batch_wait_timeout_s)
+            self.batches, self.images, self.largest = 0, 0, 0
+
+        def stats(self) -> dict:
+            """Batching counters of this replica (what dynamic batching achieved)."""
+            import os
+
+            return {"batches": self.batches, "images": self.images, "largest_batch": self.largest,
+                    "mean_batch": round(self.images / self.batches, 3) if self.batches else 0.0, "pid": os.getpid()}
+
+        @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+        async def classify(self, images: list[np.ndarray]) -> list[np.ndarray]:
+            import torch
+
+            self.batches += 1
+            self.images += len(images)
+            self.largest = max(self.largest, len(images))
+            x = torch.from_numpy(np.stack(images)).to(self.device)
+            with torch.no_grad():
+                probs = self.model(x).float().softmax(-1).cpu().numpy()
+            return list(probs)
+
+    app = FastAPI(title="digzsl-ray classifier", version="1")
+
+    # Handlers must be registered before @serve.ingress(app), which pickles the app as it is then.
+    @app.exception_handler(404)
+    async def not_found(request, exc):
+        return JSONResponse({"error": f"no route {request.method} {request.url.path}; see /v1/classify, "
+                                      f"/v1/classes, /healthz"}, status_code=404)
+
+    @app.exception_handler(405)
+    async def not_allowed(request, exc):
+        return JSONResponse({"error": f"method {request.method} not allowed on {request.url.path}"}, status_code=405)
+
+    @app.exception_handler(Exception)
+    async def internal(request, exc):
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse({"error": "internal error"}, status_code=500)
+
+    @serve.deployment(name="Ingress", max_ongoing_requests=256,
+                      autoscaling_config={"min_replicas": 1, "max_replicas": sc["max_replicas"],
+                                          "target_ongoing_requests": 64},
+                      ray_actor_options={"num_cpus": 0.5})
+    @serve.ingress(app)
+    class Ingress:
+        def __init__(self, classifier, meta: dict, limits: dict, image_size: int):
+            self.classifier, self.meta, self.limits, self.size = classifier, meta, limits, image_size
+            self.seen = set(meta["seen"])
+
+        async def _body(self, request: Request) -> bytes:
+            limit = self.limits["max_body_bytes"]
+            cl = request.headers.get("content-length")
+            if cl is not None:
+                try:
+                    if int(cl) > limit:
+                        raise RequestError(413, f"request body too large: {cl} bytes, the limit is {limit}")
+                except ValueError:
+                    raise RequestError(400, f"bad Content-Length header {cl!r}") from None
+            chunks, total = [], 0
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limit:
+                    raise RequestError(413, f"request body too large: over {limit} bytes")
+                chunks.append(chunk)
+            body = b"".join(chunks)
+            request._body = body  # starlette's body cache: lets request.form() parse what was read
+            return body
+
+        async def _image_and_k(self, request: Request) -> tuple[bytes, object]:
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            k = request.query_params.get("k")
+            if ctype == "multipart/form-data":
+                await self._body(request)  # enforce the size limit before parsing (starlette caches the body)
+                try:
+                    form = await request.form(max_files=2, max_fields=10)
+                except Exception as e:  # malformed multipart
+                    raise RequestError(400, f"malformed multipart body ({type(e).__name__})") from None
+                upload = form.get("image")
+                if upload is None:
+                    raise RequestError(400, "missing form field 'image' (send the image as multipart field 'image')")
+                data = await upload.read() if hasattr(upload, "read") else str(upload).encode()
+                return data, form.get("k", k)
+            if ctype == "application/json":
+                body = await self._body(request)
+                try:
+                    obj = json.loads(body)
+                except ValueError:
+                    raise RequestError(400, "body is not valid JSON") from None
+                if not isinstance(obj, dict) or "image_base64" not in obj:
+                    raise RequestError(400, "missing field 'image_base64' in the JSON body")
+                if not isinstance(obj["image_base64"], str):
+                    raise RequestError(400, "field 'image_base64' must be a base64 string")
+                try:
+                    data = base64.b64decode(obj["image_base64"], validate=True)
+                except (binascii.Error, ValueError):
+                    raise RequestError(400, "field 'image_base64' is not valid base64") from None
+                return data, obj.get("k", k)
+            raise RequestError(415, f"unsupported content type {ctype or '(none)'!r}: send multipart/form-data "
+                                    f"with a field 'image', or application/json with 'image_base64'")
+
+        @app.post("/v1/classify")
+        async def classify(self, request: Request):
+            try:
+                data, raw_k = await self._image_and_k(request)
+                k = parse_k(raw_k, self.limits["default_k"], len(self.meta["classes"]))
+                # decoding is CPU work: off the event loop, so one big image does not stall the replica
+                img = await asyncio.to_thread(decode_image, data, self.size, self.limits["max_pixels"])
+            except RequestError as e:
+                return JSONResponse({"error": e.message}, status_code=e.status)
+            try:
+                probs = await self.classifier.classify.remote(img)
+            except UNAVAILABLE as e:  # a replica lost mid-request (node failure, restart): retryable
+                log.warning("classifier unavailable: %s", type(e).__name__)
+                return JSONResponse({"error": "the model replica was unavailable; retry the request"},
+                                    status_code=503, headers={"Retry-After": "1"})
+            preds = top_k(np.asarray(probs), self.meta["classes"], self.seen, self.meta["lambda"], k)
+            return {"predictions": preds, "model_version": self.meta["model_version"]}
+
+        @app.get("/v1/classes")
+        async def classes(self):
+            return {"classes": [{"name": n, "seen": i in self.seen} for i, n in enumerate(self.meta["classes"])],
+                    "model_version": self.meta["model_version"]}
+
+        @app.get("/v1/stats")
+        async def stats(self):
+            return await self.classifier.stats.remote()
+
+        @app.get("/healthz")
+        async def healthz(self):
+            return {"status": "ok", "model_version": self.meta["model_version"]}
+
+    cfg_json = json.loads(Path(meta["classifier_dir"], "config.json").read_text())
+    threads = max(1, int(sc["num_cpus"]))
+    classifier = Classifier.bind(meta["classifier_dir"], sc["max_batch_size"], sc["batch_wait_timeout_s"], threads)
+    limits = {k: sc[k] for k in ("max_body_bytes", "max_pixels", "default_k")}
+    return Ingress.bind(classifier, {k: meta[k] for k in ("classes", "seen", "lambda", "model_version")}, limits,
+                        int(cfg_json["image_size"]))
+
+
+def serve_blocking(args) -> int:
+    """``digzsl serve --run OUT``: a local (or RAY_ADDRESS) cluster, the app on host:port, until Ctrl-C."""
+    import time
+
+    from ray import serve
+
+    from .config import load_config
+    from .raycluster import init_ray
+
+    overrides = [o if o.startswith("serve.") else f"serve.{o}" for o in args.overrides]
+    cfg_path = Path(args.run) / "config.yaml"
+    cfg = load_config(cfg_path if cfg_path.is_file() else None, overrides)
+    host = args.host or cfg.serve.host
+    port = args.port or cfg.serve.port
+    init_ray()
+    serve.start(http_options={"host": host, "port": port})
+    app_args = {"run_dir": str(Path(args.run).resolve())} | {k: v for k, v in cfg.serve.model_dump().items()
+                                                             if k in OVERRIDABLE}
+    serve.run(build_app(app_args), name="digzsl", route_prefix="/")
+    print(f"serving {args.run} on http://{host}:{port}  (POST /v1/classify, GET /v1/classes, GET /healthz); "
+          f"Ctrl-C to stop", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0

@@ -1,0 +1,31 @@
+"""Safe file-name slugs for class names.
+
+A slug is lower-case ASCII letters, digits and single dashes. Anything else (path separators,
+dots, spaces, unicode) becomes a dash, so ``slugify(name)`` can never escape the directory it is
+joined to. Names that leave nothing (``""``, ``"../"``) or would be ambiguous are rejected by
+:func:`check_class_names`, not silently renamed.
+"""
+
+from __future__ import annotations
+
+import re
+
+_BAD = re.compile(r"[^a-z0-9]+")
+
+
+def slugify(name: str) -> str:
+    """``"Black-footed Albatross"`` -> ``"black-footed-albatross"``; may return ``""``."""
+    return _BAD.sub("-", name.strip().lower()).strip("-")
+
+
+def unsafe_name_reason(name: str) -> str | None:
+    """Why ``name`` cannot be a class name (its slug would escape or vanish), or None if fine."""
+    if not name.strip():
+        return "it is empty"
+    if "/" in name or "\\" in name:
+        return "it contains a path separator"
+    if name.strip() in (".", "..") or name.startswith("../") or ".." in name.split("/"):
+        return "it is a relative path component"
+    if not slugify(name):
+        return "its slug (letters and digits) is empty"
+    return None

@@ -1,0 +1,205 @@
+"""Stage 2: train the CDM on seen classes with Ray Train -> ``OUT/cdm/``.
+
+The worker extracts frozen-CLIP features once (clean view + augmented views), trains the projection
+with cross-entropy over seen classes, checkpoints every epoch (Ray Train storage under OUT/ray)
+and keeps the epoch with the best accuracy on held-out *trainval* images (the val split). After a
+worker failure Ray Train restarts the worker from the last checkpoint (``max_failures``); a rerun
+of a finished stage is skipped. Rank 0 writes OUT/cdm/ (weights, config.json, scores.npz); the
+driver writes OUT/cdm/metrics.json, the "no synthetic data" baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..evaluate import gzsl, zsl_top1
+from ..io import write_json
+from ..faults import current_spec
+from .common import RunDir, file_sha, fingerprint, stage_timing
+
+log = logging.getLogger("digzsl")
+
+SCORES_FILE = "scores.npz"
+
+
+def _items_payload(items) -> dict:
+    return {"paths": [it.path for it in items], "labels": [it.label for it in items]}
+
+
+def cdm_worker(config: dict) -> None:
+    """Ray Train worker. ``config``: {"cfg": RunConfig dict, "data": {split: {paths, labels}}, ...}."""
+    import ray.train
+    import ray.train.torch
+
+    from ..cdm import CDMHead, extract_features, head_scores, save_cdm, train_epoch
+    from ..config import RunConfig
+    from ..faults import maybe_fail
+    from ..images import load_images
+    from ..models.presets import clip_image_size, clip_norm, load_clip
+    from ..prototypes import load_prototypes
+
+    from ..raycluster import quiet_train_worker_logs
+
+    quiet_train_worker_logs()
+    # 1. Rebuild typed config; pin threads.
+    cfg = RunConfig.model_validate(config["cfg"])
+    c = cfg.cdm
+    torch.set_num_threads(cfg.models.torch_threads)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)
+
+    # 2. Frozen CLIP and prototypes.
+    clip_model, _, _ = load_clip(cfg.models.clip, cfg.models.clip_pretrained, device=device)
+    size, (mean, std) = clip_image_size(clip_model), clip_norm(clip_model)
+    protos, names, _ = load_prototypes(config["prototypes"])
+    seen = torch.tensor(config["seen"])
+    pos = {int(s): i for i, s in enumerate(seen.tolist())}
+
+    # 3. Features of this worker's shard of the training images, and of the validation images.
+    data = config["data"]
+    # equal-size shards (wrapping around), so every worker runs the same number of synchronised steps
+    n = len(data["train"]["paths"])
+    idx = [(rank + k * world) % n for k in range(-(-n // world))]
+    tr_paths = [data["train"]["paths"][i] for i in idx]
+    tr_labels = [data["train"]["labels"][i] for i in idx]
+    progress = rank == 0
+    views = 3 if c.augment else 1
+    f_train = extract_features(clip_model, load_images(tr_paths, size, progress), size, mean, std, device,
+                               views=views, seed=cfg.seed + rank, progress=progress)
+    y_train = torch.tensor([pos[lab] for lab in tr_labels])
+    f_val = extract_features(clip_model, load_images(data["val"]["paths"], size), size, mean, std, device)[0]
+    y_val = np.array(data["val"]["labels"])
+
+    # 4. Head, optimiser, resume.
+    head = CDMHead(protos, f_train.shape[-1], c.hidden_dim, c.temperature)
+    model = ray.train.torch.prepare_model(head)
+    opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    start, best_acc, best_state, history = 0, -1.0, None, []
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            st = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+        head.load_state_dict(st["head"])
+        opt.load_state_dict(st["opt"])
+        start, best_acc, best_state, history = st["epoch"] + 1, st["best_acc"], st["best_state"], st["history"]
+        history.append({"resumed_at_epoch": start})
+
+    # 5. Epochs: train, validate on held-out trainval images, checkpoint.
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
+    for epoch in range(start, c.epochs):
+        gen.manual_seed(cfg.seed * 7919 + rank * 101 + epoch)
+        maybe_fail("cdm", spec=config.get("fault", ""), epoch=epoch)
+        loss = train_epoch(model, f_train, y_train, seen, opt, c.batch_size, gen, device)
+        scores = head_scores(head, f_val, device).numpy()
+        pred = seen.numpy()[scores[:, seen.numpy()].argmax(1)] if len(y_val) else np.array([])
+        acc = float((pred == y_val).mean() * 100) if len(y_val) else 0.0
+        if acc > best_acc:
+            best_acc, best_state = acc, {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+        history.append({"epoch": epoch, "loss": round(loss, 5), "val_acc": round(acc, 3)})
+        metrics = {"epoch": epoch, "loss": loss, "val_acc": acc, "best_val_acc": best_acc}
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as d:
+                torch.save({"head": head.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "best_acc": best_acc,
+                            "best_state": best_state, "history": history}, Path(d) / "state.pt")
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+
+    # 6. Rank 0: best head -> OUT/cdm, plus scores of val and test images for evaluation.
+    if rank == 0:
+        head.load_state_dict(best_state)
+        out = Path(config["out"])
+
+        def scores_of(split: str) -> np.ndarray:
+            f = extract_features(clip_model, load_images(data[split]["paths"], size), size, mean, std, device)[0]
+            return head_scores(head, f, device).numpy()
+
+        arrays = {}
+        for split in ("val", "test_seen", "test_unseen"):
+            arrays[f"{split}_scores"] = scores_of(split) if data[split]["paths"] else np.zeros((0, len(names)))
+            arrays[f"{split}_labels"] = np.array(data[split]["labels"], dtype=np.int64)
+        with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".npz", delete=False) as tmp:
+            np.savez(tmp, **arrays)
+        out.mkdir(parents=True, exist_ok=True)
+        Path(tmp.name).replace(out / SCORES_FILE)
+        save_cdm(out, head, {
+            "clip": cfg.models.clip, "clip_pretrained": cfg.models.clip_pretrained, "hidden_dim": c.hidden_dim,
+            "temperature": c.temperature, "image_size": size, "mean": list(mean), "std": list(std),
+            "class_names": names, "seen": seen.tolist(), "best_val_acc": best_acc, "history": history,
+            "fingerprint": config["fingerprint"],
+        })
+
+
+def cdm_fingerprint(cfg, rd: RunDir, split) -> str:
+    c = cfg.cdm.model_dump(exclude={"workers"})
+    return fingerprint("cdm", c, cfg.models.clip, cfg.models.clip_pretrained, file_sha(rd.prototypes), cfg.seed,
+                       cfg.data.val_fraction, split.classes, split.unseen)
+
+
+def cdm_complete(rd: RunDir, fp: str | None = None) -> bool:
+    if not all((rd.cdm / f).is_file() for f in ("config.json", "head.safetensors", SCORES_FILE, "metrics.json")):
+        return False
+    return fp is None or json.loads((rd.cdm / "config.json").read_text()).get("fingerprint") == fp
+
+
+def cdm_metrics(rd: RunDir, split) -> dict:
+    """ZSL top-1 and GZSL U/S/H of the CDM on the test splits (uncalibrated: no unseen validation data yet)."""
+    s = np.load(rd.cdm / SCORES_FILE)
+    z = zsl_top1(s["test_unseen_scores"], s["test_unseen_labels"], split.unseen)
+    g = gzsl(s["test_seen_scores"], s["test_seen_labels"], s["test_unseen_scores"], s["test_unseen_labels"],
+             split.seen, split.unseen, 0.0)
+    meta = json.loads((rd.cdm / "config.json").read_text())
+    return {"zsl_top1": z, "gzsl_U": g["U"], "gzsl_S": g["S"], "gzsl_H": g["H"], "calibration_lambda": 0.0,
+            "calibration": "none here (no unseen validation data before generation); OUT/metrics.json reports this "
+                           "model calibrated on the run's validation data",
+            "best_val_acc_seen": meta["best_val_acc"], "epochs": cfg_epochs(meta)}
+
+
+def cfg_epochs(meta: dict) -> int:
+    return sum(1 for h in meta["history"] if "epoch" in h)
+
+
+def run_cdm(cfg, rd: RunDir, split) -> dict:
+    """Train (or skip when complete) and return the CDM's own metrics."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not rd.prototypes.is_file():
+        raise FileNotFoundError(f"{rd.prototypes}: missing; run `digzsl prototypes` first")
+    fp = cdm_fingerprint(cfg, rd, split)
+    if cdm_complete(rd, fp):
+        log.info("cdm: complete, skipped")
+        return json.loads((rd.cdm / "metrics.json").read_text())
+    (rd.cdm / "metrics.json").unlink(missing_ok=True)  # stale (other settings) or incomplete
+    t0 = time.time()
+    w = cfg.cdm.workers
+    data = {"train": _items_payload(split.train_items()), "val": _items_payload(split.val),
+            "test_seen": _items_payload(split.items["test_seen"]),
+            "test_unseen": _items_payload(split.items["test_unseen"])}
+    trainer = TorchTrainer(
+        cdm_worker,
+        train_loop_config={"fault": current_spec(), "cfg": cfg.model_dump(mode="json"), "data": data,
+                           "seen": list(split.seen), "prototypes": str(rd.prototypes), "out": str(rd.cdm),
+                           "fingerprint": fp},
+        scaling_config=ScalingConfig(num_workers=w.num_workers, use_gpu=w.use_gpu,
+                                     resources_per_worker={"CPU": w.cpus_per_worker}),
+        run_config=RunConfig(name=f"cdm-{fp}", storage_path=str(rd.ray_storage),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=w.max_failures)),
+    )
+    trainer.fit()
+    metrics = cdm_metrics(rd, split)
+    write_json(rd.cdm / "metrics.json", metrics)
+    stage_timing(rd, "cdm", time.time() - t0)
+    log.info("cdm: ZSL top-1 %.1f, GZSL U %.1f S %.1f H %.1f (uncalibrated)", metrics["zsl_top1"],
+             metrics["gzsl_U"], metrics["gzsl_S"], metrics["gzsl_H"])
+    return metrics

@@ -1,0 +1,327 @@
+"""Stage 5: train the ZSL classifier on real seen + synthetic unseen images (Ray Train + Ray Data).
+
+The training stream is a Ray Data pipeline: real seen trainval images (read from their files) and
+synthetic unseen images (read from the Parquet shards, filtered by the keep thresholds, minus the
+held-out rows) are unioned, class-balanced by stochastic replication (every class contributes about
+the same number of rows per epoch) and fed to ``TorchTrainer`` workers with
+``iter_torch_batches``; synthetic images are never loaded whole. Flips and shifts augment on the
+worker. Early stopping and model selection use validation data only: held-out seen images (the val
+split) and held-out synthetic images. Checkpoints every epoch; a rerun resumes the Ray Train run.
+
+Rank 0 writes ``<dir>/`` (weights, config.json, classes.json) and ``<dir>/scores.npz`` (softmax
+scores of validation and test images) for the evaluation stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..generation import VARIANT_DCT, is_validation_row, read_manifest
+from ..faults import current_spec
+from .common import RunDir, file_sha, fingerprint, stage_timing
+
+log = logging.getLogger("digzsl")
+
+SCORES = "scores.npz"
+
+
+# Ray Data functions (plain functions/classes: no ray import) ----------------------------------------
+def load_real(batch: dict, size: int) -> dict:
+    from ..images import load_images
+
+    imgs = load_images([str(p) for p in batch["path"]], size)
+    return {"image": imgs.permute(0, 2, 3, 1).numpy(), "label": np.asarray(batch["label"], dtype=np.int64)}
+
+
+def decode_synthetic(batch: dict, size: int) -> dict:
+    from ..images import decode_png_bytes
+
+    imgs = decode_png_bytes([bytes(b) for b in batch["png"]], size)
+    return {"image": imgs.permute(0, 2, 3, 1).numpy(), "label": np.asarray(batch["label"], dtype=np.int64)}
+
+
+def keep_synthetic(batch: dict, thresholds: dict, val_fraction: float, want_val: bool) -> dict:
+    """Rows above their class's keep threshold, and on the requested side of the validation split."""
+    keep = []
+    for name, score, seed in zip(batch["class_name"], batch["cdm_score"], batch["seed"]):
+        thr = thresholds.get(str(name))
+        ok = thr is None or float(score) >= thr
+        keep.append(ok and is_validation_row(int(seed), val_fraction) == want_val)
+    keep = np.asarray(keep, dtype=bool)
+    return {k: np.asarray(v)[keep] for k, v in batch.items()}
+
+
+def read_shards(batch: dict, columns: list[str]) -> dict:
+    """Rows of the Parquet shards named in ``batch["file"]`` (one small read per shard file).
+
+    Reading shard files in a plain map (rather than ``read_parquet``) skips per-epoch file listing
+    and metadata passes; the stream stays lazy, one shard at a time.
+    """
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(str(f), columns=columns) for f in batch["file"]]
+    out: dict = {c: [] for c in columns}
+    for t in tables:
+        d = t.to_pydict()
+        for c in columns:
+            out[c].extend(d[c])
+    return {c: np.asarray(v, dtype=object if c == "png" else None) for c, v in out.items()}
+
+
+def balance(batch: dict, factors: dict[int, float]) -> dict:
+    """Class balance by stochastic replication: each row ``floor(r) + Bernoulli(frac(r))`` times,
+    ``r = factors[label]`` (fresh randomness every epoch)."""
+    rng = np.random.default_rng()
+    r = np.array([factors.get(int(y), 1.0) for y in batch["label"]])
+    reps = np.floor(r).astype(int) + (rng.random(len(r)) < (r - np.floor(r)))
+    idx = np.repeat(np.arange(len(r)), reps)
+    return {k: np.asarray(v)[idx] for k, v in batch.items()}
+
+
+# The worker -------------------------------------------------------------------------------------
+def classifier_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from ..classifier import build_classifier, param_groups, save_classifier
+    from ..config import RunConfig
+    from ..evaluate import mean_per_class_accuracy
+    from ..faults import maybe_fail
+    from ..images import augment, load_images
+
+    from ..raycluster import quiet_train_worker_logs
+
+    quiet_train_worker_logs()
+    # 1. Config, device, model.
+    cfg = RunConfig.model_validate(config["cfg"])
+    c = cfg.classifier
+    torch.set_num_threads(cfg.models.torch_threads)
+    torch.manual_seed(cfg.seed)
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    device = ray.train.torch.get_device()
+    num_classes = len(config["classes"])
+    protos = None
+    if c.head == "prototypes":
+        from ..prototypes import load_prototypes
+
+        protos = load_prototypes(config["prototypes"])[0]
+    model = build_classifier(c, cfg.models, num_classes, device, prototypes=protos)
+    ddp = ray.train.torch.prepare_model(model) if ctx.get_world_size() > 1 else model
+    opt = torch.optim.AdamW(param_groups(model, c.lr, c.weight_decay))
+    start, best, best_state, since, history = 0, -1.0, None, 0, []
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            st = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(st["model"], strict=False)
+        opt.load_state_dict(st["opt"])
+        start, best, best_state, since, history = st["epoch"] + 1, st["best"], st["best_state"], st["since"], st["history"]
+        history.append({"resumed_at_epoch": start})
+        if since >= c.patience:  # it had stopped early; resuming must not train further
+            start = c.epochs
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    gen = torch.Generator().manual_seed(cfg.seed + rank)
+
+    def run_val() -> tuple[float, np.ndarray, np.ndarray]:
+        model.eval()
+        ys, ps = [], []
+        with torch.no_grad():
+            for b in val_shard.iter_torch_batches(batch_size=512, dtypes={"image": torch.uint8, "label": torch.int64},
+                                                  device="cpu"):
+                x = b["image"].permute(0, 3, 1, 2).to(device)
+                ps.append(model(x).softmax(-1).cpu().numpy())
+                ys.append(b["label"].numpy())
+        if not ys:
+            return 0.0, np.zeros((0, num_classes)), np.zeros(0, dtype=np.int64)
+        y, p = np.concatenate(ys), np.concatenate(ps)
+        return mean_per_class_accuracy(y, p.argmax(1), sorted(set(y.tolist()))), p, y
+
+    # 2. Epochs over the balanced stream; validation on held-out data; checkpoints.
+    for epoch in range(start, c.epochs):
+        model.train()
+        maybe_fail("classifier", spec=config.get("fault", ""), epoch=epoch)
+        tot, n = 0.0, 0
+        for b in train_shard.iter_torch_batches(batch_size=c.batch_size, local_shuffle_buffer_size=4 * c.batch_size,
+                                                dtypes={"image": torch.uint8, "label": torch.int64}, device="cpu"):
+            x = b["image"].permute(0, 3, 1, 2)
+            if c.augment:
+                x = augment(x, gen)
+            logits = ddp(x.to(device))
+            loss = torch.nn.functional.cross_entropy(logits, b["label"].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss.detach()) * len(x)
+            n += len(x)
+        acc, _, _ = run_val()
+        improved = acc > best
+        if improved:
+            best, since = acc, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.trainable_state().items()}
+        else:
+            since += 1
+        history.append({"epoch": epoch, "loss": round(tot / max(n, 1), 5), "val_acc": round(acc, 3), "rows": n})
+        metrics = {"epoch": epoch, "loss": tot / max(n, 1), "val_acc": acc, "best_val_acc": best}
+        state = {"model": model.trainable_state(), "opt": opt.state_dict(), "epoch": epoch, "best": best,
+                 "best_state": best_state, "since": since, "history": history}
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(state, Path(d) / "state.pt")
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+        if since >= c.patience:
+            break
+
+    # 3. Rank 0: best weights, scores of validation and test images.
+    if rank == 0:
+        model.load_state_dict(best_state, strict=False)
+        model.eval()
+        out = Path(config["out"])
+        _, p_val, y_val = run_val()
+
+        def score(paths: list[str]) -> np.ndarray:
+            chunks = []
+            with torch.no_grad():
+                for i in range(0, len(paths), 256):
+                    x = load_images(paths[i : i + 256], model.image_size).to(device)
+                    chunks.append(model(x).softmax(-1).cpu().numpy())
+            return np.concatenate(chunks) if chunks else np.zeros((0, num_classes))
+
+        t = config["test"]
+        arrays = {"val_scores": p_val, "val_labels": y_val,
+                  "test_seen_scores": score(t["test_seen"]["paths"]),
+                  "test_seen_labels": np.asarray(t["test_seen"]["labels"], dtype=np.int64),
+                  "test_unseen_scores": score(t["test_unseen"]["paths"]),
+                  "test_unseen_labels": np.asarray(t["test_unseen"]["labels"], dtype=np.int64)}
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, suffix=".npz.tmp", delete=False) as f:
+            np.savez(f, **arrays)
+        Path(f.name).replace(out / SCORES)
+        save_classifier(out, model, config["classes"], config["seen"], config["unseen"], cfg.models,
+                        extra={"variant": config["variant"], "best_val_acc": best, "history": history,
+                               "fingerprint": config["fingerprint"]})
+
+
+# Driver -----------------------------------------------------------------------------------------
+def classifier_dir(rd: RunDir, variant: str) -> Path:
+    return rd.classifier if variant == VARIANT_DCT else rd.root / "ablation" / variant / "classifier"
+
+
+def classifier_fingerprint(cfg, rd: RunDir, split, variant: str) -> str:
+    from .generate import variant_dir
+
+    return fingerprint("classifier", variant, cfg.classifier.model_dump(exclude={"workers"}), cfg.models.clip,
+                       cfg.models.clip_pretrained, cfg.seed, cfg.data.val_fraction, split.classes,
+                       file_sha(variant_dir(rd, variant) / "_manifest.json"), file_sha(rd.prototypes))
+
+
+def classifier_complete(rd: RunDir, variant: str, fp: str | None = None) -> bool:
+    d = classifier_dir(rd, variant)
+    if not all((d / f).is_file() for f in ("weights.safetensors", "config.json", "classes.json", SCORES)):
+        return False
+    return fp is None or json.loads((d / "config.json").read_text()).get("fingerprint") == fp
+
+
+def _synthetic_counts(files: list[str], thresholds: dict, val_fraction: float) -> dict[int, int]:
+    """Training rows per class after filtering (reads only the small columns, never the images)."""
+    import pyarrow.parquet as pq
+
+    counts: dict[int, int] = {}
+    for f in files:
+        t = pq.read_table(f, columns=["label", "class_name", "cdm_score", "seed"]).to_pydict()
+        kept = keep_synthetic({k: np.asarray(v) for k, v in t.items()}, thresholds, val_fraction, want_val=False)
+        for y in kept["label"]:
+            counts[int(y)] = counts.get(int(y), 0) + 1
+    return counts
+
+
+def run_classifier(cfg, rd: RunDir, split, variant: str = VARIANT_DCT, progress: bool = True) -> Path:
+    """Train the classifier on real seen + the ``variant``'s synthetic images (skipped when complete)."""
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ..models.presets import clip_image_size, load_clip
+    from .generate import variant_dir
+
+    out = classifier_dir(rd, variant)
+    fp = classifier_fingerprint(cfg, rd, split, variant)
+    if classifier_complete(rd, variant, fp):
+        log.info("classifier %s: complete, skipped", variant)
+        return out
+    t0 = time.time()
+    c = cfg.classifier
+    sdir = variant_dir(rd, variant)
+    manifest = read_manifest(sdir)
+    if not manifest:
+        raise FileNotFoundError(f"{sdir}/_manifest.json: missing; run `digzsl generate` first")
+    files = [str(sdir / f) for f in manifest["shards"]]
+    thresholds = manifest["keep_threshold"]
+    if c.backbone.startswith("clip"):
+        size = clip_image_size(load_clip(cfg.models.clip, cfg.models.clip_pretrained)[0])
+    else:
+        size = 224 if cfg.models.clip != "miniworld" else 32
+
+    # 1. Streams: real seen (train / val) and synthetic unseen (train / held out).
+    train_items = split.train_items()
+    real = ray.data.from_items([{"path": it.path, "label": it.label} for it in train_items])
+    real = real.map_batches(load_real, fn_kwargs={"size": size}, batch_size=64)
+    columns = ["png", "label", "class_name", "cdm_score", "seed"]
+    synth = ray.data.from_items([{"file": f} for f in files], override_num_blocks=max(1, len(files))).map_batches(
+        read_shards, fn_kwargs={"columns": columns}, batch_size=1, batch_format="numpy")
+    synth_train = synth.map_batches(keep_synthetic, fn_kwargs={"thresholds": thresholds,
+                                                               "val_fraction": c.synthetic_val_fraction,
+                                                               "want_val": False}, batch_format="numpy")
+    synth_val = synth.map_batches(keep_synthetic, fn_kwargs={"thresholds": thresholds,
+                                                             "val_fraction": c.synthetic_val_fraction,
+                                                             "want_val": True}, batch_format="numpy")
+    synth_train = synth_train.map_batches(decode_synthetic, fn_kwargs={"size": size}, batch_format="numpy")
+    synth_val = synth_val.map_batches(decode_synthetic, fn_kwargs={"size": size}, batch_format="numpy")
+    real_val = ray.data.from_items([{"path": it.path, "label": it.label} for it in split.val])
+    real_val = real_val.map_batches(load_real, fn_kwargs={"size": size}, batch_size=64)
+
+    # 2. Class balance: every class ~ the mean class count per epoch.
+    counts: dict[int, int] = {}
+    for it in train_items:
+        counts[it.label] = counts.get(it.label, 0) + 1
+    counts.update(_synthetic_counts(files, thresholds, c.synthetic_val_fraction))
+    target = float(np.mean(list(counts.values())))
+    factors = {k: target / v for k, v in counts.items() if v}
+    train = real.union(synth_train).map_batches(balance, fn_kwargs={"factors": factors}, batch_format="numpy")
+    # validation data is small (held-out fractions): computed once, not re-streamed every epoch
+    val = real_val.union(synth_val).materialize()
+
+    # 3. Ray Train.
+    w = c.workers
+    test = {s: {"paths": [it.path for it in split.items[s]], "labels": [it.label for it in split.items[s]]}
+            for s in ("test_seen", "test_unseen")}
+    trainer = TorchTrainer(
+        classifier_worker,
+        train_loop_config={"fault": current_spec(), "cfg": cfg.model_dump(mode="json"), "classes": list(split.classes),
+                           "seen": list(split.seen), "unseen": list(split.unseen), "out": str(out),
+                           "variant": variant, "test": test, "fingerprint": fp, "prototypes": str(rd.prototypes)},
+        datasets={"train": train, "val": val},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        scaling_config=ScalingConfig(num_workers=w.num_workers, use_gpu=w.use_gpu,
+                                     resources_per_worker={"CPU": w.cpus_per_worker}),
+        run_config=RunConfig(name=f"classifier-{variant}-{fp}", storage_path=str(rd.ray_storage),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=w.max_failures)),
+    )
+    trainer.fit()
+    stage_timing(rd, f"classifier_{variant}", time.time() - t0)
+    meta = json.loads((out / "config.json").read_text())
+    log.info("classifier %s: best validation accuracy %.1f%% after %d epochs", variant, meta["best_val_acc"],
+             sum(1 for h in meta["history"] if "epoch" in h))
+    return out

@@ -1,0 +1,181 @@
+"""``OUT/report.html``: one self-contained page (images embedded as base64 PNG).
+
+Sections: the headline table; plain-prompt vs DCT image grids per unseen class; per-class ZSL
+accuracy of the three variants; t-SNE of the token embeddings (initial -> learned); training curves
+(CDM, token losses, classifiers); the GZSL confusion matrix of the DCT classifier.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..generation import VARIANT_DCT, VARIANT_PLAIN, read_manifest
+from ..io import write_text
+from .common import RunDir
+
+
+def _fig_png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _img(b64: str, alt: str, width: str = "100%") -> str:
+    return f'<img alt="{html.escape(alt)}" style="max-width:{width}" src="data:image/png;base64,{b64}">'
+
+
+def _grid_b64(pngs: list[bytes], cols: int, scale: int = 3) -> str:
+    from PIL import Image
+
+    ims = [Image.open(io.BytesIO(p)).convert("RGB") for p in pngs]
+    if not ims:
+        return ""
+    w, h = ims[0].size
+    rows = (len(ims) + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * (w + 2), rows * (h + 2)), (255, 255, 255))
+    for i, im in enumerate(ims):
+        sheet.paste(im, ((i % cols) * (w + 2), (i // cols) * (h + 2)))
+    sheet = sheet.resize((sheet.width * scale, sheet.height * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _first_images(d: Path, per_class: int) -> dict[str, list[bytes]]:
+    import pyarrow.parquet as pq
+
+    m = read_manifest(d)
+    out: dict[str, list[bytes]] = {}
+    if not m:
+        return out
+    for f in m["shards"]:
+        t = pq.read_table(d / f, columns=["png", "class_name"]).to_pydict()
+        for png, name in zip(t["png"], t["class_name"]):
+            if len(out.setdefault(name, [])) < per_class:
+                out[name].append(png)
+    return out
+
+
+def build_report(cfg, rd: RunDir, split, per_class_images: int = 8) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .generate import variant_dir
+    from .classifier import classifier_dir
+    from .evaluate import format_headline
+
+    metrics = json.loads(rd.metrics.read_text())
+    evaluation = json.loads((rd.root / "evaluation.json").read_text())
+    index = json.loads((rd.tokens / "index.json").read_text()) if (rd.tokens / "index.json").is_file() else {}
+    summary = json.loads((rd.tokens / "summary.json").read_text()) if (rd.tokens / "summary.json").is_file() else {}
+    parts = [f"<h1>digzsl-ray run: {html.escape(cfg.name)}</h1>",
+             f"<p>Run directory <code>{html.escape(str(rd.root))}</code>. Dataset {html.escape(split.name)}: "
+             f"{len(split.seen)} seen, {len(split.unseen)} unseen classes.</p>",
+             "<h2>Results</h2><pre>" + html.escape(format_headline(metrics)) + "</pre>"]
+    if summary.get("mean"):
+        m = summary["mean"]
+        rows = "".join(f"<tr><td>{k}</td><td>{v:.1f}</td></tr>" for k, v in sorted(m.items()))
+        parts.append("<h3>Token learning on fresh seeds (mean over unseen classes, %)</h3>"
+                     f"<table border=1 cellpadding=3>{rows}</table>")
+
+    # 1. Image grids plain vs DCT.
+    plain = _first_images(variant_dir(rd, VARIANT_PLAIN), per_class_images)
+    dct = _first_images(variant_dir(rd, VARIANT_DCT), per_class_images)
+    parts.append("<h2>Generated images: plain prompt vs DCT, per unseen class</h2><table>")
+    parts.append("<tr><th>class</th><th>plain prompt</th><th>DCT prompt</th><th>token</th></tr>")
+    for i in split.unseen:
+        name = split.classes[i]
+        entry = next((e for e in index.values() if e["name"] == name), {})
+        cell_p = _img(_grid_b64(plain.get(name, []), per_class_images), f"plain {name}", "360px") if plain.get(name) else "-"
+        cell_d = _img(_grid_b64(dct.get(name, []), per_class_images), f"dct {name}", "360px") if dct.get(name) else "-"
+        info = html.escape(f"{entry.get('token', '')}: {entry.get('updates', '?')} updates, {entry.get('stop_reason', '')}")
+        parts.append(f"<tr><td>{html.escape(name)}</td><td>{cell_p}</td><td>{cell_d}</td><td>{info}</td></tr>")
+    parts.append("</table>")
+
+    # 2. Per-class ZSL accuracy of the three variants.
+    variants = [v for v in ("no_synthetic", "plain_prompt", "dct") if v in evaluation["variants"]]
+    names = [split.classes[i] for i in split.unseen]
+    fig, ax = plt.subplots(figsize=(max(8, len(names) * 0.5), 4))
+    width = 0.8 / max(len(variants), 1)
+    for k, v in enumerate(variants):
+        acc = [evaluation["variants"][v]["per_class_zsl"].get(n, 0.0) for n in names]
+        ax.bar(np.arange(len(names)) + k * width, acc, width, label=v)
+    ax.set_xticks(np.arange(len(names)) + width * (len(variants) - 1) / 2, names, rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel("ZSL accuracy (%)")
+    ax.set_title("Per-class ZSL accuracy on test_unseen")
+    ax.legend()
+    parts.append("<h2>Per-class accuracy</h2>" + _img(_fig_png(fig), "per-class accuracy"))
+
+    # 3. t-SNE of token embeddings (initial and learned).
+    if len(index) >= 3:
+        from sklearn.manifold import TSNE
+
+        entries = sorted(index.values(), key=lambda e: e["name"])
+        from safetensors.torch import load_file
+
+        learned = np.stack([next(iter(load_file(str(rd.tokens / e["file"])).values())).numpy() for e in entries])
+        init = np.stack([np.asarray(e["init_vector"], dtype=np.float32) for e in entries])
+        X = np.concatenate([init, learned])
+        emb = TSNE(n_components=2, perplexity=min(5.0, (len(X) - 1) / 3), random_state=0, init="pca").fit_transform(X)
+        n = len(entries)
+        fig, ax = plt.subplots(figsize=(7, 6))
+        ax.scatter(emb[:n, 0], emb[:n, 1], c="lightgray", label="initial (word of the name)")
+        ax.scatter(emb[n:, 0], emb[n:, 1], c="tab:red", label="learned DCT")
+        for j, e in enumerate(entries):
+            ax.annotate("", emb[n + j], emb[j], arrowprops=dict(arrowstyle="->", color="gray", lw=0.6))
+            ax.text(emb[n + j, 0], emb[n + j, 1], e["name"], fontsize=6)
+        ax.legend()
+        ax.set_title("t-SNE of token embeddings")
+        parts.append("<h2>Token embeddings</h2>" + _img(_fig_png(fig), "t-SNE", "700px"))
+
+    # 4. Training curves.
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    cdm_cfg = json.loads((rd.cdm / "config.json").read_text())
+    h = [x for x in cdm_cfg["history"] if "epoch" in x]
+    axes[0].plot([x["epoch"] for x in h], [x["val_acc"] for x in h], marker="o")
+    axes[0].set_title("CDM: validation accuracy (seen, %)")
+    for e in index.values():
+        axes[1].plot(e["loss_curve"], lw=0.8)
+    axes[1].set_title("DCT: loss per update (each line a class)")
+    for variant in (VARIANT_PLAIN, VARIANT_DCT):
+        p = classifier_dir(rd, variant) / "config.json"
+        if p.is_file():
+            hh = [x for x in json.loads(p.read_text())["history"] if "epoch" in x]
+            axes[2].plot([x["epoch"] for x in hh], [x["val_acc"] for x in hh], marker="o", label=variant)
+    axes[2].set_title("Classifier: validation accuracy (%)")
+    axes[2].legend()
+    parts.append("<h2>Training curves</h2>" + _img(_fig_png(fig), "training curves"))
+
+    # 5. Confusion matrix of the DCT classifier (GZSL, calibrated).
+    main = evaluation["variants"].get("dct") or evaluation["variants"]["no_synthetic"]
+    cm = np.asarray(main["confusion"], dtype=float)
+    order = list(split.seen) + list(split.unseen)
+    cm = cm[np.ix_(order, order)]
+    cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(cm, cmap="viridis", vmin=0, vmax=1)
+    ax.axhline(len(split.seen) - 0.5, color="w", lw=0.8)
+    ax.axvline(len(split.seen) - 0.5, color="w", lw=0.8)
+    ax.set_title("GZSL confusion (rows: true; seen classes first, then unseen)")
+    fig.colorbar(im)
+    parts.append("<h2>Confusion matrix</h2>" + _img(_fig_png(fig), "confusion matrix", "700px"))
+
+    timing = metrics.get("timing_s", {})
+    parts.append("<h2>Time and memory</h2><pre>" + html.escape(json.dumps(
+        {"timing_s": timing, "peak_rss_mb": metrics.get("peak_rss_mb")}, indent=2)) + "</pre>")
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>digzsl-ray report</title>"
+            "<style>body{font-family:sans-serif;margin:24px;max-width:1400px} td{vertical-align:top;padding:4px}"
+            "pre{background:#f4f4f4;padding:8px}</style></head><body>" + "\n".join(parts) + "</body></html>")
+    write_text(rd.report, page)
+    return rd.report

@@ -1,0 +1,263 @@
+"""The Ray stages end to end on tiny models and a tiny dataset, on one shared local Ray cluster.
+
+Tests run in file order and share one run directory: CDM (with a worker failing once), tokens (with
+an actor killed in the middle of a class), generation (with a lost shard), classifier (with a
+worker failing once), evaluation and report, and the guard against another run's directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+from digzsl_ray.config import load_config  # noqa: E402
+from digzsl_ray.stages.common import RunDirError, prepare  # noqa: E402
+from tiny import make_tiny_dataset, make_tiny_models, tiny_overrides  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pipe")
+    sd, clip = make_tiny_models(base / "models")
+    data = make_tiny_dataset(base / "data")
+    marker_dir = base / "faults"
+    tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths have a length limit
+    ray.init(num_cpus=4, include_dashboard=False, _temp_dir=tmp, logging_level="ERROR",
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}})
+    cfg = load_config(None, tiny_overrides(sd, clip, data))
+    out = base / "run"
+    rd, split = prepare(cfg, out, progress=False)
+    yield {"cfg": cfg, "rd": rd, "split": split, "base": base, "markers": marker_dir, "sd": sd, "clip": clip,
+           "data": data}
+    ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_prototypes_and_cdm_survive_a_worker_failure(env):
+    from digzsl_ray.stages.cdm import run_cdm
+    from digzsl_ray.stages.prototypes import run_prototypes
+
+    cfg, rd, split = env["cfg"], env["rd"], env["split"]
+    run_prototypes(cfg, rd, split)
+    marker = env["markers"] / "cdm"
+    os.environ["DIGZSL_FAULT"] = f"cdm:epoch=1:{marker}"
+    try:
+        metrics = run_cdm(cfg, rd, split)
+    finally:
+        os.environ["DIGZSL_FAULT"] = ""
+    assert marker.is_file(), "the injected failure did not fire"
+    meta = json.loads((rd.cdm / "config.json").read_text())
+    epochs = [h["epoch"] for h in meta["history"] if "epoch" in h]
+    assert epochs == [0, 1, 2]  # epoch 1 failed once, then resumed from the epoch-0 checkpoint
+    assert {"resumed_at_epoch": 1} in meta["history"]
+    for k in ("zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H"):
+        assert 0 <= metrics[k] <= 100
+    # rerun: complete stage is skipped (no training: files untouched)
+    mtime = (rd.cdm / "head.safetensors").stat().st_mtime
+    run_cdm(cfg, rd, split)
+    assert (rd.cdm / "head.safetensors").stat().st_mtime == mtime
+    # loadable with one call
+    from digzsl_ray.cdm import load_cdm
+
+    cdm = load_cdm(rd.cdm)
+    assert cdm(torch.rand(2, 3, 32, 32)).shape == (2, len(split.classes))
+
+
+def _reference_tokens(env) -> dict[str, torch.Tensor]:
+    """Tokens of an uninterrupted single-process run with the actors' thread count."""
+    from digzsl_ray.cdm import load_cdm
+    from digzsl_ray.dct import DCTLearner, DCTSettings
+    from digzsl_ray.models.presets import load_sd_pipeline
+    from digzsl_ray.stages.tokens import class_jobs
+
+    cfg, rd, split = env["cfg"], env["rd"], env["split"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.models.torch_threads)
+    try:
+        pipe = load_sd_pipeline(cfg.models.sd)
+        learner = DCTLearner(pipe, load_cdm(rd.cdm), list(split.unseen), DCTSettings.from_config(cfg.tokens),
+                             seed=cfg.tokens.seed)
+        out = {}
+        for job in class_jobs(cfg, split):
+            out[job["name"]] = learner.learn(job["name"], job["class_idx"], job["token"], job["init_word"]).vector
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_tokens_survive_a_killed_actor_and_equal_an_uninterrupted_run(env):
+    from safetensors.torch import load_file
+
+    from digzsl_ray.stages.tokens import run_tokens, token_actor_name
+
+    cfg, rd, split = env["cfg"], env["rd"], env["split"]
+    # slow the classes down a little so an actor can be caught in the middle of one
+    cfg = cfg.model_copy(update={"tokens": cfg.tokens.model_copy(update={"max_updates": 6, "min_updates": 6})})
+    killed: list[str] = []
+    done = threading.Event()
+
+    def killer():
+        while not done.is_set() and not killed:
+            for p in (rd.tokens / ".progress").glob("actor-*.json"):
+                try:
+                    d = json.loads(p.read_text())
+                except (ValueError, OSError):
+                    continue
+                if 1 <= d["update"] < d["max_updates"]:
+                    actor_id = int(p.stem.split("-")[1])
+                    ray.kill(ray.get_actor(token_actor_name(rd, actor_id), namespace="digzsl"))
+                    killed.append(d["class"])
+                    return
+            time.sleep(0.02)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    try:
+        summary = run_tokens(cfg, rd, split, progress=False)
+    finally:
+        done.set()
+    t.join(timeout=5)
+    assert killed, "no actor was caught in the middle of a class"
+    assert summary["classes"] == len(split.unseen)
+    index = json.loads((rd.tokens / "index.json").read_text())
+    env["cfg"] = cfg
+    reference = _reference_tokens(env)
+    for e in index.values():
+        vec = load_file(str(rd.tokens / e["file"]))[e["token"]]
+        assert torch.allclose(vec, reference[e["name"]], atol=1e-6), e["name"]
+        assert e["stop_reason"] in ("gamma", "patience", "max_updates") and len(e["loss_curve"]) == e["updates"]
+    s = json.loads((rd.tokens / "summary.json").read_text())
+    assert {"plain_cdm_acc", "untrained_cdm_acc", "learned_cdm_acc"} <= set(s["mean"])
+    # a rerun learns nothing
+    before = {p.name: p.stat().st_mtime for p in rd.tokens.glob("*.safetensors")}
+    t0 = time.time()
+    run_tokens(cfg, rd, split, progress=False)
+    assert {p.name: p.stat().st_mtime for p in rd.tokens.glob("*.safetensors")} == before
+    assert time.time() - t0 < 10
+
+
+def test_generation_resumes_lost_shards_without_duplicates(env):
+    import pyarrow.parquet as pq
+
+    from digzsl_ray.stages.generate import run_generate, variant_dir
+
+    cfg, rd, split = env["cfg"], env["rd"], env["split"]
+    manifests = run_generate(cfg, rd, split, progress=False)
+    n = cfg.generate.images_per_class * len(split.unseen)
+    assert manifests["dct"]["rows"] == n and manifests["plain_prompt"]["rows"] == n
+    d = variant_dir(rd, "dct")
+    shards = sorted(d.glob("*.parquet"))
+    lost = shards[1]
+    original = pq.read_table(lost).to_pydict()
+    lost.unlink()  # as if the run had been killed before this shard was written
+    (d / "_manifest.json").unlink()
+    run_generate(cfg, rd, split, progress=False)
+    table = pq.read_table(d, columns=["seed", "label", "prompt", "token_sha256", "cdm_score"]).to_pydict()
+    assert len(table["seed"]) == n and len(set(table["seed"])) == n  # same rows, no duplicates
+    again = pq.read_table(lost).to_pydict()
+    assert again["seed"] == original["seed"] and again["prompt"] == original["prompt"]
+    assert np.allclose(again["cdm_score"], original["cdm_score"], atol=1e-5)
+    index = json.loads((rd.tokens / "index.json").read_text())
+    sha = {e["name"]: e["sha256"] for e in index.values()}
+    rows = pq.read_table(d, columns=["class_name", "token_sha256", "prompt"]).to_pydict()
+    for name, h, prompt in zip(rows["class_name"], rows["token_sha256"], rows["prompt"]):
+        assert h == sha[name] and "<dct-" in prompt
+
+
+def test_classifier_resumes_after_a_worker_failure(env):
+    from digzsl_ray.stages.classifier import classifier_dir, run_classifier
+
+    cfg, rd, split = env["cfg"], env["rd"], env["split"]
+    marker = env["markers"] / "classifier"
+    os.environ["DIGZSL_FAULT"] = f"classifier:epoch=1:{marker}"
+    try:
+        run_classifier(cfg, rd, split, "dct", progress=False)
+    finally:
+        os.environ["DIGZSL_FAULT"] = ""
+    assert marker.is_file()
+    meta = json.loads((classifier_dir(rd, "dct") / "config.json").read_text())
+    assert {"resumed_at_epoch": 1} in meta["history"]
+    rows = [h["rows"] for h in meta["history"] if "rows" in h]
+    assert rows and all(r > 0 for r in rows)
+    run_classifier(cfg, rd, split, "plain_prompt", progress=False)
+    s = np.load(classifier_dir(rd, "plain_prompt") / "scores.npz")
+    assert s["test_unseen_scores"].shape == (len(split.items["test_unseen"]), len(split.classes))
+    assert np.allclose(s["test_unseen_scores"].sum(1), 1, atol=1e-4)
+
+
+def test_evaluation_and_report(env):
+    from digzsl_ray.stages.evaluate import run_evaluate
+    from digzsl_ray.stages.report import build_report
+
+    cfg, rd, split = env["cfg"], env["rd"], env["split"]
+    metrics = run_evaluate(cfg, rd, split)
+    for k in ("zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H", "calibration_lambda", "ausuc", "timing_s", "peak_rss_mb"):
+        assert k in metrics
+    assert set(metrics["ablation"]) == {"no_synthetic", "plain_prompt", "dct"}
+    for v in metrics["ablation"].values():
+        assert {"zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H"} <= set(v)
+    page = build_report(cfg, rd, split).read_text()
+    assert page.count("data:image/png;base64,") >= 6 and "t-SNE" not in page or "Token embeddings" in page
+
+
+def test_run_dir_of_another_config_is_refused(env, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(env["data"], other)
+    for f in [other / "dataset.json", *(other / "splits").glob("*.csv")]:
+        f.write_text(f.read_text().replace("red circle", "red ring"))
+    cfg = load_config(None, tiny_overrides(env["sd"], env["clip"], other))
+    with pytest.raises(RunDirError, match="made for a different dataset or class split.*only now: \\['red ring'\\]"):
+        prepare(cfg, env["rd"].root, progress=False)
+
+
+@ray.remote(num_cpus=0)
+class _Worker:
+    def ready(self):
+        return True
+
+    def work(self, shard):
+        import os
+
+        if shard[0] == "die":
+            os._exit(1)  # the process dies: RayActorError for the caller
+        if shard[0] == "bug":
+            raise ValueError("bad input in the work itself")
+        time.sleep(0.05)
+        return [x * 2 for x in shard]
+
+
+def test_pool_redispatches_lost_shards_and_propagates_bugs(env):
+    from digzsl_ray.pool import PoolError, run_pool
+
+    died = {"n": 0}
+
+    def submit(actor, shard):
+        # the first time shard [3] is handed out, its actor dies; the retry succeeds
+        if shard == [3] and died["n"] == 0:
+            died["n"] += 1
+            return actor.work.remote(["die"])
+        return actor.work.remote(shard)
+
+    results = {}
+    stats = run_pool([[i] for i in range(8)], lambda i: _Worker.remote(), submit,
+                     lambda s, r: results.update({s[0]: r}), size=2, min_alive=2, max_retries=2)
+    assert results == {i: [2 * i] for i in range(8)}
+    assert stats.actor_deaths == 1 and stats.redispatched == 1 and stats.restarts == 1
+    with pytest.raises(ray.exceptions.RayTaskError, match="bad input in the work itself"):
+        run_pool([[1], ["bug"]], lambda i: _Worker.remote(), lambda a, s: a.work.remote(s), lambda s, r: None, size=2)
+    with pytest.raises(PoolError, match="lost its actor"):
+        run_pool([["die"]], lambda i: _Worker.remote(), lambda a, s: a.work.remote(s), lambda s, r: None,
+                 size=1, max_retries=1)

@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from digzsl_ray.config import CONFIG_DIR, ConfigError, PretrainConfig, RunConfig, explain, load_config
+
+
+def test_defaults_are_miniworld():
+    cfg = load_config()
+    assert cfg.data.format == "miniworld"
+    assert cfg.models.sd == "miniworld" and cfg.models.clip == "miniworld"
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["cdm.epochs=3", "tokens.gamma=0.9", 'prototypes.templates=["a {}.", "b {}."]',
+                             "models.device=cpu"])
+    assert cfg.cdm.epochs == 3 and isinstance(cfg.cdm.epochs, int)
+    assert cfg.tokens.gamma == 0.9
+    assert cfg.prototypes.templates == ["a {}.", "b {}."]
+
+
+@pytest.mark.parametrize("override, key, got, expected", [
+    ("cdm.lrr=1", "cdm.lrr", "1", "valid keys here: augment"),
+    ("cdm.lr=abc", "cdm.lr", "'abc'", "valid number"),
+    ("tokens.gamma=1.5", "tokens.gamma", "1.5", "<= 1.0"),
+    ("models.device=tpu", "models.device", "'tpu'", "'auto', 'cpu' or 'cuda'"),
+    ("cdm.epochs=0", "cdm.epochs", "0", ">= 1"),
+])
+def test_bad_values_name_key_value_and_expectation(override, key, got, expected):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    msg = str(e.value)
+    assert f"'{key}'" in msg and got in msg and expected in msg
+
+
+def test_override_needs_equals():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(None, ["cdm.epochs"])
+
+
+def test_unknown_config_file_lists_shipped(tmp_path):
+    with pytest.raises(ConfigError, match="shipped configs: .*miniworld"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_yaml_error_names_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("cdm: {epochs: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    p.write_text("cdm:\n  epochs: many\n")
+    with pytest.raises(ConfigError, match=f"in {p}"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("name", ["miniworld", "cub", "awa2", "sun", "flo"])
+def test_shipped_configs_validate_and_hold_overrides_only(name):
+    path = CONFIG_DIR / f"{name}.yaml"
+    cfg = load_config(path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    defaults = RunConfig().model_dump()
+
+    def walk(d, ref, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, ref[k], prefix + k + ".")
+            else:
+                assert v != ref[k], f"{name}.yaml restates the default of {prefix + k}"
+
+    walk(raw, defaults)
+    if name != "miniworld":
+        assert cfg.models.sd == "sd15" and cfg.models.clip == "clip-vit-l14"
+        assert cfg.data.format == "xlsa17"
+
+
+def test_every_field_is_documented():
+    for line in explain(RunConfig) + explain(PretrainConfig):
+        assert "# None" not in line and line.split("#", 1)[1].strip(), line

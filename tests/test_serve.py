@@ -1,0 +1,280 @@
+"""The Ray Serve endpoint against a real local Serve instance (batching does not work in local
+testing mode): answers, every malformed request a 4xx, batching, load with malformed requests,
+a replica killed under load, memory over a load run."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import socket
+import struct
+import tempfile
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+httpx = pytest.importorskip("httpx")
+from PIL import Image  # noqa: E402
+
+from tiny import TINY_CLASSES, TINY_UNSEEN, make_tiny_models  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_run_dir(base: Path) -> Path:
+    """A finished run directory with a (randomly initialised) classifier over the tiny CLIP."""
+    from digzsl_ray.classifier import ZSLClassifier, save_classifier
+    from digzsl_ray.config import load_config, to_yaml
+    from digzsl_ray.models.presets import clip_image_size, clip_norm, load_clip
+
+    _, clip = make_tiny_models(base / "models")
+    cfg = load_config(None, ["name=servetest", f"models.clip=local-dir:{clip}", "serve.max_batch_size=8",
+                             "serve.batch_wait_timeout_s=0.01", "serve.max_body_bytes=200000",
+                             "serve.max_pixels=250000", "serve.default_k=3"])
+    run = base / "run"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    (run / "metrics.json").write_text(json.dumps({"calibration_lambda": 0.05}))
+    model, _, _ = load_clip(cfg.models.clip)
+    torch.manual_seed(0)
+    clf = ZSLClassifier("clip", len(TINY_CLASSES), "mlp", clip_image_size(model), *clip_norm(model), clip_model=model)
+    seen = [i for i, n in enumerate(TINY_CLASSES) if n not in TINY_UNSEEN]
+    unseen = [i for i, n in enumerate(TINY_CLASSES) if n in TINY_UNSEEN]
+    save_classifier(run / "classifier", clf, TINY_CLASSES, seen, unseen, cfg.models)
+    return run
+
+
+def png_bytes(seed: int, size: int = 24) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from ray import serve
+
+    from digzsl_ray.serve import build_app
+
+    base = tmp_path_factory.mktemp("serve")
+    run = make_run_dir(base)
+    tmp = tempfile.mkdtemp(prefix="s", dir="/tmp")
+    port = _free_port()
+    ray.init(num_cpus=4, include_dashboard=False, _temp_dir=tmp, logging_level="ERROR")
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app({"run_dir": str(run), "min_replicas": 2}), name="digzsl", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    client = httpx.Client(base_url=url, timeout=30)
+    for _ in range(100):
+        try:
+            if client.get("/healthz").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    yield {"url": url, "client": client, "run": run}
+    client.close()
+    serve.shutdown()
+    ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def reference_top(run: Path, data: bytes, k: int) -> list[str]:
+    """What the model itself ranks first, computed in-process from the same files."""
+    from digzsl_ray.classifier import load_classifier
+    from digzsl_ray.serve import decode_image, load_run_meta, top_k
+
+    model, cfg, classes = load_classifier(run / "classifier")
+    meta = load_run_meta(run)
+    x = torch.from_numpy(decode_image(data, cfg["image_size"], 10**9))[None]
+    with torch.no_grad():
+        probs = model(x).softmax(-1)[0].numpy()
+    return [p["class"] for p in top_k(probs, meta["classes"], set(meta["seen"]), meta["lambda"], k)]
+
+
+def test_classify_multipart_json_and_metadata(server):
+    c = server["client"]
+    data = png_bytes(1)
+    r = c.post("/v1/classify", files={"image": ("x.png", data, "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["predictions"]) == 3 and body["model_version"].startswith("servetest-")
+    assert [p["class"] for p in body["predictions"]] == reference_top(server["run"], data, 3)
+    scores = [p["score"] for p in body["predictions"]]
+    assert scores == sorted(scores, reverse=True)
+    for p in body["predictions"]:
+        assert p["seen"] == (p["class"] not in TINY_UNSEEN)
+        assert p["score"] == pytest.approx(p["probability"] - (0.05 if p["seen"] else 0.0), abs=1e-5)
+    r = c.post("/v1/classify", json={"image_base64": base64.b64encode(data).decode(), "k": 6})
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 6
+    classes = c.get("/v1/classes").json()["classes"]
+    assert [x["name"] for x in classes] == TINY_CLASSES
+    assert [x["name"] for x in classes if not x["seen"]] == TINY_UNSEEN
+    assert c.get("/healthz").json()["status"] == "ok"
+
+
+def _truncated_png() -> bytes:
+    data = png_bytes(2, size=64)
+    return data[: len(data) // 2]
+
+
+def _big_png(side: int) -> bytes:
+    # a valid PNG header claiming side x side pixels (tiny file, huge image)
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b"")
+
+
+def _thin_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 200_000)).save(buf, format="PNG")  # few KB, 200k pixels, absurd aspect
+    return buf.getvalue()
+
+
+MALFORMED = [
+    ("not an image", dict(files={"image": ("x.png", b"hello world", "image/png")}), 400, "not an image"),
+    ("truncated", dict(files={"image": ("x.png", _truncated_png(), "image/png")}), 400, "truncated"),
+    ("too large body", dict(files={"image": ("x.png", b"\x00" * 300_000, "image/png")}), 413, "too large"),
+    ("too many pixels", dict(files={"image": ("x.png", _big_png(2000), "image/png")}), 413, "pixels"),
+    ("wrong content type", dict(content=b"abc", headers={"content-type": "text/plain"}), 415, "content type"),
+    ("missing field", dict(files={"picture": ("x.png", png_bytes(3), "image/png")}), 400, "missing form field 'image'"),
+    ("missing json field", dict(json={"img": "abc"}), 400, "image_base64"),
+    ("bad base64", dict(json={"image_base64": "%%%not base64%%%"}), 400, "base64"),
+    ("bad json", dict(content=b"{not json", headers={"content-type": "application/json"}), 400, "JSON"),
+    ("bad k (zero)", dict(json={"image_base64": base64.b64encode(png_bytes(4)).decode(), "k": 0}), 400, "bad k"),
+    ("bad k (text)", dict(files={"image": ("x.png", png_bytes(5), "image/png")}, data={"k": "five"}), 400, "bad k"),
+    ("bad k (too big)", dict(json={"image_base64": base64.b64encode(png_bytes(6)).decode(), "k": 99}), 400, "bad k"),
+    ("empty image", dict(files={"image": ("x.png", b"", "image/png")}), 400, "empty"),
+    ("thin image", dict(files={"image": ("x.png", _thin_png(), "image/png")}), 400, "image shape"),
+    ("k infinity", dict(content=b'{"image_base64": "aGk=", "k": Infinity}',
+                        headers={"content-type": "application/json"}), 400, "bad k"),
+]
+
+
+@pytest.mark.parametrize("name, kwargs, status, words", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_every_malformed_request_gets_a_clear_4xx(server, name, kwargs, status, words):
+    r = server["client"].post("/v1/classify", **kwargs)
+    assert r.status_code == status, (name, r.status_code, r.text)
+    assert words.lower() in r.json()["error"].lower()
+
+
+def test_unknown_route_and_method_are_json_4xx(server):
+    c = server["client"]
+    r = c.get("/v1/nope")
+    assert r.status_code == 404 and "error" in r.json()
+    r = c.get("/v1/classify")
+    assert r.status_code == 405 and "error" in r.json()
+
+
+def _good(i):
+    return "good", dict(files={"image": ("x.png", png_bytes(1000 + i % 50), "image/png")}), i % 50
+
+
+def _bad(i):
+    name, kwargs, status, _ = MALFORMED[i % len(MALFORMED)]
+    return "bad", kwargs, status
+
+
+def test_load_with_malformed_requests_no_5xx_and_batching(server):
+    """2,000 requests from 16 concurrent clients, 10% malformed."""
+    url, run = server["url"], server["run"]
+    expected = {j: reference_top(run, png_bytes(1000 + j), 3)[0] for j in range(50)}
+    jobs = [_bad(i) if i % 10 == 0 else _good(i) for i in range(2000)]
+    local = threading.local()
+
+    def send(job):
+        if not hasattr(local, "c"):
+            local.c = httpx.Client(base_url=url, timeout=60)
+        kind, kwargs, extra = job
+        r = local.c.post("/v1/classify", **kwargs)
+        return kind, extra, r.status_code, r.json()
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(send, jobs))
+    assert not [r for r in results if r[2] >= 500]
+    bad = [r for r in results if r[0] == "bad"]
+    assert len(bad) == 200 and all(r[2] == r[1] for r in bad)
+    good = [r for r in results if r[0] == "good"]
+    assert all(r[2] == 200 and r[3]["predictions"][0]["class"] == expected[r[1]] for r in good)
+    stats = server["client"].get("/v1/stats").json()
+    assert stats["largest_batch"] > 1  # dynamic batching formed real batches under load
+
+
+def _replica_pids() -> dict[int, "psutil.Process"]:
+    """Classifier replica processes (Ray titles them ray::ServeReplica:<app>:<deployment>)."""
+    import psutil
+
+    out = {}
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "ServeReplica:digzsl:Classifier" in cmd:
+            out[p.info["pid"]] = p
+    return out
+
+
+def _replica_names() -> list[str]:
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["namespace"] == "serve" and "Classifier" in a["name"])
+
+
+def test_replica_memory_steady_and_kill_under_load(server):
+    import psutil
+
+    url = server["url"]
+    pids = _replica_pids()
+    assert len(pids) == 2, pids
+
+    def hammer(n, out):
+        with httpx.Client(base_url=url, timeout=60) as c:
+            for i in range(n):
+                try:
+                    r = c.post("/v1/classify", files={"image": ("x.png", png_bytes(i % 20), "image/png")})
+                    out.append((time.time(), r.status_code))
+                except httpx.HTTPError:
+                    out.append((time.time(), -1))
+
+    # 1. memory over a load run (after a warm-up)
+    warm: list = []
+    hammer(100, warm)
+    rss0 = {n: p.memory_info().rss for n, p in pids.items()}
+    log: list = []
+    threads = [threading.Thread(target=hammer, args=(150, log)) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert all(s == 200 for _, s in log)
+    for n, p in pids.items():
+        growth = p.memory_info().rss / rss0[n] - 1
+        assert growth < 0.10, f"replica {n} RSS grew {growth:.1%}"
+
+    # 2. kill one replica under load: only in-flight requests may fail, service answers again fast
+    log = []
+    threads = [threading.Thread(target=hammer, args=(120, log)) for _ in range(8)]
+    [t.start() for t in threads]
+    time.sleep(1.0)
+    names = _replica_names()
+    assert len(names) == 2, names
+    t_kill = time.time()
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+    [t.join() for t in threads]
+    failed = [(t, s) for t, s in log if s != 200]
+    assert len(failed) <= 8 * 2, failed  # at most the requests in flight (8 clients, a batch each)
+    assert not [s for _, s in log if 400 <= s < 500]
+    after = [t for t, s in log if s == 200 and t > t_kill]
+    assert after and after[0] - t_kill < 5.0  # answers again within seconds

@@ -1,0 +1,91 @@
+"""Tiny components built offline from small literal configs with fixed seeds (DESIGN section 8).
+
+They use the real classes (AutoencoderKL, UNet2DConditionModel, CLIPTextModel, open_clip CLIP,
+the real CLIP BPE tokenizer) and the real save formats, so the code under test is the code that
+loads SD 1.5 and ViT-L/14; only the sizes and weights are tiny and random.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from digzsl_ray.miniworld.arch import ClipArch, SDArch
+from digzsl_ray.miniworld.foundation import build_models, export_clip, export_sd
+from digzsl_ray.models.tokenizer import build_clip_tokenizer
+
+TINY_SD = SDArch(image_size=16, vae_channels=(8, 16), latent_channels=4, unet_channels=(32, 32),
+                 unet_layers_per_block=1, unet_head_dim=16, text_hidden=32, text_layers=1, text_heads=2)
+TINY_CLIP = ClipArch(embed_dim=16, image_size=16, patch_size=4, vision_width=32, vision_layers=1,
+                     vision_head_width=16, text_width=32, text_layers=1, text_heads=2, context_length=16)
+
+
+def _tiny_vae_groups(vae_cfg: dict) -> dict:
+    vae_cfg["norm_num_groups"] = 8
+    return vae_cfg
+
+
+def make_tiny_models(out: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Write ``out/sd`` (diffusers pipeline) and ``out/clip`` (open_clip local-dir). Returns both paths."""
+    import open_clip
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from digzsl_ray.miniworld import arch
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**_tiny_vae_groups(arch.vae_config(TINY_SD)))
+    ucfg = arch.unet_config(TINY_SD)
+    ucfg["norm_num_groups"] = 8
+    unet = UNet2DConditionModel(**ucfg)
+    te = CLIPTextModel(CLIPTextConfig(**arch.text_config(TINY_SD)))
+    clip = open_clip.CLIP(**TINY_CLIP.model_cfg())
+    out = Path(out)
+    export_sd(vae, unet, te, build_clip_tokenizer(TINY_SD.max_length), out / "sd", dtype="fp32")
+    export_clip(clip, TINY_CLIP, out / "clip", dtype="fp32")
+    return out / "sd", out / "clip"
+
+
+TINY_CLASSES = ["red circle", "blue square", "green triangle", "yellow diamond", "purple circle", "orange square"]
+TINY_UNSEEN = ["purple circle", "orange square"]
+
+
+def make_tiny_dataset(root: Path, per_class: int = 10, test_per_class: int = 4) -> Path:
+    """A 6-class dataset in the project format, rendered with MiniWorld's renderer (plain patterns)."""
+    from digzsl_ray.data.format import write_dataset
+    from digzsl_ray.miniworld import world
+    from digzsl_ray.slug import slugify
+
+    root = Path(root)
+    rows = {"trainval": [], "test_seen": [], "test_unseen": []}
+    k = 0
+    for name in TINY_CLASSES:
+        colour, shape = name.split()
+        spec = world.ClassSpec("plain", colour, shape)
+        splits = [("test_unseen", test_per_class)] if name in TINY_UNSEEN else [("trainval", per_class),
+                                                                              ("test_seen", test_per_class)]
+        for split, n in splits:
+            for j in range(n):
+                rel = f"images/{split}/{slugify(name)}/{j}.png"
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                world.render(spec, 0, 77, k).save(root / rel)
+                k += 1
+                rows[split].append((rel, [name]))
+    write_dataset(root, "tiny", TINY_CLASSES, TINY_UNSEEN, rows)
+    return root
+
+
+def tiny_overrides(sd: Path, clip: Path, data: Path) -> list[str]:
+    """Config overrides that make every stage run in seconds on the tiny models."""
+    return [
+        "name=tiny", "data.format=digzsl", f"data.root={data}", "data.val_fraction=0.2",
+        f"models.sd={sd}", f"models.clip=local-dir:{clip}",
+        "cdm.epochs=3", "cdm.batch_size=16", "cdm.hidden_dim=16",
+        "tokens.batch_size=2", "tokens.num_inference_steps=2", "tokens.max_updates=3", "tokens.min_updates=0",
+        "tokens.gamma=1.0", "tokens.eval_images=2", "tokens.pool_max=2",
+        "generate.images_per_class=6", "generate.batch_size=3", "generate.rows_per_shard=3",
+        "generate.num_inference_steps=2",
+        "classifier.epochs=3", "classifier.batch_size=16", "classifier.patience=5",
+        "classifier.synthetic_val_fraction=0.34",
+    ]
