@@ -41,7 +41,10 @@ def _free_port() -> int:
 
 
 def _run(cmd: list[str], env: dict, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=check)
+    r = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert r.returncode == 0, f"{' '.join(cmd[:3])} exited {r.returncode}:\n{r.stderr[-3000:]}"
+    return r
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +112,9 @@ def test_job_submit_pipeline_then_serve(cluster, tmp_path):
     cfg.write_text(json.dumps({
         "proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": cluster["serve_port"]},
         "applications": [{"name": "digzsl", "route_prefix": "/", "import_path": "digzsl_ray.serve:build_app",
-                          "args": {"run_dir": str(out)}, "runtime_env": {"working_dir": str(REPO),
-                                                                          "excludes": [".venv", "build", "runs"]}}],
+                          "args": {"run_dir": str(out)}}],
+        # No runtime_env: a Serve config accepts only remote (or local://) working_dir URIs, and the
+        # cluster's Python has the package installed, as on a real cluster image.
     }))
     _run([str(BIN / "serve"), "deploy", str(cfg), "--address", f"http://127.0.0.1:{cluster['dash']}"], env)
     import httpx
