@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import io
 import socket
-import statistics
 import sys
 import threading
 import time
@@ -33,7 +32,6 @@ def _free_port() -> int:
 
 
 def _images(n: int) -> list[bytes]:
-    from PIL import Image
 
     from digzsl_ray.miniworld import world
 

@@ -118,7 +118,6 @@ def test_job_submit_pipeline_then_serve(cluster, tmp_path):
     }))
     _run([str(BIN / "serve"), "deploy", str(cfg), "--address", f"http://127.0.0.1:{cluster['dash']}"], env)
     import httpx
-    from PIL import Image
 
     from digzsl_ray.miniworld import world
 

@@ -217,7 +217,7 @@ def test_load_with_malformed_requests_no_5xx_and_batching(server):
     assert stats["largest_batch"] > 1  # dynamic batching formed real batches under load
 
 
-def _replica_pids() -> dict[int, "psutil.Process"]:
+def _replica_pids() -> dict:
     """Classifier replica processes (Ray titles them ray::ServeReplica:<app>:<deployment>)."""
     import psutil
 
@@ -235,7 +235,6 @@ def _replica_names() -> list[str]:
 
 
 def test_replica_memory_steady_and_kill_under_load(server):
-    import psutil
 
     url = server["url"]
     pids = _replica_pids()

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from digzsl_ray.miniworld.arch import ClipArch, SDArch
-from digzsl_ray.miniworld.foundation import build_models, export_clip, export_sd
+from digzsl_ray.miniworld.foundation import export_clip, export_sd
 from digzsl_ray.models.tokenizer import build_clip_tokenizer
 
 TINY_SD = SDArch(image_size=16, vae_channels=(8, 16), latent_channels=4, unet_channels=(32, 32),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -91,11 +90,12 @@ def pretrain_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from ..data.captioned import load_images, read_captioned_folder
-    from ..models.tokenizer import build_clip_tokenizer
     from diffusers import DDPMScheduler
 
+    from ..data.captioned import load_images, read_captioned_folder
+    from ..models.tokenizer import build_clip_tokenizer
     from ..raycluster import quiet_train_worker_logs
+    from ..trainloop import report_state, restore_state
 
     quiet_train_worker_logs()
     # 1. Rebuild the typed config; pin threads to the CPUs this worker holds.
@@ -123,11 +123,8 @@ def pretrain_worker(config: dict) -> None:
     vae, unet, te, clip = build_models(sd_arch, clip_arch, cfg.seed)
     for m in (vae, unet, te, clip):
         m.to(device)
-    state: dict = {}
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+    state = restore_state() or {}
+    if state:
         for key, m in (("vae", vae), ("unet", unet), ("text_encoder", te), ("clip", clip)):
             if key in state:
                 m.load_state_dict(state[key])
@@ -145,12 +142,7 @@ def pretrain_worker(config: dict) -> None:
             return
         saved.update({k: v for k, v in lazy_state().items()})
         saved["phases"] = {k: asdict(v) for k, v in phases.items()}
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as d:
-                torch.save(saved, Path(d) / "state.pt")
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            ray.train.report(metrics)
+        report_state(metrics, saved, rank)
 
     current: dict[str, PhaseState] = {}
     progress = rank == 0
@@ -192,8 +184,7 @@ def pretrain_worker(config: dict) -> None:
 
 def run_pretrain(data: str | Path, out: str | Path, cfg: PretrainConfig, storage: str | Path | None = None) -> dict:
     """Validate the folder, then run :func:`pretrain_worker` on Ray Train; returns pretrain.json."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ..trainloop import make_trainer
 
     from ..data.captioned import read_captioned_folder
 
@@ -202,15 +193,10 @@ def run_pretrain(data: str | Path, out: str | Path, cfg: PretrainConfig, storage
     out.mkdir(parents=True, exist_ok=True)
     storage = Path(storage or out / "ray_train").resolve()
     t0 = time.time()
-    trainer = TorchTrainer(
-        pretrain_worker,
-        train_loop_config={"cfg": cfg.model_dump(), "data": str(Path(data).resolve()), "out": str(out)},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name="pretrain", storage_path=str(storage),
-                             checkpoint_config=CheckpointConfig(num_to_keep=1),
-                             failure_config=FailureConfig(max_failures=2)),
-    )
+    trainer = make_trainer(
+        pretrain_worker, {"cfg": cfg.model_dump(), "data": str(Path(data).resolve()), "out": str(out)},
+        name="pretrain", storage=storage, num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+        cpus_per_worker=cfg.cpus_per_worker, max_failures=2, keep=1)
     trainer.fit()
     meta = json.loads((out / "pretrain.json").read_text())
     meta["wall_seconds"] = round(time.time() - t0, 1)

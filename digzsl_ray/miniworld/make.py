@@ -178,7 +178,7 @@ def format_summary(summary: dict) -> str:
         f"(pattern named in {summary['params']['fine_caption_rate']:.0%} of captions)",
         f"  zsl           {len(summary['classes']) - len(summary['unseen'])} seen / {len(summary['unseen'])} unseen; "
         + ", ".join(f"{k} {v}" for k, v in c["zsl"].items()),
-        f"  zsl_multilabel " + ", ".join(f"{k} {v}" for k, v in c["zsl_multilabel"].items()),
+        "  zsl_multilabel " + ", ".join(f"{k} {v}" for k, v in c["zsl_multilabel"].items()),
         "  unseen: " + ", ".join(summary["unseen"]),
     ]
     return "\n".join(lines)

@@ -44,8 +44,8 @@ def cdm_worker(config: dict) -> None:
     from ..images import load_images
     from ..models.presets import clip_image_size, clip_norm, load_clip
     from ..prototypes import load_prototypes
-
     from ..raycluster import quiet_train_worker_logs
+    from ..trainloop import report_state, restore_state
 
     quiet_train_worker_logs()
     # 1. Rebuild typed config; pin threads.
@@ -84,10 +84,8 @@ def cdm_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(head)
     opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     start, best_acc, best_state, history = 0, -1.0, None, []
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            st = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+    st = restore_state()
+    if st:
         head.load_state_dict(st["head"])
         opt.load_state_dict(st["opt"])
         start, best_acc, best_state, history = st["epoch"] + 1, st["best_acc"], st["best_state"], st["history"]
@@ -106,13 +104,8 @@ def cdm_worker(config: dict) -> None:
             best_acc, best_state = acc, {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
         history.append({"epoch": epoch, "loss": round(loss, 5), "val_acc": round(acc, 3)})
         metrics = {"epoch": epoch, "loss": loss, "val_acc": acc, "best_val_acc": best_acc}
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as d:
-                torch.save({"head": head.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "best_acc": best_acc,
-                            "best_state": best_state, "history": history}, Path(d) / "state.pt")
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            ray.train.report(metrics)
+        report_state(metrics, {"head": head.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
+                               "best_acc": best_acc, "best_state": best_state, "history": history}, rank)
 
     # 6. Rank 0: best head -> OUT/cdm, plus scores of val and test images for evaluation.
     if rank == 0:
@@ -170,8 +163,7 @@ def cfg_epochs(meta: dict) -> int:
 
 def run_cdm(cfg, rd: RunDir, split) -> dict:
     """Train (or skip when complete) and return the CDM's own metrics."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ..trainloop import make_trainer
 
     if not rd.prototypes.is_file():
         raise FileNotFoundError(f"{rd.prototypes}: missing; run `digzsl prototypes` first")
@@ -185,17 +177,12 @@ def run_cdm(cfg, rd: RunDir, split) -> dict:
     data = {"train": _items_payload(split.train_items()), "val": _items_payload(split.val),
             "test_seen": _items_payload(split.items["test_seen"]),
             "test_unseen": _items_payload(split.items["test_unseen"])}
-    trainer = TorchTrainer(
+    trainer = make_trainer(
         cdm_worker,
-        train_loop_config={"fault": current_spec(), "cfg": cfg.model_dump(mode="json"), "data": data,
-                           "seen": list(split.seen), "prototypes": str(rd.prototypes), "out": str(rd.cdm),
-                           "fingerprint": fp},
-        scaling_config=ScalingConfig(num_workers=w.num_workers, use_gpu=w.use_gpu,
-                                     resources_per_worker={"CPU": w.cpus_per_worker}),
-        run_config=RunConfig(name=f"cdm-{fp}", storage_path=str(rd.ray_storage),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             failure_config=FailureConfig(max_failures=w.max_failures)),
-    )
+        {"fault": current_spec(), "cfg": cfg.model_dump(mode="json"), "data": data, "seen": list(split.seen),
+         "prototypes": str(rd.prototypes), "out": str(rd.cdm), "fingerprint": fp},
+        name=f"cdm-{fp}", storage=rd.ray_storage, num_workers=w.num_workers, use_gpu=w.use_gpu,
+        cpus_per_worker=w.cpus_per_worker, max_failures=w.max_failures)
     trainer.fit()
     metrics = cdm_metrics(rd, split)
     write_json(rd.cdm / "metrics.json", metrics)

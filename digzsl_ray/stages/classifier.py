@@ -95,8 +95,8 @@ def classifier_worker(config: dict) -> None:
     from ..evaluate import mean_per_class_accuracy
     from ..faults import maybe_fail
     from ..images import augment, load_images
-
     from ..raycluster import quiet_train_worker_logs
+    from ..trainloop import report_state, restore_state
 
     quiet_train_worker_logs()
     # 1. Config, device, model.
@@ -117,10 +117,8 @@ def classifier_worker(config: dict) -> None:
     ddp = ray.train.torch.prepare_model(model) if ctx.get_world_size() > 1 else model
     opt = torch.optim.AdamW(param_groups(model, c.lr, c.weight_decay))
     start, best, best_state, since, history = 0, -1.0, None, 0, []
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            st = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+    st = restore_state()
+    if st:
         model.load_state_dict(st["model"], strict=False)
         opt.load_state_dict(st["opt"])
         start, best, best_state, since, history = st["epoch"] + 1, st["best"], st["best_state"], st["since"], st["history"]
@@ -174,12 +172,7 @@ def classifier_worker(config: dict) -> None:
         metrics = {"epoch": epoch, "loss": tot / max(n, 1), "val_acc": acc, "best_val_acc": best}
         state = {"model": model.trainable_state(), "opt": opt.state_dict(), "epoch": epoch, "best": best,
                  "best_state": best_state, "since": since, "history": history}
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as d:
-                torch.save(state, Path(d) / "state.pt")
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            ray.train.report(metrics)
+        report_state(metrics, state, rank)
         if since >= c.patience:
             break
 
@@ -249,8 +242,9 @@ def _synthetic_counts(files: list[str], thresholds: dict, val_fraction: float) -
 def run_classifier(cfg, rd: RunDir, split, variant: str = VARIANT_DCT, progress: bool = True) -> Path:
     """Train the classifier on real seen + the ``variant``'s synthetic images (skipped when complete)."""
     import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train import DataConfig
+
+    from ..trainloop import make_trainer
 
     from ..models.presets import clip_image_size, load_clip
     from .generate import variant_dir
@@ -306,19 +300,14 @@ def run_classifier(cfg, rd: RunDir, split, variant: str = VARIANT_DCT, progress:
     w = c.workers
     test = {s: {"paths": [it.path for it in split.items[s]], "labels": [it.label for it in split.items[s]]}
             for s in ("test_seen", "test_unseen")}
-    trainer = TorchTrainer(
+    trainer = make_trainer(
         classifier_worker,
-        train_loop_config={"fault": current_spec(), "cfg": cfg.model_dump(mode="json"), "classes": list(split.classes),
-                           "seen": list(split.seen), "unseen": list(split.unseen), "out": str(out),
-                           "variant": variant, "test": test, "fingerprint": fp, "prototypes": str(rd.prototypes)},
-        datasets={"train": train, "val": val},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
-        scaling_config=ScalingConfig(num_workers=w.num_workers, use_gpu=w.use_gpu,
-                                     resources_per_worker={"CPU": w.cpus_per_worker}),
-        run_config=RunConfig(name=f"classifier-{variant}-{fp}", storage_path=str(rd.ray_storage),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             failure_config=FailureConfig(max_failures=w.max_failures)),
-    )
+        {"fault": current_spec(), "cfg": cfg.model_dump(mode="json"), "classes": list(split.classes),
+         "seen": list(split.seen), "unseen": list(split.unseen), "out": str(out), "variant": variant, "test": test,
+         "fingerprint": fp, "prototypes": str(rd.prototypes)},
+        name=f"classifier-{variant}-{fp}", storage=rd.ray_storage, num_workers=w.num_workers, use_gpu=w.use_gpu,
+        cpus_per_worker=w.cpus_per_worker, max_failures=w.max_failures,
+        datasets={"train": train, "val": val}, dataset_config=DataConfig(datasets_to_split=["train"]))
     trainer.fit()
     stage_timing(rd, f"classifier_{variant}", time.time() - t0)
     meta = json.loads((out / "config.json").read_text())

@@ -1,6 +1,5 @@
 """MiniWorld rendering: structure of the world, determinism, and the written formats."""
 
-import filecmp
 import json
 from collections import Counter
 from pathlib import Path
@@ -13,7 +12,7 @@ from digzsl_ray.data.captioned import read_captioned_folder
 from digzsl_ray.data.format import read_dataset
 from digzsl_ray.data.validate import validate_split
 from digzsl_ray.miniworld import world
-from digzsl_ray.miniworld.make import WorldParams, make_world
+from digzsl_ray.miniworld.make import WorldParams
 
 SMALL = ["--corpus-size", "300", "--quiet"]
 
