@@ -32,7 +32,6 @@ def _free_port() -> int:
 
 
 def _images(n: int) -> list[bytes]:
-
     from digzsl_ray.miniworld import world
 
     out = []
