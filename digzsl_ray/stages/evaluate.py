@@ -107,6 +107,9 @@ def run_evaluate(cfg, rd: RunDir, split) -> dict:
     metrics["timing_s"] = json.loads(timing.read_text()) if timing.is_file() else {}
     prev = json.loads(rd.metrics.read_text()) if rd.metrics.is_file() else {}
     metrics["peak_rss_mb"] = prev.get("peak_rss_mb", 0.0)
+    for key in ("peak_rss_sum_mb", "peak_memory_breakdown"):  # recorded by `digzsl run`; keep on re-evaluation
+        if key in prev:
+            metrics[key] = prev[key]
     write_json(rd.metrics, metrics)
     details = {name: {**{k: v for k, v in r.items() if k not in ("per_class_gzsl", "per_class_zsl")},
                       "per_class_gzsl": {split.classes[i]: a for i, a in r["per_class_gzsl"].items()},
