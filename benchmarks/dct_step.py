@@ -1,6 +1,6 @@
 """dct_step: seconds and peak memory per DCT update, ours vs a bare single-process loop.
 
-ours: ``digzsl_ray.dct.DCTLearner`` (the code the token actors run).
+ours: ``digzsl_ray.methods.digzsl.dct.DCTLearner`` (the code the token actors run).
 bare: a from-scratch loop with the structure of the original DCT implementation: textual-inversion
 style (the whole token-embedding matrix is the trainable parameter; gradients of other rows are
 masked and the rows restored after each step), every denoising step without gradient except the
@@ -33,7 +33,12 @@ def _setup(threads: int):
     from digzsl_ray.cdm import CDM, CDMHead
     from digzsl_ray.config import RunConfig
     from digzsl_ray.miniworld import world
-    from digzsl_ray.models.presets import clip_image_size, clip_norm, load_clip, load_sd_pipeline
+    from digzsl_ray.models.presets import (
+        clip_image_size,
+        clip_norm,
+        load_clip,
+        load_sd_pipeline,
+    )
     from digzsl_ray.prototypes import build_prototypes
 
     torch.set_num_threads(threads)
@@ -48,13 +53,11 @@ def _setup(threads: int):
 
 
 def run_ours(updates: int, threads: int) -> dict:
-    from digzsl_ray.config import RunConfig
-    from digzsl_ray.dct import DCTLearner, DCTSettings
+    from digzsl_ray.methods.digzsl.config import DigzslRunConfig
+    from digzsl_ray.methods.digzsl.dct import DCTLearner
 
     pipe, cdm, names, unseen = _setup(threads)
-    t = RunConfig().tokens
-    s = DCTSettings.from_config(t)
-    s.max_updates, s.min_updates, s.gamma = updates, updates, 1.0
+    s = DigzslRunConfig().tokens.model_copy(update={"max_updates": updates, "min_updates": updates, "gamma": 1.0})
     learner = DCTLearner(pipe, cdm, unseen, s)
     stamps = []
     c = unseen[0]
@@ -67,10 +70,10 @@ def run_bare(updates: int, threads: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from digzsl_ray.config import RunConfig
+    from digzsl_ray.methods.digzsl.config import DigzslRunConfig
 
     pipe, cdm, names, unseen = _setup(threads)
-    t = RunConfig().tokens
+    t = DigzslRunConfig().tokens
     tok, te, unet, vae, sched = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, pipe.scheduler
     c = unseen[0]
     name = names[c]

@@ -99,7 +99,7 @@ def main() -> None:
     prompts = [f"a photo of a {names[i % len(names)]}" for i in range(a.images + 2 * a.batch)]
     import ray
 
-    from digzsl_ray.raycluster import init_ray
+    from digzsl_ray.distributed.cluster import init_ray
 
     tmp = Path(tempfile.mkdtemp(prefix="genbench"))
     by_threads = {}

@@ -48,11 +48,16 @@ def peak_tflops(name: str, given: float | None) -> float | None:
 
 def build_pipe(attention: str):
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from digzsl_ray.miniworld.arch import scheduler_config
     from digzsl_ray.models.tokenizer import build_clip_tokenizer
+    from digzsl_ray.pretrain.arch import scheduler_config
 
     torch.manual_seed(0)
     pipe = StableDiffusionPipeline(
@@ -85,16 +90,17 @@ def dct_update_seconds(pipe, batch: int, steps: int) -> float:
     import torch
 
     from digzsl_ray.cdm import CDM, CDMHead
-    from digzsl_ray.dct import DCTLearner, DCTSettings
+    from digzsl_ray.methods.digzsl.config import TokensConfig
+    from digzsl_ray.methods.digzsl.dct import DCTLearner
 
     clip = open_clip.create_model("ViT-L-14").to("cuda").eval()
     protos = torch.nn.functional.normalize(torch.randn(200, 768), dim=-1)
     cdm = CDM(clip, CDMHead(protos, 768, 0, 0.05), 224, open_clip.OPENAI_DATASET_MEAN,
               open_clip.OPENAI_DATASET_STD).to("cuda")
-    s = DCTSettings(templates=["a photo of a {token} {name}"], batch_size=batch, steps=steps, grad_steps=1,
-                    guidance=7.5, max_updates=6, min_updates=6, gamma=1.0, precision="fp16",
-                    gradient_checkpointing=True)
-    learner = DCTLearner(pipe, cdm, list(range(150, 200)), s)
+    s = TokensConfig(templates=["a photo of a {token} {name}"], batch_size=batch, num_inference_steps=steps,
+                     grad_steps=1, guidance_scale=7.5, max_updates=6, min_updates=6, gamma=1.0,
+                     gradient_checkpointing=True)
+    learner = DCTLearner(pipe, cdm, list(range(150, 200)), s, precision="fp16")
     stamps = []
     learner.learn("black footed albatross", 150, "<dct-bench>", "albatross",
                   progress=lambda *a: (torch.cuda.synchronize(), stamps.append(time.perf_counter())))

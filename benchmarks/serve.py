@@ -107,7 +107,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from digzsl_ray.raycluster import init_ray
+    from digzsl_ray.distributed.cluster import init_ray
     from digzsl_ray.serve import build_app
 
     images = _images(300)

@@ -1,6 +1,6 @@
 """token_scaling: classes per hour with 1 and 2 token actors, and a simulated 64-actor pool.
 
-1. Real: the token stage (``run_tokens``) on MiniWorld for ``--classes`` unseen classes, once with
+1. Real: the token stage (``learn-tokens``) on MiniWorld for ``--classes`` unseen classes, once with
    one actor and once with two, each actor held to one core (``tokens.num_cpus=1``, one torch
    thread), so the speedup measures the scheduling, not thread counts. Wall time of the stage,
    actor start-up included. Prototypes and the CDM are trained once beforehand (not timed).
@@ -33,31 +33,32 @@ from common import save  # noqa: E402
 def real_runs(n_classes: int) -> tuple[dict, list[float]]:
     import ray
 
-    from digzsl_ray.config import load_config
-    from digzsl_ray.raycluster import init_ray
-    from digzsl_ray.stages.cdm import run_cdm
-    from digzsl_ray.stages.common import prepare
-    from digzsl_ray.stages.prototypes import run_prototypes
-    from digzsl_ray.stages.tokens import run_tokens
+    from digzsl_ray.distributed.cluster import init_ray
+    from digzsl_ray.methods import get_method, load_run_config
+    from digzsl_ray.stages.contract import Context, execute
+    from digzsl_ray.stages.runner import context
 
     tmp = Path(tempfile.mkdtemp(prefix="tokbench"))
     try:
-        cfg = load_config("miniworld", ["tokens.num_cpus=1", "models.torch_threads=1", "ray.num_cpus=2"])
+        cfg = load_run_config("miniworld", ["tokens.num_cpus=1", "models.torch_threads=1", "ray.num_cpus=2"])
+        method = get_method(cfg.method)
         init_ray(num_cpus=2)
-        base, split = prepare(cfg, tmp / "base", progress=False)
-        run_prototypes(cfg, base, split)
-        run_cdm(cfg, base, split)
+        base = context(cfg, method, tmp / "base", progress=False)
+        for name in ("prototypes", "train-cdm"):
+            execute(method.stage(name), base)
+        split = base.split
         sub = dataclasses.replace(split, unseen=list(split.unseen[:n_classes]))
         out, durations = {}, []
         for actors in (1, 2):
             d = tmp / f"a{actors}"
-            shutil.copytree(base.root, d, ignore=shutil.ignore_patterns("ray", "tokens"))
+            shutil.copytree(base.rd.root, d, ignore=shutil.ignore_patterns("ray", "tokens"))
             c = cfg.model_copy(update={"tokens": cfg.tokens.model_copy(update={"pool_max": actors, "pool_min": actors})})
-            rd, _ = prepare(c, d, progress=False)
+            ctx = context(c, method, d, progress=False)
+            ctx = Context(cfg=c, rd=ctx.rd, split=sub, method=method, progress=False)
             t0 = time.perf_counter()
-            run_tokens(c, rd, sub, progress=False)
+            method.stage("learn-tokens").run(ctx)
             wall = time.perf_counter() - t0
-            index = json.loads((rd.tokens / "index.json").read_text())
+            index = json.loads(ctx.path("learn-tokens:index").read_text())
             durations += [e["seconds"] for e in index.values()]
             out[actors] = {"wall_s": round(wall, 1), "classes_per_hour": round(3600 * n_classes / wall, 1)}
         ray.shutdown()
@@ -69,8 +70,8 @@ def real_runs(n_classes: int) -> tuple[dict, list[float]]:
 def simulate(durations: list[float], n_classes: int, n_actors: int, scale: float) -> dict:
     import ray
 
-    from digzsl_ray.pool import run_pool
-    from digzsl_ray.raycluster import init_ray
+    from digzsl_ray.distributed.cluster import init_ray
+    from digzsl_ray.distributed.pool import run_pool
 
     @ray.remote(num_cpus=0)
     class Sleeper:

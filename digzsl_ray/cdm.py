@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .images import augment, normalise, resize_for
-from .io import atomic_path, write_json
+from digzsl_ray.images import augment, normalise, resize_for
+from digzsl_ray.io import atomic_path, write_json
 
 HEAD_FILE, CONFIG_FILE = "head.safetensors", "config.json"
 
@@ -148,7 +148,7 @@ def load_cdm(path: str | Path, device: str | torch.device = "cpu") -> CDM:
     """A ready CDM (eval mode) from ``OUT/cdm``: loads the CLIP named in its config.json."""
     from safetensors.torch import load_file
 
-    from .models.presets import load_clip
+    from digzsl_ray.models.presets import load_clip
 
     path = Path(path)
     meta = json.loads((path / CONFIG_FILE).read_text())

@@ -15,8 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .images import normalise, resize_for
-from .io import atomic_path, write_json
+from digzsl_ray.config import ConfigError
+from digzsl_ray.images import normalise, resize_for
+from digzsl_ray.io import atomic_path, write_json
+from digzsl_ray.models.presets import ModelLoadError
 
 WEIGHTS, CONFIG, CLASSES = "weights.safetensors", "config.json", "classes.json"
 
@@ -46,7 +48,7 @@ class ZSLClassifier(nn.Module):
         self.kind, self.image_size, self.mean, self.std = backbone, image_size, tuple(mean), tuple(std)
         if backbone in ("clip", "clip-finetune"):
             if clip_model is None:
-                raise ValueError(f"classifier.backbone: {backbone!r} needs a CLIP model")
+                raise ConfigError(f"classifier.backbone: {backbone!r} needs a CLIP model")
             self.backbone = clip_model.visual
             if backbone == "clip":
                 self.backbone.requires_grad_(False).eval()
@@ -59,10 +61,10 @@ class ZSLClassifier(nn.Module):
             net.fc = nn.Identity()
             self.backbone = net
         else:
-            raise ValueError(f"classifier.backbone: got {backbone!r}, expected 'clip', 'clip-finetune' or 'resnet18'")
+            raise ConfigError(f"classifier.backbone: got {backbone!r}, expected 'clip', 'clip-finetune' or 'resnet18'")
         if head == "prototypes":
             if prototypes is None or prototypes.shape != (num_classes, dim):
-                raise ValueError(f"classifier.head: 'prototypes' needs class prototypes of shape ({num_classes}, {dim}) "
+                raise ConfigError(f"classifier.head: 'prototypes' needs class prototypes of shape ({num_classes}, {dim}) "
                                  f"in the backbone's feature space (a CLIP backbone), got "
                                  f"{None if prototypes is None else tuple(prototypes.shape)}")
             self.head = PrototypeHead(prototypes)
@@ -109,19 +111,25 @@ def param_groups(model: ZSLClassifier, lr: float, weight_decay: float) -> list[d
     return groups
 
 
-def build_classifier(cfg_cls, models_cfg, num_classes: int, device, prototypes: torch.Tensor | None = None) -> ZSLClassifier:
-    """A fresh classifier for a run config (loads the CLIP tower when the backbone needs it)."""
-    from .models.presets import clip_image_size, clip_norm, load_clip
+def input_size(models_cfg) -> int:
+    """The classifier's input resolution: the configured CLIP's own image size (read from the
+    loaded model's config), whatever the backbone, so images match what the foundation models see."""
+    from digzsl_ray.models.presets import clip_image_size, load_clip
 
+    return clip_image_size(load_clip(models_cfg.clip, models_cfg.clip_pretrained)[0])
+
+
+def build_classifier(cfg_cls, models_cfg, num_classes: int, device, prototypes: torch.Tensor | None = None) -> ZSLClassifier:
+    """A fresh classifier for a run config. Input size and normalisation come from the configured
+    CLIP model (loaded for the CLIP backbones, read for ResNet-18 so both see the same images)."""
+    from digzsl_ray.models.presets import clip_image_size, clip_norm, load_clip
+
+    clip_model, _, _ = load_clip(models_cfg.clip, models_cfg.clip_pretrained, device=device)
+    size, (mean, std) = clip_image_size(clip_model), clip_norm(clip_model)
     if cfg_cls.backbone.startswith("clip"):
-        clip_model, _, _ = load_clip(models_cfg.clip, models_cfg.clip_pretrained, device=device)
-        size, (mean, std) = clip_image_size(clip_model), clip_norm(clip_model)
         return ZSLClassifier(cfg_cls.backbone, num_classes, cfg_cls.head, size, mean, std, clip_model,
                              prototypes=prototypes).to(device)
-    from .miniworld.arch import CLIP_MEAN, CLIP_STD
-
-    size = 224 if models_cfg.clip != "miniworld" else 32
-    return ZSLClassifier("resnet18", num_classes, cfg_cls.head, size, CLIP_MEAN, CLIP_STD).to(device)
+    return ZSLClassifier("resnet18", num_classes, cfg_cls.head, size, mean, std).to(device)
 
 
 def save_classifier(out: str | Path, model: ZSLClassifier, classes: list[str], seen: list[int], unseen: list[int],
@@ -142,7 +150,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
     """``(model in eval mode, config, classes)``. Reads safetensors and JSON only (nothing unpickled)."""
     from safetensors.torch import load_file
 
-    from .models.presets import load_clip
+    from digzsl_ray.models.presets import load_clip
 
     path = Path(path)
     cfg = json.loads((path / CONFIG).read_text())
@@ -156,6 +164,6 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
                           clip_model, prototypes=protos)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or (cfg["backbone"] != "clip" and missing) or any(k.startswith("head.") for k in missing):
-        raise ValueError(f"{path / WEIGHTS}: weights do not match config.json (missing {missing[:3]}, "
+        raise ModelLoadError(f"{path / WEIGHTS}: weights do not match config.json (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")
     return model.to(device).eval(), cfg, classes

@@ -1,32 +1,72 @@
-"""Typed configuration: one model per stage, every field documented, YAML files hold overrides only.
+"""Typed configuration of the shared core: sections every method uses, and the loader.
 
-``load_config(path, overrides)`` reads a YAML file (or nothing: the defaults run MiniWorld), applies
-``--set key=value`` overrides (dotted keys, YAML-typed values) and validates everything. Any
-unknown key, wrong type or out-of-range value raises :class:`ConfigError` naming the key, the value
-received and what was expected. ``digzsl config show`` prints the resolved config,
-``digzsl config explain`` every field with its description.
+A run config is the shared sections below (``method``, ``data``, ``models``, ``prototypes``,
+``evaluate``, ``serve``, ``ray``) plus the sections of the method it names (``method: digzsl``
+adds ``cdm``, ``tokens``, ``generate``, ``classifier``; see :mod:`digzsl_ray.methods`). Every field
+is documented; YAML files hold overrides only.
 
-Defaults are the MiniWorld settings, so a run needs no network and no download; the shipped
-``cub.yaml`` etc. override models (SD 1.5, CLIP ViT-L/14) and data paths for real benchmarks.
+``read_config_data(path, overrides)`` reads a YAML file (or nothing: the defaults run MiniWorld)
+and applies ``--set key=value`` overrides (dotted keys, YAML-typed values);
+``validate_config(data, model)`` checks everything. Any unknown key, wrong type or out-of-range
+value raises :class:`ConfigError` naming the key, the value received (cut to a few hundred
+characters) and what was expected. YAML is read with YAML 1.2 scalars (``1:30`` is a string, not
+90; ``yes`` is a string, not true; ``010`` is ten), duplicate keys are errors, files over
+``MAX_CONFIG_BYTES`` are refused before parsing, integers are bounded (``MAX_INT`` unless a field
+says less), booleans are never integers and floats are finite.
+
+Fields marked ``affects_outputs=False`` (scaling, threads, devices) are left out of the stage
+fingerprints (:mod:`digzsl_ray.stages.contract`); every other field of a section a stage depends
+on is in, so a new setting invalidates stale outputs by default.
 """
 
 from __future__ import annotations
 
+import re
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticUndefined
+
+from digzsl_ray.errors import UserError, short
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+MAX_CONFIG_BYTES = 1_000_000
+MAX_INT = 2**31 - 1  # seeds and counts: what numpy, torch and Ray all take without overflow
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config value that is unknown, mistyped or out of range (message names key, value, expectation)."""
 
 
+def runtime(default: Any = PydanticUndefined, **kwargs) -> Any:
+    """A field that changes how a stage runs (workers, threads, devices), never what it produces:
+    left out of stage fingerprints, so changing it resumes instead of redoing work."""
+    extra = dict(kwargs.pop("json_schema_extra", None) or {}, affects_outputs=False)
+    return Field(default, json_schema_extra=extra, **kwargs)
+
+
+def affects_outputs(model: type[BaseModel], name: str) -> bool:
+    extra = model.model_fields[name].json_schema_extra
+    return not (isinstance(extra, dict) and extra.get("affects_outputs") is False)
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools_as_ints_and_bounded(cls, value, info):
+        """``epochs: true`` is an error (not 1); integers above ``MAX_INT`` are errors (not overflows)."""
+        ann = cls.model_fields[info.field_name].annotation
+        if ann is int or ann is float:
+            if isinstance(value, bool):
+                raise ValueError(f"a number, not {str(value).lower()}")
+            if isinstance(value, int) and abs(value) > MAX_INT:
+                raise ValueError(f"a value <= {MAX_INT}")
+        return value
 
 
 # 1. Data -------------------------------------------------------------------------------------------
@@ -45,7 +85,7 @@ class DataConfig(Section):
     class_names_file: str = Field("", description="text file with one class name per line in label order; "
                                   "overrides the names of the split files (FLO ships none)")
     val_split: int = Field(1, ge=1, le=3, description="xlsa17 trainclassesK/valclassesK list to use as validation classes")
-    check_images: bool = Field(True, description="open every image once before any model work")
+    check_images: bool = runtime(True, description="open every image once before any model work")
     miniworld_seed: int = Field(0, ge=0, description="seed of the rendered MiniWorld (format miniworld)")
 
 
@@ -57,10 +97,10 @@ class ModelsConfig(Section):
                                  "(ignored for presets, local-dir: and hf-hub:)")
     sd: str = Field("miniworld", description="Stable Diffusion pipeline: a preset ('miniworld', 'sd15', 'sd21'), "
                     "a local diffusers folder or a hub id")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when available")
+    device: Literal["auto", "cpu", "cuda"] = runtime("auto", description="'auto' uses CUDA when available")
     precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="autocast dtype on GPU (CPU always runs fp32)")
-    attention: Literal["sdpa", "xformers"] = Field("sdpa", description="attention kernel; xformers needs the [gpu] extra and CUDA")
-    torch_threads: int = Field(1, ge=1, description="torch threads per Ray actor/worker (match its num_cpus)")
+    attention: Literal["sdpa", "xformers"] = runtime("sdpa", description="attention kernel; xformers needs the [gpu] extra and CUDA")
+    torch_threads: int = runtime(1, ge=1, le=1024, description="torch threads per Ray actor/worker (match its num_cpus)")
 
 
 # 3. Stages -----------------------------------------------------------------------------------------
@@ -71,128 +111,58 @@ class PrototypesConfig(Section):
 
 
 class TrainWorkers(Section):
-    num_workers: int = Field(1, ge=1, description="Ray Train workers")
+    num_workers: int = Field(1, ge=1, le=4096, description="Ray Train workers")
     use_gpu: bool = Field(False, description="one GPU per worker")
-    cpus_per_worker: int = Field(1, ge=1, description="CPUs reserved per worker")
-    max_failures: int = Field(2, ge=-1, description="worker failures to recover from (-1: unlimited)")
-
-
-class CDMConfig(Section):
-    hidden_dim: int = Field(256, ge=0, description="hidden layer of the projection MLP; 0 = linear projection")
-    temperature: float = Field(0.05, gt=0.0, le=1.0, description="cosine logits are divided by this")
-    epochs: int = Field(15, ge=1, description="training epochs (best epoch by validation accuracy is kept)")
-    batch_size: int = Field(128, ge=1, description="images per step per worker")
-    lr: float = Field(2e-3, gt=0.0, description="AdamW learning rate")
-    weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")
-    augment: bool = Field(True, description="random flips and small shifts on training images")
-    workers: TrainWorkers = Field(default_factory=TrainWorkers, description="Ray Train scaling")
-
-
-class TokensConfig(Section):
-    templates: list[str] = Field(default_factory=lambda: ["a photo of a {token} {name}"], min_length=1,
-                                 description="DCT prompts; {token} is the placeholder, {name} the class name")
-    placeholder: str = Field("<dct-{slug}>", description="placeholder token pattern; {slug} is the class slug")
-    init_word: str = Field("", description="word whose embedding initialises every token; empty = last word of the class name")
-    batch_size: int = Field(8, ge=1, description="images generated per update")
-    num_inference_steps: int = Field(10, ge=1, description="denoising steps per generated batch (the pipeline's scheduler)")
-    grad_steps: int = Field(1, ge=1, description="K: gradient flows through the last K denoising steps (and the VAE decoder)")
-    guidance_scale: float = Field(3.0, ge=1.0, description="classifier-free guidance scale during learning")
-    lr: float = Field(5e-3, gt=0.0, description="AdamW learning rate of the token embedding")
-    gamma: float = Field(0.7, gt=0.0, le=1.0, description="early stop when the CDM accuracy on an update's images reaches this")
-    patience: int = Field(8, ge=1, description="early stop after this many updates without loss improvement")
-    max_updates: int = Field(40, ge=1, description="hard cap on updates per class")
-    min_updates: int = Field(3, ge=0, description="updates before early stopping may trigger")
-    restrict_to_unseen: bool = Field(True, description="cross-entropy over unseen classes only (False: all classes)")
-    gradient_checkpointing: bool = Field(False, description="recompute UNet activations in the backward pass")
-    seed: int = Field(0, ge=0, description="base seed; a class's token is a function of (class, seed)")
-    eval_images: int = Field(24, ge=1, description="fresh images per class for the summary measurement")
-    eval_seed: int = Field(10_000, ge=0, description="seed of the summary images (a separate seed stream from training)")
-    pool_min: int = Field(1, ge=1, description="actors kept alive: a lost actor is replaced while fewer remain")
-    pool_max: int = Field(2, ge=1, description="actors requested (capped by the number of shards); pending GPU "
-                                               "actors make the autoscaler add GPU nodes")
-    num_gpus: float = Field(0.0, ge=0.0, description="GPUs per actor (1 on a GPU cluster)")
-    num_cpus: float = Field(1.0, gt=0.0, description="CPUs per actor")
-    shard_size: int = Field(1, ge=1, description="classes handed to an actor at a time")
-    max_retries: int = Field(3, ge=0, description="re-dispatches of a shard whose actor died")
-
-
-class GenerateConfig(Section):
-    images_per_class: int = Field(100, ge=1, description="N synthetic images per unseen class (before filtering)")
-    batch_size: int = Field(25, ge=1, description="images per pipeline call")
-    num_inference_steps: int = Field(20, ge=1, description="denoising steps (the pipeline's scheduler)")
-    guidance_scale: float = Field(3.0, ge=1.0, description="classifier-free guidance scale")
-    keep_fraction: float = Field(1.0, gt=0.0, le=1.0, description="keep this top fraction per class by CDM confidence")
-    rows_per_shard: int = Field(100, ge=1, description="images per Parquet shard (the unit of resume)")
-    actors: int = Field(2, ge=1, description="generation actors (one pipeline each)")
-    num_gpus: float = Field(0.0, ge=0.0, description="GPUs per generation actor")
-    num_cpus: float = Field(1.0, gt=0.0, description="CPUs per generation actor")
-    seed: int = Field(1, ge=0, description="base seed of generated images")
-    plain_prompt: bool = Field(True, description="also generate the plain-prompt set for the ablation")
-    plain_template: str = Field("a photo of a {name}", description="prompt of the plain-prompt ablation set")
-
-
-class ClassifierConfig(Section):
-    backbone: Literal["clip", "clip-finetune", "resnet18"] = Field(
-        "clip", description="frozen CLIP image tower + head, fine-tuned CLIP tower, or torchvision ResNet-18")
-    head: Literal["prototypes", "linear", "mlp"] = Field(
-        "mlp", description="head over all classes: 'prototypes' = cosine classifier initialised from the class "
-                           "prototypes (starts as CLIP zero-shot; CLIP backbones), 'linear', or 'mlp'")
-    epochs: int = Field(10, ge=1, description="maximum epochs")
-    patience: int = Field(3, ge=1, description="early stop after this many epochs without validation improvement")
-    batch_size: int = Field(128, ge=1, description="images per step per worker")
-    lr: float = Field(2e-3, gt=0.0, description="AdamW learning rate")
-    weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")
-    synthetic_val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="synthetic images held out for validation")
-    augment: bool = Field(True, description="random flips and small shifts")
-    workers: TrainWorkers = Field(default_factory=TrainWorkers, description="Ray Train scaling")
+    cpus_per_worker: int = Field(1, ge=1, le=1024, description="CPUs reserved per worker")
+    max_failures: int = Field(2, ge=-1, le=1000, description="worker failures to recover from (-1: unlimited)")
 
 
 class EvaluateConfig(Section):
-    lambda_grid: int = Field(101, ge=3, description="calibration lambdas tried on validation data")
-    lambda_max: float = Field(1.0, gt=0.0, description="largest calibration lambda (scores are probabilities)")
+    lambda_grid: int = Field(101, ge=3, le=100_000, description="calibration lambdas tried on validation data")
+    lambda_max: float = Field(1.0, gt=0.0, le=1.0, description="largest calibration lambda (scores are probabilities)")
 
 
 class ServeConfig(Section):
     host: str = Field("127.0.0.1", description="HTTP host")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port")
-    max_batch_size: int = Field(16, ge=1, description="@serve.batch max_batch_size")
-    batch_wait_timeout_s: float = Field(0.005, ge=0.0, description="@serve.batch batch_wait_timeout_s")
-    max_body_bytes: int = Field(4_000_000, ge=1024, description="largest accepted request body")
-    max_pixels: int = Field(16_000_000, ge=1, description="largest accepted image (width x height)")
-    default_k: int = Field(5, ge=1, description="predictions returned when k is not given")
-    min_replicas: int = Field(1, ge=0, description="autoscaling: fewest replicas")
-    max_replicas: int = Field(2, ge=1, description="autoscaling: most replicas")
-    target_ongoing_requests: float = Field(8.0, gt=0.0, description="autoscaling target per replica")
-    num_cpus: float = Field(1.0, gt=0.0, description="CPUs per replica")
-    num_gpus: float = Field(0.0, ge=0.0, description="GPUs per replica")
+    max_batch_size: int = Field(16, ge=1, le=4096, description="@serve.batch max_batch_size")
+    batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=10.0, description="@serve.batch batch_wait_timeout_s")
+    max_body_bytes: int = Field(4_000_000, ge=1024, le=1_000_000_000, description="largest accepted request body")
+    max_pixels: int = Field(16_000_000, ge=1, le=1_000_000_000, description="largest accepted image (width x height)")
+    default_k: int = Field(5, ge=1, le=100_000, description="predictions returned when k is not given")
+    min_replicas: int = Field(1, ge=0, le=10_000, description="autoscaling: fewest replicas")
+    max_replicas: int = Field(2, ge=1, le=10_000, description="autoscaling: most replicas")
+    target_ongoing_requests: float = Field(8.0, gt=0.0, le=100_000, description="autoscaling target per replica")
+    num_cpus: float = Field(1.0, gt=0.0, le=1024, description="CPUs per replica")
+    num_gpus: float = Field(0.0, ge=0.0, le=64, description="GPUs per replica")
 
 
 class RayConfig(Section):
     address: str = Field("", description="cluster address; empty: connect to RAY_ADDRESS or start a local cluster")
     dashboard: bool = Field(True, description="start the Ray dashboard with a local cluster (127.0.0.1, a free port)")
-    num_cpus: int = Field(0, ge=0, description="logical CPUs of a local cluster (0: the machine's count; "
-                          "DESIGN 9: declare more than the cores so a Ray Data pool and a trainer do not starve)")
+    num_cpus: int = Field(0, ge=0, le=100_000, description="logical CPUs of a local cluster (0: the machine's count; "
+                          "docs/DESIGN.md section 7: declare more than the cores so a Ray Data pool and a trainer do not starve)")
 
 
 class RunConfig(Section):
-    name: str = Field("miniworld", description="run name (used in logs and Ray Train run names)")
+    """The shared sections of every run config; a method's config class adds its own sections."""
+
+    method: str = Field("digzsl", description="the method whose stages the run executes (registered methods: "
+                        "see `digzsl config explain`; digzsl = DIG-ZSL)")
+    name: str = Field("miniworld", max_length=200, description="run name (used in logs and Ray Train run names)")
     seed: int = Field(0, ge=0, description="global seed")
     data: DataConfig = Field(default_factory=DataConfig, description="dataset")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="foundation models")
     prototypes: PrototypesConfig = Field(default_factory=PrototypesConfig, description="class prototypes")
-    cdm: CDMConfig = Field(default_factory=CDMConfig, description="category discrimination model")
-    tokens: TokensConfig = Field(default_factory=TokensConfig, description="discriminative class tokens")
-    generate: GenerateConfig = Field(default_factory=GenerateConfig, description="synthetic image generation")
-    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig, description="final ZSL classifier")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="evaluation")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="online endpoint")
-    ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster")
+    ray: RayConfig = runtime(default_factory=RayConfig, description="Ray cluster")
 
 
 class PretrainConfig(Section):
-    """Foundation-model pretraining from a captioned image folder (``digzsl miniworld pretrain``)."""
+    """Foundation-model pretraining from a captioned image folder (``digzsl pretrain``)."""
 
-    image_size: int = Field(32, ge=8, description="training resolution (images are resized to it)")
+    image_size: int = Field(32, ge=8, le=4096, description="training resolution (images are resized to it)")
     vae_steps: int = Field(2000, ge=0, description="VAE optimisation steps")
     vae_batch: int = Field(32, ge=1, description="VAE batch size")
     vae_lr: float = Field(1e-3, gt=0.0, description="VAE learning rate")
@@ -214,12 +184,91 @@ class PretrainConfig(Section):
     ship_dtype: Literal["fp32", "fp16"] = Field("fp16", description="dtype of the exported weights")
 
 
-# 4. Loading, overrides and error messages --------------------------------------------------------
+# 4. Reading YAML: YAML 1.2 scalars, no duplicate keys, bounded size ------------------------------
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 core-schema scalars and duplicate keys refused.
+
+    PyYAML implements YAML 1.1, where ``1:30`` is the integer 90 (base 60), ``yes``/``on`` are true
+    and ``010`` is eight. Config files mean what a YAML 1.2 reader (and a person) reads.
+    """
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int",
+                                                   "tag:yaml.org,2002:float")]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+                              list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def _construct_int(loader, node):
+    v = loader.construct_scalar(node)
+    if v.startswith("0o"):
+        return int(v[2:], 8)
+    if v.startswith("0x"):
+        return int(v[2:], 16)
+    return int(v, 10)
+
+
+def _construct_mapping(loader, node, deep=False):
+    loader.flatten_mapping(node)
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            dup = key in seen
+        except TypeError:
+            raise ConfigError(f"line {key_node.start_mark.line + 1}: a mapping key must be a plain value, "
+                              f"got {short(key, 60)}") from None
+        if dup:
+            raise ConfigError(f"line {key_node.start_mark.line + 1}: key {short(key, 60)} appears twice in one "
+                              f"mapping (first on line {seen[key] + 1}); keep one")
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML ({short(str(e), 300)})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
+
+
+# 5. Loading, overrides and error messages --------------------------------------------------------
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxdict, _repr.maxlist, _repr.maxstring, _repr.maxother, _repr.maxlong = 3, 6, 6, 120, 120, 40
+
+
+def _value(val) -> str:
+    """A bounded rendering of a received value (never the whole of a huge or self-nested input)."""
+    try:
+        text = _repr.repr(val)
+    except RecursionError:
+        return f"<{type(val).__name__}>"
+    return text if len(text) <= 200 else text[:175] + f"... ({len(text)} chars)"
+
+
 def _describe_expected(err: dict) -> str:
     ctx = err.get("ctx") or {}
     t = err["type"]
     if t == "extra_forbidden":
         return "no such key"
+    if t == "value_error" and "error" in ctx:
+        return str(ctx["error"])
+    if t == "finite_number":
+        return "a finite number"
     if "expected" in ctx:
         return f"one of {ctx['expected']}"
     for k, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
@@ -230,15 +279,19 @@ def _describe_expected(err: dict) -> str:
 
 def format_validation_error(e: ValidationError, model: type[BaseModel], source: str = "") -> str:
     lines = []
-    for err in e.errors():
+    errors = e.errors()
+    for err in errors[:10]:
         key = ".".join(str(p) for p in err["loc"])
+        key = key if len(key) <= 120 else key[:100] + "..."
         val = err.get("input")
         if err["type"] == "extra_forbidden":
             parent = _section_for(model, err["loc"][:-1])
             valid = ", ".join(sorted(parent.model_fields)) if parent else ""
-            lines.append(f"unknown key '{key}' (value {val!r}); valid keys here: {valid}")
+            lines.append(f"unknown key '{key}' (value {_value(val)}); valid keys here: {valid}")
         else:
-            lines.append(f"key '{key}': got {val!r} ({type(val).__name__}); expected {_describe_expected(err)}")
+            lines.append(f"key '{key}': got {_value(val)} ({type(val).__name__}); expected {_describe_expected(err)}")
+    if len(errors) > 10:
+        lines.append(f"... and {len(errors) - 10} more")
     where = f" in {source}" if source else ""
     return f"invalid config{where}:\n  " + "\n  ".join(lines)
 
@@ -254,16 +307,18 @@ def _section_for(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """``"cdm.lr=0.01"`` -> ``(["cdm", "lr"], 0.01)``; the value is parsed as YAML."""
+    """``"cdm.lr=0.01"`` -> ``(["cdm", "lr"], 0.01)``; the value is parsed as YAML (1.2 scalars)."""
     if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set cdm.epochs=5")
+        raise ConfigError(f"--set {short(item)}: expected key=value, e.g. --set cdm.epochs=5")
     key, raw = item.split("=", 1)
     key = key.strip()
-    if not key:
-        raise ConfigError(f"--set {item!r}: empty key")
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set {short(item)}: empty key")
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"--set {key}: value of {len(raw)} characters, more than {MAX_CONFIG_BYTES}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = parse_yaml(raw, f"--set {key}") if raw.strip() else ""
+    except ConfigError:
         value = raw
     return key.split("."), value
 
@@ -275,52 +330,106 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         for p in path[:-1]:
             nxt = cur.setdefault(p, {})
             if not isinstance(nxt, dict):
-                raise ConfigError(f"--set {item!r}: '{p}' is a value, not a section")
+                raise ConfigError(f"--set {short(item)}: '{p}' is a value, not a section")
             cur = nxt
         cur[path[-1]] = value
     return data
 
 
+def shipped_configs() -> list[str]:
+    return sorted(x.stem for x in CONFIG_DIR.glob("*.yaml"))
+
+
 def resolve_config_path(path: str | Path) -> Path:
-    """A path as given, or the name of a shipped config ('miniworld', 'cub.yaml')."""
-    p = Path(path)
+    """A file as given, or the name of a shipped config ('miniworld', 'cub.yaml').
+
+    Only a bare name (no directory part) falls back to the shipped configs: ``/some/dir/cub.yaml``
+    that does not exist is an error, never silently the shipped ``cub``.
+    """
+    p = Path(path).expanduser()
     if p.is_file():
         return p
-    for cand in (CONFIG_DIR / p.name, CONFIG_DIR / f"{p.name}.yaml"):
-        if cand.is_file():
-            return cand
-    shipped = ", ".join(sorted(x.stem for x in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"--config {str(path)!r}: no such file; shipped configs: {shipped}")
+    if p.exists():
+        raise ConfigError(f"--config {short(str(path))}: not a file")
+    if len(Path(path).parts) == 1:
+        for cand in (CONFIG_DIR / p.name, CONFIG_DIR / f"{p.name}.yaml"):
+            if cand.is_file():
+                return cand
+    raise ConfigError(f"--config {short(str(path))}: no such file; shipped configs (by bare name): "
+                      f"{', '.join(shipped_configs())}")
 
 
 def load_yaml(path: Path) -> dict:
+    """A config file as a dict: bounded in size, UTF-8, valid YAML 1.2, a mapping at the top."""
+    path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {size} bytes; a config file may hold at most {MAX_CONFIG_BYTES}")
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                          f"save the file as UTF-8") from None
+    data = parse_yaml(text, str(path))
+    if data is None:
+        return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                model: type[BaseModel] = RunConfig) -> Any:
-    """Validated config from an optional YAML file plus ``key=value`` overrides."""
-    source = ""
-    data: dict = {}
+def read_config_data(path: str | Path | None = None, overrides: list[str] | None = None) -> tuple[dict, str]:
+    """``(data, source)``: the YAML file's mapping (empty without a file) with the overrides applied."""
+    source, data = "", {}
     if path:
         p = resolve_config_path(path)
         data = load_yaml(p)
         source = str(p)
-    data = apply_overrides(data, list(overrides or []))
+    return apply_overrides(data, list(overrides or [])), source
+
+
+def validate_config(data: dict, model: type[BaseModel], source: str = "") -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, model, source)) from None
+    except RecursionError:
+        raise ConfigError(f"invalid config{' in ' + source if source else ''}: nested too deeply") from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None, model: type[BaseModel]) -> Any:
+    """Validated ``model`` from an optional YAML file plus ``key=value`` overrides (for run configs
+    use :func:`digzsl_ray.methods.load_run_config`, which picks the method's config class)."""
+    data, source = read_config_data(path, overrides)
+    return validate_config(data, model, source)
 
 
 def to_yaml(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def section_value(cfg: BaseModel, dotted: str) -> Any:
+    """The config value at ``dotted`` ("cdm", "models.clip", "seed") in fingerprint form: a section
+    whole (recursively), minus its fields marked ``affects_outputs=False``."""
+    cur: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(cur, BaseModel) or part not in type(cur).model_fields:
+            raise KeyError(f"config has no key {dotted!r}")
+        cur = getattr(cur, part)
+    return _outputs_view(cur)
+
+
+def _outputs_view(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return {k: _outputs_view(getattr(value, k)) for k in type(value).model_fields
+                if affects_outputs(type(value), k)}
+    if isinstance(value, (list, tuple)):
+        return [_outputs_view(v) for v in value]
+    return value
 
 
 def explain(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:

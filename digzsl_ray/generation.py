@@ -15,11 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .dct import class_seed, prompts_for
+from digzsl_ray.seeds import class_seed
 
-VARIANT_DCT, VARIANT_PLAIN = "dct", "plain_prompt"
 SCHEMA_COLUMNS = ("png", "label", "class_name", "prompt", "seed", "token_sha256", "cdm_score", "variant", "shard")
 
 
@@ -35,32 +33,32 @@ class Shard:
     seeds: tuple[int, ...]
 
 
-def plan_shards(variant: str, tokens: dict[str, dict], unseen: list[tuple[str, int]], images_per_class: int,
-                rows_per_shard: int, seed: int, dct_templates: list[str], plain_template: str,
-                settings: str = "") -> list[Shard]:
-    """Every shard of one variant. ``tokens[name] = {"token", "sha256", "slug"}`` (DCT variant).
+def prompts_for(templates: list[str], token: str, name: str, n: int) -> list[str]:
+    """``n`` prompts cycling through the templates ({token}, {name} substituted)."""
+    return [templates[i % len(templates)].format(token=token, name=name) for i in range(n)]
 
-    A shard id carries a hash of everything its images depend on (``settings``: pipeline, steps,
-    guidance, CDM; the class's token; prompts; seeds), so changed settings or relearned tokens make
-    new shards instead of reusing stale ones.
+
+def plan_shards(variant: str, classes: list[dict], rows_per_shard: int, seed: int, settings: str = "") -> list[Shard]:
+    """Every shard of one synthetic set (``variant``).
+
+    ``classes``: one dict per class to generate: ``name``, ``label``, ``slug``, ``prompts`` (one per
+    image), and for prompts with a learned token ``token`` and ``token_sha256``. Image i of a class
+    gets seed ``class_seed(name, seed, "generate-<variant>") + i``. A shard id carries a hash of
+    everything its images depend on (``settings``: pipeline, steps, guidance, scorer; the token;
+    prompts; seeds), so changed settings or relearned tokens make new shards instead of reusing
+    stale ones.
     """
     shards = []
-    for name, label in unseen:
-        t = tokens.get(name, {})
-        slug = t.get("slug") or hashlib.sha1(name.encode()).hexdigest()[:10]
+    for c in classes:
+        name, prompts = c["name"], list(c["prompts"])
         base = class_seed(name, seed, f"generate-{variant}")
-        if variant == VARIANT_DCT:
-            prompts = prompts_for(dct_templates, t["token"], name, images_per_class)
-        else:
-            prompts = [plain_template.format(name=name)] * images_per_class
-        seeds = [base + i for i in range(images_per_class)]
-        for k, start in enumerate(range(0, images_per_class, rows_per_shard)):
-            stop = min(start + rows_per_shard, images_per_class)
-            key = json.dumps([settings, t.get("sha256", ""), prompts[start:stop], seeds[start:stop]])
+        seeds = [base + i for i in range(len(prompts))]
+        for k, start in enumerate(range(0, len(prompts), rows_per_shard)):
+            stop = min(start + rows_per_shard, len(prompts))
+            key = json.dumps([settings, c.get("token_sha256", ""), prompts[start:stop], seeds[start:stop]])
             fp = hashlib.sha1(key.encode()).hexdigest()[:8]
-            shards.append(Shard(f"{variant}-{slug}-{k:04d}-{fp}", variant, name, label,
-                                t.get("token", "") if variant == VARIANT_DCT else "",
-                                t.get("sha256", "") if variant == VARIANT_DCT else "",
+            shards.append(Shard(f"{variant}-{c['slug']}-{k:04d}-{fp}", variant, name, c["label"],
+                                c.get("token", ""), c.get("token_sha256", ""),
                                 tuple(prompts[start:stop]), tuple(seeds[start:stop])))
     return shards
 
@@ -84,8 +82,10 @@ class ImageGenerator:
 
     def __init__(self, sd: str, tokens_dir: str | None, cdm_dir: str, unseen: list[int], device: str,
                  precision: str, attention: str, steps: int, guidance: float, threads: int):
-        from .cdm import load_cdm
-        from .models.presets import load_sd_pipeline, pick_device
+        import torch
+
+        from digzsl_ray.cdm import load_cdm
+        from digzsl_ray.models.presets import load_sd_pipeline, pick_device
 
         torch.set_num_threads(threads)
         dev = pick_device(device)
@@ -99,8 +99,10 @@ class ImageGenerator:
         self.steps, self.guidance = steps, guidance
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from .images import png_bytes
-        from .models.sd import generate
+        import torch
+
+        from digzsl_ray.images import png_bytes
+        from digzsl_ray.models.sd import generate
 
         prompts = [str(p) for p in batch["prompt"]]
         seeds = [int(s) for s in batch["seed"]]
@@ -121,7 +123,7 @@ def write_shard(path: Path, rows: list[dict]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .io import atomic_path
+    from digzsl_ray.io import atomic_path
 
     rows = sorted(rows, key=lambda r: r["index"])
     table = pa.table({

@@ -74,9 +74,15 @@ def resize_for(x01: torch.Tensor, size: int) -> torch.Tensor:
                          antialias=x01.shape[-1] > size)
 
 
-def augment(x_uint8: torch.Tensor, gen: torch.Generator, shift: int = 2) -> torch.Tensor:
-    """Random horizontal flips and shifts of up to ``shift`` pixels (reflect padding)."""
+SHIFT_FRACTION = 1 / 16  # 2 pixels of a 32-px image, 14 of a 224-px one
+
+
+def augment(x_uint8: torch.Tensor, gen: torch.Generator, shift: int | None = None) -> torch.Tensor:
+    """Random horizontal flips and shifts of up to ``shift`` pixels (reflect padding); by default
+    ``SHIFT_FRACTION`` of the image side, so the augmentation means the same at every resolution."""
     n, _, h, w = x_uint8.shape
+    if shift is None:
+        shift = max(1, round(min(h, w) * SHIFT_FRACTION))
     flip = torch.rand(n, generator=gen) < 0.5
     x = torch.where(flip.view(n, 1, 1, 1), x_uint8.flip(-1), x_uint8)
     if shift:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .io import atomic_path
+from digzsl_ray.io import atomic_path
 
 PROTOTYPES_FILE = "prototypes.safetensors"
 

@@ -30,7 +30,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from fastapi import Request  # real (not postponed) annotations: the app is pickled into Serve replicas
+from fastapi import (
+    Request,  # real (not postponed) annotations: the app is pickled into Serve replicas
+)
 
 log = logging.getLogger("digzsl")
 
@@ -46,17 +48,25 @@ class RequestError(Exception):
         self.status, self.message = status, message
 
 
+def run_config(run_dir: Path, overrides: list[str] | None = None):
+    """The run directory's resolved config (config.yaml) with its method's config class."""
+    from digzsl_ray.methods import load_run_config
+
+    cfg_path = Path(run_dir) / "config.yaml"
+    return load_run_config(cfg_path if cfg_path.is_file() else None, overrides)
+
+
 def load_run_meta(run_dir: str | Path) -> dict:
     """What serving needs from a run directory: serve config, classes, lambda, model version."""
-    from .config import RunConfig, load_yaml
+    from digzsl_ray.errors import MissingInputError
+    from digzsl_ray.methods import get_method
 
     run_dir = Path(run_dir)
-    cdir = run_dir / "classifier"
+    cfg = run_config(run_dir)
+    cdir = get_method(cfg.method).output(run_dir, get_method(cfg.method).serve_model)
     for f in ("weights.safetensors", "config.json", "classes.json"):
         if not (cdir / f).is_file():
-            raise FileNotFoundError(f"{cdir / f}: missing; serve needs a finished run directory (digzsl run)")
-    cfg = RunConfig.model_validate(load_yaml(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() \
-        else RunConfig()
+            raise MissingInputError(f"{cdir / f}: missing; serve needs a finished run directory (digzsl run)")
     classes = json.loads((cdir / "classes.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
     digest = hashlib.sha256((cdir / "weights.safetensors").read_bytes()).hexdigest()[:12]
@@ -73,7 +83,7 @@ def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
     """Validated image -> ``uint8 [3, size, size]``; raises :class:`RequestError` on bad input."""
     from PIL import Image, UnidentifiedImageError
 
-    from .images import to_uint8_tensor
+    from digzsl_ray.images import to_uint8_tensor
 
     if not data:
         raise RequestError(400, "empty image")
@@ -135,7 +145,6 @@ def build_app(args: dict):
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
     from ray import serve
-
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
     UNAVAILABLE: tuple = (RayActorError, ActorDiedError, ActorUnavailableError)
@@ -163,8 +172,8 @@ def build_app(args: dict):
         def __init__(self, classifier_dir: str, max_batch_size: int, batch_wait_timeout_s: float, threads: int):
             import torch
 
-            from .classifier import load_classifier
-            from .models.presets import pick_device
+            from digzsl_ray.classifier import load_classifier
+            from digzsl_ray.models.presets import pick_device
 
             torch.set_num_threads(threads)
             self.device = pick_device("auto")
@@ -315,12 +324,11 @@ def serve_blocking(args) -> int:
 
     from ray import serve
 
-    from .config import load_config
-    from .raycluster import init_ray
+    from digzsl_ray.distributed.cluster import init_ray
 
     overrides = [o if o.startswith("serve.") else f"serve.{o}" for o in args.overrides]
-    cfg_path = Path(args.run) / "config.yaml"
-    cfg = load_config(cfg_path if cfg_path.is_file() else None, overrides)
+    load_run_meta(args.run)  # a directory that cannot be served is a one-line error before Ray starts
+    cfg = run_config(Path(args.run), overrides)
     host = args.host or cfg.serve.host
     port = args.port or cfg.serve.port
     init_ray()

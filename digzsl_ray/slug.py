@@ -9,8 +9,13 @@ joined to. Names that leave nothing (``""``, ``"../"``) or would be ambiguous ar
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _BAD = re.compile(r"[^a-z0-9]+")
+# A class name becomes file names (tokens/<slug>.safetensors, placeholders <dct-<slug>>), prompts
+# and report labels; 200 characters leaves room under the 255-byte file-name limit of every common
+# file system for the longest suffix the stages add.
+MAX_NAME_CHARS = 200
 
 
 def slugify(name: str) -> str:
@@ -22,6 +27,11 @@ def unsafe_name_reason(name: str) -> str | None:
     """Why ``name`` cannot be a class name (its slug would escape or vanish), or None if fine."""
     if not name.strip():
         return "it is empty"
+    if len(name) > MAX_NAME_CHARS:
+        return f"it has {len(name)} characters, more than {MAX_NAME_CHARS}"
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")), None)
+    if bad is not None:
+        return f"it contains the control or format character U+{ord(bad):04X}"
     if "/" in name or "\\" in name:
         return "it contains a path separator"
     if name.strip() in (".", "..") or name.startswith("../") or ".." in name.split("/"):

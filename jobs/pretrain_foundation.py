@@ -14,10 +14,8 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from digzsl_ray.cli import user_errors
+    from digzsl_ray.cli.common import guarded, setup_logging
     from digzsl_ray.config import PretrainConfig, load_config
-    from digzsl_ray.miniworld.foundation import run_pretrain
-    from digzsl_ray.raycluster import init_ray
 
     p = argparse.ArgumentParser(prog="python -m jobs.pretrain_foundation", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="captioned image folder (metadata.jsonl + images)")
@@ -26,15 +24,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one pretraining key, e.g. --set sd_steps=1000")
     args = p.parse_args(argv)
-    try:
+
+    def run() -> int:
+        from digzsl_ray.distributed.cluster import init_ray
+        from digzsl_ray.pretrain.job import run_pretrain
+
         cfg = load_config(args.config, args.overrides, PretrainConfig)
-        init_ray()
+        setup_logging()
+        init_ray(dashboard=True)  # Ray Train's placement-group cleaner needs it (else a warning a second)
         meta = run_pretrain(args.data, args.out, cfg)
-    except user_errors() as e:
-        print(f"pretrain_foundation: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps({"out": args.out, "wall_seconds": meta["wall_seconds"]}))
-    return 0
+        print(json.dumps({"out": args.out, "wall_seconds": meta["wall_seconds"]}))
+        return 0
+
+    return guarded("pretrain_foundation", run)
 
 
 if __name__ == "__main__":

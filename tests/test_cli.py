@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from digzsl_ray.cli import build_parser, main
+from digzsl_ray.cli.main import build_parser, main
 
 COMMANDS = [[], ["miniworld"], ["miniworld", "make"], ["miniworld", "pretrain"], ["miniworld", "train-oracle"],
             ["miniworld", "check"], ["config"], ["config", "show"], ["config", "explain"], ["data"], ["data", "check"],

@@ -19,7 +19,8 @@ import pytest
 import ray
 import yaml
 
-from digzsl_ray.config import CONFIG_DIR, ServeConfig, load_config
+from digzsl_ray.config import CONFIG_DIR, ServeConfig
+from digzsl_ray.methods import load_run_config as load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"

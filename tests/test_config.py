@@ -2,7 +2,16 @@
 import pytest
 import yaml
 
-from digzsl_ray.config import CONFIG_DIR, ConfigError, PretrainConfig, RunConfig, explain, load_config
+from digzsl_ray.config import (
+    CONFIG_DIR,
+    ConfigError,
+    PretrainConfig,
+    explain,
+    section_value,
+)
+from digzsl_ray.methods import get_method
+from digzsl_ray.methods import load_run_config as load_config
+from digzsl_ray.methods.digzsl.config import DigzslRunConfig as RunConfig
 
 
 def test_defaults_are_miniworld():
@@ -39,7 +48,7 @@ def test_override_needs_equals():
 
 
 def test_unknown_config_file_lists_shipped(tmp_path):
-    with pytest.raises(ConfigError, match="shipped configs: .*miniworld"):
+    with pytest.raises(ConfigError, match="shipped configs.*: .*miniworld"):
         load_config(tmp_path / "nope.yaml")
 
 
@@ -76,3 +85,23 @@ def test_shipped_configs_validate_and_hold_overrides_only(name):
 def test_every_field_is_documented():
     for line in explain(RunConfig) + explain(PretrainConfig):
         assert "# None" not in line and line.split("#", 1)[1].strip(), line
+
+
+def test_method_selects_config_class_and_unknown_method_is_an_error():
+    cfg = load_config(None, ["method=digzsl"])
+    assert type(cfg) is get_method("digzsl").config
+    with pytest.raises(ConfigError, match="key 'method': got 'zerodiffx'; expected one of digzsl"):
+        load_config(None, ["method=zerodiffx"])
+
+
+def test_fingerprint_view_keeps_outputs_and_drops_runtime_fields():
+    cfg = load_config(None, ["tokens.pool_max=7", "tokens.lr=0.01"])
+    view = section_value(cfg, "tokens")
+    assert view["lr"] == 0.01 and "pool_max" not in view and "num_gpus" not in view
+    assert "workers" not in section_value(cfg, "cdm") and "epochs" in section_value(cfg, "cdm")
+    assert section_value(cfg, "models.clip") == "miniworld"
+    # a new learning setting is in by default: every field not marked runtime() is part of the view
+    from digzsl_ray.config import affects_outputs
+    marked = {k for k in type(cfg.tokens).model_fields if not affects_outputs(type(cfg.tokens), k)}
+    assert marked == {"gradient_checkpointing", "pool_min", "pool_max", "num_gpus", "num_cpus", "shard_size",
+                      "max_retries"}

@@ -5,13 +5,25 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import make_tiny_models
 
 from digzsl_ray.cdm import CDM, CDMHead
-from digzsl_ray.dct import (DCTLearner, DCTSettings, TokenError, add_placeholder, class_seed, init_word_for,
-                            placeholder_for)
-from digzsl_ray.models.presets import clip_image_size, clip_norm, load_clip, load_sd_pipeline
+from digzsl_ray.methods.digzsl.config import TokensConfig
+from digzsl_ray.methods.digzsl.dct import (
+    DCTLearner,
+    TokenError,
+    add_placeholder,
+    init_word_for,
+    placeholder_for,
+)
+from digzsl_ray.models.presets import (
+    clip_image_size,
+    clip_norm,
+    load_clip,
+    load_sd_pipeline,
+)
 from digzsl_ray.prototypes import build_prototypes
-from tiny import make_tiny_models
+from digzsl_ray.seeds import class_seed
 
 NAMES = ["red circle", "blue square", "green star", "pink heart"]
 UNSEEN = [2, 3]
@@ -29,11 +41,12 @@ def _learner(tiny, **kw):
     protos = build_prototypes(model, tok, NAMES, ["a photo of a {}."])
     torch.manual_seed(0)
     cdm = CDM(model, CDMHead(protos, protos.shape[1], 16, 0.1), clip_image_size(model), *clip_norm(model))
-    settings = DCTSettings(templates=["a photo of a {token} {name}"], batch_size=2, steps=3, grad_steps=1,
-                           guidance=3.0, lr=0.05, gamma=1.01, patience=100, max_updates=3, min_updates=0)
-    for k, v in kw.items():
-        setattr(settings, k, v)
-    return DCTLearner(pipe, cdm, UNSEEN, settings, seed=0), pipe
+    settings = TokensConfig(templates=["a photo of a {token} {name}"], batch_size=2, num_inference_steps=3,
+                            grad_steps=1, guidance_scale=3.0, lr=0.05, gamma=1.0, patience=100, max_updates=3,
+                            min_updates=0, seed=0)
+    # gamma 1.01 (never stop on accuracy) is outside the config's range: set it past validation
+    settings = settings.model_copy(update={"gamma": 1.01, **kw})
+    return DCTLearner(pipe, cdm, UNSEEN, settings), pipe
 
 
 def test_only_the_placeholder_row_changes(tiny):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 
-from digzsl_ray import evaluate as ev
+from digzsl_ray.metrics import zsl as ev
 
 SEEN, UNSEEN = [0, 1, 2, 3], [4, 5, 6]
 C = 7

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tiny import make_tiny_models
 
 pytestmark = pytest.mark.gpu
@@ -13,8 +12,14 @@ pytestmark = pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_dct_update_in_half_precision_changes_only_the_row(tmp_path, precision):
     from digzsl_ray.cdm import CDM, CDMHead
-    from digzsl_ray.dct import DCTLearner, DCTSettings
-    from digzsl_ray.models.presets import clip_image_size, clip_norm, load_clip, load_sd_pipeline
+    from digzsl_ray.methods.digzsl.config import TokensConfig
+    from digzsl_ray.methods.digzsl.dct import DCTLearner
+    from digzsl_ray.models.presets import (
+        clip_image_size,
+        clip_norm,
+        load_clip,
+        load_sd_pipeline,
+    )
     from digzsl_ray.prototypes import build_prototypes
 
     sd, clip = make_tiny_models(tmp_path)
@@ -23,10 +28,10 @@ def test_dct_update_in_half_precision_changes_only_the_row(tmp_path, precision):
     model, _, tok = load_clip(f"local-dir:{clip}", device="cuda")
     protos = build_prototypes(model, tok, ["a", "b", "c"], ["{}"], device="cuda")
     cdm = CDM(model, CDMHead(protos, protos.shape[1], 8, 0.1), clip_image_size(model), *clip_norm(model)).cuda()
-    s = DCTSettings(templates=["a {token} {name}"], batch_size=2, steps=3, max_updates=3, min_updates=3, gamma=1.0,
-                    precision=precision, gradient_checkpointing=True)
+    s = TokensConfig(templates=["a {token} {name}"], batch_size=2, num_inference_steps=3, max_updates=3,
+                     min_updates=3, gamma=1.0, gradient_checkpointing=True)
     before = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
-    res = DCTLearner(pipe, cdm, [1, 2], s).learn("c", 2, "<dct-c>", "c")
+    res = DCTLearner(pipe, cdm, [1, 2], s, precision=precision).learn("c", 2, "<dct-c>", "c")
     after = pipe.text_encoder.get_input_embeddings().weight.detach()
     assert torch.equal(after[: len(before)], before)
     assert torch.isfinite(res.vector).all() and not torch.equal(res.vector, res.init_vector)

@@ -6,10 +6,16 @@ import json
 
 import pytest
 import torch
-
-from digzsl_ray.models.presets import ModelLoadError, check_sd_source, load_clip, load_sd_pipeline, resolve_sd
-from digzsl_ray.models.tokenizer import build_clip_tokenizer
 from tiny import make_tiny_models
+
+from digzsl_ray.models.presets import (
+    ModelLoadError,
+    check_sd_source,
+    load_clip,
+    load_sd_pipeline,
+    resolve_sd,
+)
+from digzsl_ray.models.tokenizer import build_clip_tokenizer
 
 
 @pytest.fixture(scope="module")

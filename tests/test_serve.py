@@ -24,7 +24,6 @@ import torch
 ray = pytest.importorskip("ray")
 httpx = pytest.importorskip("httpx")
 from PIL import Image  # noqa: E402
-
 from tiny import TINY_CLASSES, TINY_UNSEEN, make_tiny_models  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -39,7 +38,8 @@ def _free_port() -> int:
 def make_run_dir(base: Path) -> Path:
     """A finished run directory with a (randomly initialised) classifier over the tiny CLIP."""
     from digzsl_ray.classifier import ZSLClassifier, save_classifier
-    from digzsl_ray.config import load_config, to_yaml
+    from digzsl_ray.config import to_yaml
+    from digzsl_ray.methods import load_run_config as load_config
     from digzsl_ray.models.presets import clip_image_size, clip_norm, load_clip
 
     _, clip = make_tiny_models(base / "models")

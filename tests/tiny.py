@@ -1,4 +1,4 @@
-"""Tiny components built offline from small literal configs with fixed seeds (DESIGN section 8).
+"""Tiny components built offline from small literal configs with fixed seeds.
 
 They use the real classes (AutoencoderKL, UNet2DConditionModel, CLIPTextModel, open_clip CLIP,
 the real CLIP BPE tokenizer) and the real save formats, so the code under test is the code that
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from digzsl_ray.miniworld.arch import ClipArch, SDArch
-from digzsl_ray.miniworld.foundation import export_clip, export_sd
 from digzsl_ray.models.tokenizer import build_clip_tokenizer
+from digzsl_ray.pretrain.arch import ClipArch, SDArch
+from digzsl_ray.pretrain.job import export_clip, export_sd
 
 TINY_SD = SDArch(image_size=16, vae_channels=(8, 16), latent_channels=4, unet_channels=(32, 32),
                  unet_layers_per_block=1, unet_head_dim=16, text_hidden=32, text_layers=1, text_heads=2)
@@ -32,7 +32,7 @@ def make_tiny_models(out: Path, seed: int = 0) -> tuple[Path, Path]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from digzsl_ray.miniworld import arch
+    from digzsl_ray.pretrain import arch
 
     torch.manual_seed(seed)
     vae = AutoencoderKL(**_tiny_vae_groups(arch.vae_config(TINY_SD)))

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .split import Item, ZSLSplit
+from digzsl_ray.config import ConfigError
+from digzsl_ray.data.split import Item, ZSLSplit
 
 __all__ = ["Item", "ZSLSplit", "load_split", "dataset_root"]
 
 
 def dataset_root(data_cfg, out: str | Path | None) -> Path:
-    """Where the dataset of ``data_cfg`` lives (MiniWorld defaults to OUT/data/miniworld)."""
+    """Where the dataset of ``data_cfg`` lives (a rendered world defaults to OUT/data/<format>)."""
+    from digzsl_ray.data.worlds import get_world
+
     if data_cfg.root:
         return Path(data_cfg.root).expanduser()
-    if data_cfg.format == "miniworld":
+    if get_world(data_cfg.format) is not None:
         if out is None:
-            raise ValueError("data.root: empty; a MiniWorld run renders its data into OUT/data/miniworld, give --out")
-        return Path(out) / "data" / "miniworld"
-    raise ValueError(f"data.root: empty; format {data_cfg.format!r} needs the dataset directory or image root")
+            raise ConfigError(f"data.root: empty; a {data_cfg.format} run renders its data into "
+                              f"OUT/data/{data_cfg.format}: give --out OUT (or set data.root)")
+        return Path(out) / "data" / data_cfg.format
+    raise ConfigError(f"data.root: empty; format {data_cfg.format!r} needs the dataset directory "
+                      f"(digzsl) or the image root (xlsa17)")
 
 
 def load_split(data_cfg, out: str | Path | None = None, validate: bool = True, progress: bool = True) -> ZSLSplit:
@@ -26,26 +31,23 @@ def load_split(data_cfg, out: str | Path | None = None, validate: bool = True, p
     Validation runs before any model work: structure first, then every image file when
     ``data_cfg.check_images`` is set (see :mod:`digzsl_ray.data.validate`).
     """
-    from .format import read_dataset
-    from .validate import validate_split
+    from digzsl_ray.data.format import read_dataset
+    from digzsl_ray.data.validate import validate_split
+    from digzsl_ray.data.worlds import get_world
 
     root = dataset_root(data_cfg, out)
-    if data_cfg.format == "miniworld":
-        zsl = root / "zsl"
-        if not (zsl / "dataset.json").is_file():
-            from ..miniworld.make import WorldParams, make_world
-
-            make_world(root, WorldParams(seed=data_cfg.miniworld_seed), progress=progress, parts=("zsl",))
-        split = read_dataset(zsl, data_cfg.val_fraction, seed=0)
+    world = get_world(data_cfg.format)
+    if world is not None:
+        split = read_dataset(world.prepare(root, data_cfg, progress), data_cfg.val_fraction, seed=0)
     elif data_cfg.format == "digzsl":
         split = read_dataset(root, data_cfg.val_fraction, seed=0)
     else:
-        from .xlsa17 import read_xlsa17
+        from digzsl_ray.data.xlsa17 import read_xlsa17
 
         if not data_cfg.splits_dir:
-            raise ValueError("data.splits_dir: empty; format 'xlsa17' needs the folder holding att_splits.mat")
+            raise ConfigError("data.splits_dir: empty; format 'xlsa17' needs the folder holding att_splits.mat")
         if not data_cfg.dataset:
-            raise ValueError("data.dataset: empty; format 'xlsa17' needs one of CUB, AWA2, SUN, FLO")
+            raise ConfigError("data.dataset: empty; format 'xlsa17' needs one of CUB, AWA2, SUN, FLO")
         split = read_xlsa17(data_cfg.splits_dir, root, data_cfg.dataset, val_fraction=data_cfg.val_fraction,
                             val_split=data_cfg.val_split, seed=0,
                             class_names_file=data_cfg.class_names_file or None)

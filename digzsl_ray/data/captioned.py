@@ -20,10 +20,12 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from digzsl_ray.errors import UserError
+
 METADATA = "metadata.jsonl"
 
 
-class CaptionedFolderError(ValueError):
+class CaptionedFolderError(UserError):
     """Bad captioned folder; the message names the file and line."""
 
 

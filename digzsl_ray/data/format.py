@@ -17,13 +17,14 @@ import csv
 import io
 from pathlib import Path
 
-from ..io import read_json, write_json, write_text
-from .split import SPLITS, Item, ZSLSplit, resolve
+from digzsl_ray.data.split import SPLITS, Item, ZSLSplit, resolve
+from digzsl_ray.errors import UserError
+from digzsl_ray.io import read_json, write_json, write_text
 
 FORMAT = "digzsl-dataset/1"
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserError):
     """A dataset directory that does not follow the format; the message names file and line."""
 
 

@@ -9,11 +9,12 @@ from collections import Counter
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..slug import slugify, unsafe_name_reason
-from .split import SPLITS, ZSLSplit
+from digzsl_ray.data.split import SPLITS, ZSLSplit
+from digzsl_ray.errors import UserError, short
+from digzsl_ray.slug import slugify, unsafe_name_reason
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset that cannot be used; the message lists what is wrong."""
 
 
@@ -24,7 +25,7 @@ def check_class_names(classes: list[str]) -> None:
         raise DatasetError(f"duplicate class names ({len(dup)}): {', '.join(repr(d) for d in dup[:10])}")
     bad = [(n, r) for n in classes if (r := unsafe_name_reason(n))]
     if bad:
-        listed = "; ".join(f"{n!r}: {r}" for n, r in bad[:10])
+        listed = "; ".join(f"{short(n, 60)}: {r}" for n, r in bad[:10])
         raise DatasetError(f"{len(bad)} class name(s) cannot be used as file names: {listed}")
     by_slug: dict[str, list[str]] = {}
     for n in classes:

@@ -40,9 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..slug import unsafe_name_reason
-from .format import DatasetFormatError
-from .split import SPLITS, Item, ZSLSplit
+from digzsl_ray.data.format import DatasetFormatError
+from digzsl_ray.data.split import SPLITS, Item, ZSLSplit
+from digzsl_ray.slug import unsafe_name_reason
 
 DATASETS = ("CUB", "AWA2", "SUN", "FLO")
 LOC_FIELDS = {"trainval": "trainval_loc", "test_seen": "test_seen_loc", "test_unseen": "test_unseen_loc"}

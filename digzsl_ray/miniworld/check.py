@@ -17,21 +17,31 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import RunConfig
-from ..models.presets import ASSETS, clip_norm, load_clip, load_sd_pipeline
-from ..models.sd import generate
-from ..prototypes import build_prototypes
-from . import world
-from .make import WorldParams
-from .oracle import evaluate_oracle, load_oracle, oracle_predict, render_batch
+from digzsl_ray.config import RunConfig
+from digzsl_ray.miniworld import world
+from digzsl_ray.miniworld.make import WorldParams
+from digzsl_ray.miniworld.oracle import (
+    evaluate_oracle,
+    load_oracle,
+    oracle_predict,
+    render_batch,
+)
+from digzsl_ray.models.presets import ASSETS, clip_norm, load_clip, load_sd_pipeline
+from digzsl_ray.models.sd import generate
+from digzsl_ray.prototypes import build_prototypes
 
 # Fresh render streams used only by this check (disjoint from corpus, benchmark and oracle training).
 STREAM_CLIP, STREAM_VAE = 60, 61
 SEED_GENERATION = 5_000_000
 
 
+# How the check samples: the plain prompt of the ablation and the library's default sampler settings
+# (the same as the defaults of the generation stage, measured independently of any method's config).
+PLAIN_TEMPLATE, GUIDANCE, STEPS = "a photo of a {name}", 3.0, 20
+
+
 def plain_prompt(name: str) -> str:
-    return RunConfig().generate.plain_template.format(name=name)
+    return PLAIN_TEMPLATE.format(name=name)
 
 
 def world_facts(world_dir: str | Path | None) -> tuple[dict[str, int], list[str]]:
@@ -99,8 +109,7 @@ def sd_plain_prompt(pipe, oracle, n_per_class: int, guidance: float, steps: int,
 def run_check(assets: str | Path | None = None, world_dir: str | Path | None = None, n_per_class: int = 24,
               progress: bool = True) -> dict:
     assets = Path(assets) if assets else ASSETS
-    defaults = RunConfig().generate
-    guidance, steps = defaults.guidance_scale, defaults.num_inference_steps
+    guidance, steps = GUIDANCE, STEPS
     freqs, unseen = world_facts(world_dir)
     oracle, names = load_oracle(assets / "oracle")
     if names != [s.name for s in world.all_classes()]:

@@ -23,10 +23,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from ..data.format import write_dataset
-from ..io import write_bytes, write_json, write_text
-from ..slug import slugify
-from . import world
+from digzsl_ray.data.format import write_dataset
+from digzsl_ray.io import write_bytes, write_json, write_text
+from digzsl_ray.miniworld import world
+from digzsl_ray.slug import slugify
 
 # Streams of the per-image random generators (distinct streams => disjoint images).
 STREAM_CORPUS, STREAM_BENCH, STREAM_MULTI = 10, 20, 30

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +21,18 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..io import atomic_path, write_json
-from . import world
-from .arch import OracleArch
+from digzsl_ray.io import atomic_path, write_json
+from digzsl_ray.miniworld import world
+
+
+@dataclass
+class OracleArch:
+    """The measuring-stick classifier: a small CNN with one head over all MiniWorld classes."""
+
+    channels: tuple[int, ...] = (32, 64, 96)
+    num_classes: int = 72
+    image_size: int = 32
+    extra: dict = field(default_factory=dict)
 
 
 class Oracle(nn.Module):

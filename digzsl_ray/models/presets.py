@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+from digzsl_ray.errors import UserError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "miniworld"
 
@@ -24,12 +28,11 @@ CLIP_PRESETS: dict[str, tuple[str, str]] = {
     "miniworld": (f"local-dir:{ASSETS / 'clip'}", ""),
     "clip-vit-l14": ("ViT-L-14", "openai"),
 }
-ORACLE_DIR = ASSETS / "oracle"
 
 _SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserError):
     """A model reference that cannot be loaded; the message says what was expected."""
 
 
@@ -64,6 +67,8 @@ def check_sd_source(name: str) -> str:
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -73,6 +78,8 @@ def pick_device(device: str = "auto") -> torch.device:
 
 def torch_dtype(precision: str, device: torch.device) -> torch.dtype:
     """Weights dtype: fp16/bf16 only on CUDA; the CPU path always runs fp32."""
+    import torch
+
     if device.type != "cuda":
         return torch.float32
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
@@ -85,6 +92,7 @@ def load_sd_pipeline(name: str, device: str | torch.device = "cpu", precision: s
     Attention: PyTorch SDPA is diffusers' default processor; ``attention="xformers"`` switches to
     memory-efficient xformers kernels (CUDA + the ``gpu`` extra only).
     """
+    import torch
     from diffusers import StableDiffusionPipeline
 
     src = check_sd_source(name)
@@ -116,6 +124,7 @@ def resolve_clip(name: str, pretrained: str = "") -> tuple[str, str]:
 def load_clip(name: str, pretrained: str = "", device: str | torch.device = "cpu"):
     """``(model, preprocess, tokenizer)`` from open_clip for a preset, name + tag, local-dir: or hf-hub:."""
     import open_clip
+    import torch
 
     model_name, tag = resolve_clip(name, pretrained)
     if model_name.startswith("local-dir:") and not Path(model_name[len("local-dir:"):]).is_dir():

@@ -1,2 +1,2 @@
-"""Pipeline stages: each reads and writes the run directory (DESIGN section 3) and wires the
-stage's maths (top-level modules: prototypes, cdm, dct, classifier, evaluate) to Ray."""
+"""The stage framework shared by every method: the contract (:mod:`.contract`), the run directory
+(:mod:`.rundir`), the shared prototypes stage (:mod:`.prototypes`) and the runner (:mod:`.runner`)."""

@@ -1,30 +1,48 @@
-"""Stage 1: class prototypes -> ``OUT/prototypes.safetensors``."""
+"""The shared prototypes stage: CLIP text embeddings of every class name -> ``OUT/prototypes.safetensors``."""
 
 from __future__ import annotations
 
 import logging
 import time
 
-from ..models.presets import load_clip, pick_device
-from ..prototypes import build_prototypes, load_prototypes, save_prototypes
-from .common import RunDir, stage_timing
+from digzsl_ray.stages.contract import Stage
+from digzsl_ray.stages.rundir import stage_timing
 
 log = logging.getLogger("digzsl")
 
 
-def run_prototypes(cfg, rd: RunDir, split) -> None:
-    """Embed every class name with the configured CLIP; skipped when the file matches the classes."""
-    if rd.prototypes.is_file():
-        _, names, meta = load_prototypes(rd.prototypes)
-        if names == split.classes and meta.get("templates") == cfg.prototypes.templates:
-            log.info("prototypes: complete, skipped")
-            return
-    t0 = time.time()
-    device = pick_device(cfg.models.device)
-    model, _, tokenizer = load_clip(cfg.models.clip, cfg.models.clip_pretrained, device=device)
-    protos = build_prototypes(model, tokenizer, split.classes, cfg.prototypes.templates, device=device)
-    save_prototypes(rd.prototypes, protos, split.classes,
-                    extra={"templates": cfg.prototypes.templates, "clip": cfg.models.clip,
-                           "clip_pretrained": cfg.models.clip_pretrained})
-    stage_timing(rd, "prototypes", time.time() - t0)
-    log.info("prototypes: %d classes x %d dims -> %s", *protos.shape, rd.prototypes)
+class PrototypesStage(Stage):
+    name = "prototypes"
+    help = "embed every class name with CLIP (prompt ensemble) -> OUT/prototypes.safetensors"
+    writes = {"prototypes": "prototypes.safetensors"}
+    depends_on = ("prototypes", "models.clip", "models.clip_pretrained")
+    needs_ray = False
+
+    def complete(self, ctx) -> bool:
+        from digzsl_ray.prototypes import load_prototypes
+
+        path = ctx.path("prototypes:prototypes")
+        if not path.is_file():
+            return False
+        _, names, meta = load_prototypes(path)
+        return names == list(ctx.split.classes) and meta.get("fingerprint") == self.fingerprint(ctx)
+
+    def run(self, ctx):
+        """Embed every class name with the configured CLIP (skipped by the runner when complete)."""
+        from digzsl_ray.models.presets import load_clip, pick_device
+        from digzsl_ray.prototypes import build_prototypes, save_prototypes
+
+        cfg, path = ctx.cfg, ctx.path("prototypes:prototypes")
+        t0 = time.time()
+        device = pick_device(cfg.models.device)
+        model, _, tokenizer = load_clip(cfg.models.clip, cfg.models.clip_pretrained, device=device)
+        protos = build_prototypes(model, tokenizer, ctx.split.classes, cfg.prototypes.templates, device=device)
+        save_prototypes(path, protos, ctx.split.classes,
+                        extra={"templates": cfg.prototypes.templates, "clip": cfg.models.clip,
+                               "clip_pretrained": cfg.models.clip_pretrained, "fingerprint": self.fingerprint(ctx)})
+        stage_timing(ctx.rd, "prototypes", time.time() - t0)
+        log.info("prototypes: %d classes x %d dims -> %s", *protos.shape, path)
+        return str(path)
+
+    def describe(self, ctx, result) -> str:
+        return str(result)

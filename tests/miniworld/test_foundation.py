@@ -69,7 +69,7 @@ def test_pretraining_job_runs_few_steps_writes_loadable_models_and_resumes(tmp_p
     import ray
 
     from digzsl_ray.config import PretrainConfig
-    from digzsl_ray.miniworld.foundation import run_pretrain
+    from digzsl_ray.pretrain.job import run_pretrain
 
     data = _folder(tmp_path / "w", 96)
     cfg = PretrainConfig(vae_steps=4, sd_steps=4, clip_steps=4, sd_batch=8, vae_batch=8, clip_batch=16,

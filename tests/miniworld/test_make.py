@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digzsl_ray.cli import main
+from digzsl_ray.cli.main import main
 from digzsl_ray.data.captioned import read_captioned_folder
 from digzsl_ray.data.format import read_dataset
 from digzsl_ray.data.validate import validate_split

@@ -20,9 +20,13 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from digzsl_ray.config import load_config  # noqa: E402
-from digzsl_ray.stages.common import RunDirError, prepare  # noqa: E402
 from tiny import make_tiny_dataset, make_tiny_models, tiny_overrides  # noqa: E402
+
+from digzsl_ray.methods import get_method  # noqa: E402
+from digzsl_ray.methods import load_run_config as load_config
+from digzsl_ray.stages.contract import Context, execute  # noqa: E402
+from digzsl_ray.stages.rundir import RunDirError, prepare  # noqa: E402
+from digzsl_ray.stages.runner import context  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -38,57 +42,65 @@ def env(tmp_path_factory):
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}})
     cfg = load_config(None, tiny_overrides(sd, clip, data))
     out = base / "run"
-    rd, split = prepare(cfg, out, progress=False)
-    yield {"cfg": cfg, "rd": rd, "split": split, "base": base, "markers": marker_dir, "sd": sd, "clip": clip,
-           "data": data}
+    ctx = context(cfg, get_method(), out, progress=False)
+    yield {"cfg": cfg, "ctx": ctx, "rd": ctx.rd, "split": ctx.split, "base": base, "markers": marker_dir, "sd": sd,
+           "clip": clip, "data": data}
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_prototypes_and_cdm_survive_a_worker_failure(env):
-    from digzsl_ray.stages.cdm import run_cdm
-    from digzsl_ray.stages.prototypes import run_prototypes
+def _stage(env, name: str, cfg=None, args=None):
+    ctx = env["ctx"]
+    c = Context(cfg=cfg or env["cfg"], rd=ctx.rd, split=ctx.split, method=ctx.method, progress=False, args=args)
+    return c.method.stage(name), c
 
-    cfg, rd, split = env["cfg"], env["rd"], env["split"]
-    run_prototypes(cfg, rd, split)
+
+def test_prototypes_and_cdm_survive_a_worker_failure(env):
+    stage, ctx = _stage(env, "prototypes")
+    assert not stage.complete(ctx)
+    execute(stage, ctx)
+    assert stage.complete(ctx)
+    cdm, ctx = _stage(env, "train-cdm")
+    split = ctx.split
     marker = env["markers"] / "cdm"
     os.environ["DIGZSL_FAULT"] = f"cdm:epoch=1:{marker}"
     try:
-        metrics = run_cdm(cfg, rd, split)
+        metrics = execute(cdm, ctx)
     finally:
         os.environ["DIGZSL_FAULT"] = ""
     assert marker.is_file(), "the injected failure did not fire"
-    meta = json.loads((rd.cdm / "config.json").read_text())
+    assert cdm.complete(ctx)
+    meta = json.loads(ctx.path("train-cdm:config").read_text())
     epochs = [h["epoch"] for h in meta["history"] if "epoch" in h]
     assert epochs == [0, 1, 2]  # epoch 1 failed once, then resumed from the epoch-0 checkpoint
     assert {"resumed_at_epoch": 1} in meta["history"]
     for k in ("zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H"):
         assert 0 <= metrics[k] <= 100
     # rerun: complete stage is skipped (no training: files untouched)
-    mtime = (rd.cdm / "head.safetensors").stat().st_mtime
-    run_cdm(cfg, rd, split)
-    assert (rd.cdm / "head.safetensors").stat().st_mtime == mtime
+    weights = ctx.path("train-cdm:weights")
+    mtime = weights.stat().st_mtime
+    assert execute(cdm, ctx) == metrics  # complete: its metrics come back without training
+    assert weights.stat().st_mtime == mtime
     # loadable with one call
     from digzsl_ray.cdm import load_cdm
 
-    cdm = load_cdm(rd.cdm)
-    assert cdm(torch.rand(2, 3, 32, 32)).shape == (2, len(split.classes))
+    model = load_cdm(ctx.path("train-cdm:dir"))
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, len(split.classes))
 
 
 def _reference_tokens(env) -> dict[str, torch.Tensor]:
     """Tokens of an uninterrupted single-process run with the actors' thread count."""
     from digzsl_ray.cdm import load_cdm
-    from digzsl_ray.dct import DCTLearner, DCTSettings
+    from digzsl_ray.methods.digzsl.dct import DCTLearner
+    from digzsl_ray.methods.digzsl.stages.tokens import class_jobs
     from digzsl_ray.models.presets import load_sd_pipeline
-    from digzsl_ray.stages.tokens import class_jobs
 
-    cfg, rd, split = env["cfg"], env["rd"], env["split"]
+    cfg, split = env["cfg"], env["split"]
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.models.torch_threads)
     try:
         pipe = load_sd_pipeline(cfg.models.sd)
-        learner = DCTLearner(pipe, load_cdm(rd.cdm), list(split.unseen), DCTSettings.from_config(cfg.tokens),
-                             seed=cfg.tokens.seed)
+        learner = DCTLearner(pipe, load_cdm(env["ctx"].path("train-cdm:dir")), list(split.unseen), cfg.tokens)
         out = {}
         for job in class_jobs(cfg, split):
             out[job["name"]] = learner.learn(job["name"], job["class_idx"], job["token"], job["init_word"]).vector
@@ -100,24 +112,26 @@ def _reference_tokens(env) -> dict[str, torch.Tensor]:
 def test_tokens_survive_a_killed_actor_and_equal_an_uninterrupted_run(env):
     from safetensors.torch import load_file
 
-    from digzsl_ray.stages.tokens import run_tokens, token_actor_name
+    from digzsl_ray.methods.digzsl.stages.tokens import token_actor_name
 
     cfg, rd, split = env["cfg"], env["rd"], env["split"]
     # slow the classes down a little so an actor can be caught in the middle of one
     cfg = cfg.model_copy(update={"tokens": cfg.tokens.model_copy(update={"max_updates": 6, "min_updates": 6})})
+    tokens, ctx = _stage(env, "learn-tokens", cfg)
+    tokens_dir = ctx.path("learn-tokens:dir")
     killed: list[str] = []
     done = threading.Event()
 
     def killer():
         while not done.is_set() and not killed:
-            for p in (rd.tokens / ".progress").glob("actor-*.json"):
+            for p in ctx.path("learn-tokens:progress").glob("actor-*.json"):
                 try:
                     d = json.loads(p.read_text())
                 except (ValueError, OSError):
                     continue
                 if 1 <= d["update"] < d["max_updates"]:
                     actor_id = int(p.stem.split("-")[1])
-                    ray.kill(ray.get_actor(token_actor_name(rd, actor_id), namespace="digzsl"))
+                    ray.kill(ray.get_actor(token_actor_name(rd.root, actor_id), namespace="digzsl"))
                     killed.append(d["class"])
                     return
             time.sleep(0.02)
@@ -125,51 +139,54 @@ def test_tokens_survive_a_killed_actor_and_equal_an_uninterrupted_run(env):
     t = threading.Thread(target=killer, daemon=True)
     t.start()
     try:
-        summary = run_tokens(cfg, rd, split, progress=False)
+        summary = execute(tokens, ctx)
     finally:
         done.set()
     t.join(timeout=5)
     assert killed, "no actor was caught in the middle of a class"
     assert summary["classes"] == len(split.unseen)
-    index = json.loads((rd.tokens / "index.json").read_text())
+    assert summary["oracle"] == "absent"  # a user's own dataset has no world, hence no oracle
+    assert tokens.complete(ctx)
+    index = json.loads(ctx.path("learn-tokens:index").read_text())
     env["cfg"] = cfg
     reference = _reference_tokens(env)
     for e in index.values():
-        vec = load_file(str(rd.tokens / e["file"]))[e["token"]]
+        vec = load_file(str(tokens_dir / e["file"]))[e["token"]]
         assert torch.allclose(vec, reference[e["name"]], atol=1e-6), e["name"]
         assert e["stop_reason"] in ("gamma", "patience", "max_updates") and len(e["loss_curve"]) == e["updates"]
-    s = json.loads((rd.tokens / "summary.json").read_text())
+    s = json.loads(ctx.path("learn-tokens:summary").read_text())
     assert {"plain_cdm_acc", "untrained_cdm_acc", "learned_cdm_acc"} <= set(s["mean"])
     # a rerun learns nothing
-    before = {p.name: p.stat().st_mtime for p in rd.tokens.glob("*.safetensors")}
+    before = {p.name: p.stat().st_mtime for p in tokens_dir.glob("*.safetensors")}
     t0 = time.time()
-    run_tokens(cfg, rd, split, progress=False)
-    assert {p.name: p.stat().st_mtime for p in rd.tokens.glob("*.safetensors")} == before
+    tokens.run(ctx)
+    assert {p.name: p.stat().st_mtime for p in tokens_dir.glob("*.safetensors")} == before
     assert time.time() - t0 < 10
 
 
 def test_generation_resumes_lost_shards_without_duplicates(env):
     import pyarrow.parquet as pq
 
-    from digzsl_ray.stages.generate import run_generate, variant_dir
-
-    cfg, rd, split = env["cfg"], env["rd"], env["split"]
-    manifests = run_generate(cfg, rd, split, progress=False)
+    cfg, split = env["cfg"], env["split"]
+    generate, ctx = _stage(env, "generate", cfg)
+    manifests = execute(generate, ctx)
     n = cfg.generate.images_per_class * len(split.unseen)
     assert manifests["dct"]["rows"] == n and manifests["plain_prompt"]["rows"] == n
-    d = variant_dir(rd, "dct")
+    assert generate.complete(ctx)
+    d = ctx.path("generate:dct")
     shards = sorted(d.glob("*.parquet"))
     lost = shards[1]
     original = pq.read_table(lost).to_pydict()
     lost.unlink()  # as if the run had been killed before this shard was written
     (d / "_manifest.json").unlink()
-    run_generate(cfg, rd, split, progress=False)
+    assert not generate.complete(ctx)
+    execute(generate, ctx)
     table = pq.read_table(d, columns=["seed", "label", "prompt", "token_sha256", "cdm_score"]).to_pydict()
     assert len(table["seed"]) == n and len(set(table["seed"])) == n  # same rows, no duplicates
     again = pq.read_table(lost).to_pydict()
     assert again["seed"] == original["seed"] and again["prompt"] == original["prompt"]
     assert np.allclose(again["cdm_score"], original["cdm_score"], atol=1e-5)
-    index = json.loads((rd.tokens / "index.json").read_text())
+    index = json.loads(ctx.path("learn-tokens:index").read_text())
     sha = {e["name"]: e["sha256"] for e in index.values()}
     rows = pq.read_table(d, columns=["class_name", "token_sha256", "prompt"]).to_pydict()
     for name, h, prompt in zip(rows["class_name"], rows["token_sha256"], rows["prompt"]):
@@ -177,39 +194,41 @@ def test_generation_resumes_lost_shards_without_duplicates(env):
 
 
 def test_classifier_resumes_after_a_worker_failure(env):
-    from digzsl_ray.stages.classifier import classifier_dir, run_classifier
+    import argparse
 
-    cfg, rd, split = env["cfg"], env["rd"], env["split"]
+    split = env["split"]
+    clf, ctx = _stage(env, "train-classifier", args=argparse.Namespace(variant="dct"))
     marker = env["markers"] / "classifier"
     os.environ["DIGZSL_FAULT"] = f"classifier:epoch=1:{marker}"
     try:
-        run_classifier(cfg, rd, split, "dct", progress=False)
+        execute(clf, ctx)
     finally:
         os.environ["DIGZSL_FAULT"] = ""
     assert marker.is_file()
-    meta = json.loads((classifier_dir(rd, "dct") / "config.json").read_text())
+    assert clf.complete(ctx) and not clf.variant_complete(ctx, "plain_prompt")
+    meta = json.loads((ctx.path("train-classifier:dct") / "config.json").read_text())
     assert {"resumed_at_epoch": 1} in meta["history"]
     rows = [h["rows"] for h in meta["history"] if "rows" in h]
     assert rows and all(r > 0 for r in rows)
-    run_classifier(cfg, rd, split, "plain_prompt", progress=False)
-    s = np.load(classifier_dir(rd, "plain_prompt") / "scores.npz")
+    clf, ctx = _stage(env, "train-classifier")  # all variants: dct is complete, plain_prompt is trained
+    execute(clf, ctx)
+    s = np.load(ctx.path("train-classifier:plain_prompt_scores"))
     assert s["test_unseen_scores"].shape == (len(split.items["test_unseen"]), len(split.classes))
     assert np.allclose(s["test_unseen_scores"].sum(1), 1, atol=1e-4)
 
 
 def test_evaluation_and_report(env):
-    from digzsl_ray.stages.evaluate import run_evaluate
-    from digzsl_ray.stages.report import build_report
-
-    cfg, rd, split = env["cfg"], env["rd"], env["split"]
-    metrics = run_evaluate(cfg, rd, split)
+    evaluate, ctx = _stage(env, "evaluate")
+    metrics = execute(evaluate, ctx)
     for k in ("zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H", "calibration_lambda", "ausuc", "timing_s", "peak_rss_mb"):
         assert k in metrics
     assert set(metrics["ablation"]) == {"no_synthetic", "plain_prompt", "dct"}
     for v in metrics["ablation"].values():
         assert {"zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H"} <= set(v)
-    page = build_report(cfg, rd, split).read_text()
+    assert json.loads(ctx.path("evaluate:metrics").read_text()) == metrics
+    page = ctx.path("evaluate:report").read_text()
     assert page.count("data:image/png;base64,") >= 6 and "t-SNE" not in page or "Token embeddings" in page
+
 
 
 def test_run_dir_of_another_config_is_refused(env, tmp_path):
@@ -239,7 +258,7 @@ class _Worker:
 
 
 def test_pool_redispatches_lost_shards_and_propagates_bugs(env):
-    from digzsl_ray.pool import PoolError, run_pool
+    from digzsl_ray.distributed.pool import PoolError, run_pool
 
     died = {"n": 0}
 

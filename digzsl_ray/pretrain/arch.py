@@ -1,4 +1,4 @@
-"""Architectures of the MiniWorld foundation models: small literal configs of the real model classes.
+"""Architectures of the small foundation models (MiniWorld's, or any captioned folder's): small literal configs of the real model classes.
 
 Nothing here is a toy class: the VAE is a diffusers ``AutoencoderKL``, the denoiser a
 ``UNet2DConditionModel``, the text encoder a transformers ``CLIPTextModel``, the CLIP an open_clip
@@ -7,7 +7,7 @@ Nothing here is a toy class: the VAE is a diffusers ``AutoencoderKL``, the denoi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 VOCAB_SIZE = 49408  # OpenAI CLIP BPE vocabulary, shared by open_clip and the SD tokenizer
 BOS_ID, EOS_ID = 49406, 49407
@@ -133,13 +133,3 @@ class ClipArch:
 # MiniWorld images are normalised like CLIP's (OpenAI mean/std), as real checkpoints are.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass
-class OracleArch:
-    """The measuring-stick classifier: a small CNN with one head over all MiniWorld classes."""
-
-    channels: tuple[int, ...] = (32, 64, 96)
-    num_classes: int = 72
-    image_size: int = 32
-    extra: dict = field(default_factory=dict)

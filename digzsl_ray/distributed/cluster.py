@@ -1,7 +1,7 @@
 """Connecting to Ray: a given address, ``RAY_ADDRESS``, or a local cluster sized for this machine.
 
 A local cluster starts with the dashboard off and a temporary directory of its own. Logical CPUs
-may exceed physical cores on purpose (DESIGN section 9): a Ray Data actor pool feeding a trainer
+may exceed physical cores on purpose (docs/DESIGN.md section 7): a Ray Data actor pool feeding a trainer
 otherwise starves on a 2-core machine; torch threads are pinned per actor instead.
 """
 

@@ -8,7 +8,7 @@ Three phases, each a resumable loop over in-memory uint8 images:
              classifier-free guidance works.
 3. ``clip``: open_clip CLIP (ViT + text transformer), symmetric InfoNCE with a learned scale.
 
-The Ray Train wrapper (``foundation.py``) runs these phases in a worker, reports checkpoints and
+The Ray Train wrapper (:mod:`digzsl_ray.pretrain.job`) runs these phases in a worker, reports checkpoints and
 resumes; :func:`export_sd` / :func:`export_clip` write the standard formats.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .arch import CLIP_MEAN, CLIP_STD
+from digzsl_ray.pretrain.arch import CLIP_MEAN, CLIP_STD
 
 ReportFn = Callable[[dict, Callable[[], dict]], None]  # (metrics, lazy state to checkpoint) -> None
 

@@ -1,7 +1,7 @@
 """A fault-tolerant pool of Ray actors pulling shards of work from a queue.
 
 ``ray.util.ActorPool`` does not re-dispatch the work of an actor that died, so this drives the pool
-with a ``ray.wait`` loop (DESIGN section 7):
+with a ``ray.wait`` loop (docs/DESIGN.md section 3):
 
 * actors are requested up front (``size`` of them, capped by the work); a pending actor (e.g.
   waiting for a GPU node the autoscaler is adding) gets work only once its ``ready()`` returns;

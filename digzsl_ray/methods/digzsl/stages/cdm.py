@@ -17,16 +17,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..evaluate import gzsl, zsl_top1
-from ..io import write_json
-from ..faults import current_spec
-from .common import RunDir, file_sha, fingerprint, stage_timing
+from digzsl_ray.distributed.faults import current_spec
+from digzsl_ray.io import write_json
+from digzsl_ray.metrics.zsl import gzsl, zsl_top1
+from digzsl_ray.stages.contract import Stage
+from digzsl_ray.stages.rundir import stage_timing
 
 log = logging.getLogger("digzsl")
 
-SCORES_FILE = "scores.npz"
 
 
 def _items_payload(items) -> dict:
@@ -37,19 +36,26 @@ def cdm_worker(config: dict) -> None:
     """Ray Train worker. ``config``: {"cfg": RunConfig dict, "data": {split: {paths, labels}}, ...}."""
     import ray.train
     import ray.train.torch
+    import torch
 
-    from ..cdm import CDMHead, extract_features, head_scores, save_cdm, train_epoch
-    from ..config import RunConfig
-    from ..faults import maybe_fail
-    from ..images import load_images
-    from ..models.presets import clip_image_size, clip_norm, load_clip
-    from ..prototypes import load_prototypes
-    from ..raycluster import quiet_train_worker_logs
-    from ..trainloop import report_state, restore_state
+    from digzsl_ray.cdm import (
+        CDMHead,
+        extract_features,
+        head_scores,
+        save_cdm,
+        train_epoch,
+    )
+    from digzsl_ray.distributed.cluster import quiet_train_worker_logs
+    from digzsl_ray.distributed.faults import maybe_fail
+    from digzsl_ray.distributed.trainloop import report_state, restore_state
+    from digzsl_ray.images import load_images
+    from digzsl_ray.methods.digzsl.config import DigzslRunConfig
+    from digzsl_ray.models.presets import clip_image_size, clip_norm, load_clip
+    from digzsl_ray.prototypes import load_prototypes
 
     quiet_train_worker_logs()
     # 1. Rebuild typed config; pin threads.
-    cfg = RunConfig.model_validate(config["cfg"])
+    cfg = DigzslRunConfig.model_validate(config["cfg"])
     c = cfg.cdm
     torch.set_num_threads(cfg.models.torch_threads)
     ctx = ray.train.get_context()
@@ -123,7 +129,7 @@ def cdm_worker(config: dict) -> None:
         with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".npz", delete=False) as tmp:
             np.savez(tmp, **arrays)
         out.mkdir(parents=True, exist_ok=True)
-        Path(tmp.name).replace(out / SCORES_FILE)
+        Path(tmp.name).replace(config["scores"])
         save_cdm(out, head, {
             "clip": cfg.models.clip, "clip_pretrained": cfg.models.clip_pretrained, "hidden_dim": c.hidden_dim,
             "temperature": c.temperature, "image_size": size, "mean": list(mean), "std": list(std),
@@ -132,61 +138,59 @@ def cdm_worker(config: dict) -> None:
         })
 
 
-def cdm_fingerprint(cfg, rd: RunDir, split) -> str:
-    c = cfg.cdm.model_dump(exclude={"workers"})
-    return fingerprint("cdm", c, cfg.models.clip, cfg.models.clip_pretrained, file_sha(rd.prototypes), cfg.seed,
-                       cfg.data.val_fraction, split.classes, split.unseen)
-
-
-def cdm_complete(rd: RunDir, fp: str | None = None) -> bool:
-    if not all((rd.cdm / f).is_file() for f in ("config.json", "head.safetensors", SCORES_FILE, "metrics.json")):
-        return False
-    return fp is None or json.loads((rd.cdm / "config.json").read_text()).get("fingerprint") == fp
-
-
-def cdm_metrics(rd: RunDir, split) -> dict:
+def cdm_metrics(scores_file: Path, config_file: Path, split) -> dict:
     """ZSL top-1 and GZSL U/S/H of the CDM on the test splits (uncalibrated: no unseen validation data yet)."""
-    s = np.load(rd.cdm / SCORES_FILE)
+    s = np.load(scores_file)
     z = zsl_top1(s["test_unseen_scores"], s["test_unseen_labels"], split.unseen)
     g = gzsl(s["test_seen_scores"], s["test_seen_labels"], s["test_unseen_scores"], s["test_unseen_labels"],
              split.seen, split.unseen, 0.0)
-    meta = json.loads((rd.cdm / "config.json").read_text())
+    meta = json.loads(config_file.read_text())
     return {"zsl_top1": z, "gzsl_U": g["U"], "gzsl_S": g["S"], "gzsl_H": g["H"], "calibration_lambda": 0.0,
             "calibration": "none here (no unseen validation data before generation); OUT/metrics.json reports this "
                            "model calibrated on the run's validation data",
-            "best_val_acc_seen": meta["best_val_acc"], "epochs": cfg_epochs(meta)}
+            "best_val_acc_seen": meta["best_val_acc"], "epochs": sum(1 for h in meta["history"] if "epoch" in h)}
 
 
-def cfg_epochs(meta: dict) -> int:
-    return sum(1 for h in meta["history"] if "epoch" in h)
+class CDMStage(Stage):
+    name = "train-cdm"
+    help = "train the category discrimination model on seen classes (Ray Train) -> OUT/cdm/"
+    writes = {"dir": "cdm", "config": "cdm/config.json", "weights": "cdm/head.safetensors",
+              "scores": "cdm/scores.npz", "metrics": "cdm/metrics.json"}
+    reads = ("prototypes:prototypes",)
+    depends_on = ("cdm", "models.clip", "models.clip_pretrained", "seed", "data.val_fraction")
 
+    def complete(self, ctx) -> bool:
+        if not all(ctx.path(f"train-cdm:{k}").is_file() for k in ("config", "weights", "scores", "metrics")):
+            return False
+        return json.loads(ctx.path("train-cdm:config").read_text()).get("fingerprint") == self.fingerprint(ctx)
 
-def run_cdm(cfg, rd: RunDir, split) -> dict:
-    """Train (or skip when complete) and return the CDM's own metrics."""
-    from ..trainloop import make_trainer
+    def cached(self, ctx) -> dict:
+        return json.loads(ctx.path("train-cdm:metrics").read_text())
 
-    if not rd.prototypes.is_file():
-        raise FileNotFoundError(f"{rd.prototypes}: missing; run `digzsl prototypes` first")
-    fp = cdm_fingerprint(cfg, rd, split)
-    if cdm_complete(rd, fp):
-        log.info("cdm: complete, skipped")
-        return json.loads((rd.cdm / "metrics.json").read_text())
-    (rd.cdm / "metrics.json").unlink(missing_ok=True)  # stale (other settings) or incomplete
-    t0 = time.time()
-    w = cfg.cdm.workers
-    data = {"train": _items_payload(split.train_items()), "val": _items_payload(split.val),
-            "test_seen": _items_payload(split.items["test_seen"]),
-            "test_unseen": _items_payload(split.items["test_unseen"])}
-    trainer = make_trainer(
-        cdm_worker,
-        {"fault": current_spec(), "cfg": cfg.model_dump(mode="json"), "data": data, "seen": list(split.seen),
-         "prototypes": str(rd.prototypes), "out": str(rd.cdm), "fingerprint": fp},
-        name=f"cdm-{fp}", storage=rd.ray_storage, num_workers=w.num_workers, use_gpu=w.use_gpu,
-        cpus_per_worker=w.cpus_per_worker, max_failures=w.max_failures)
-    trainer.fit()
-    metrics = cdm_metrics(rd, split)
-    write_json(rd.cdm / "metrics.json", metrics)
-    stage_timing(rd, "cdm", time.time() - t0)
-    log.info("cdm: ZSL top-1 %.1f, GZSL U %.1f S %.1f H %.1f (uncalibrated)", metrics["zsl_top1"],
-             metrics["gzsl_U"], metrics["gzsl_S"], metrics["gzsl_H"])
-    return metrics
+    def run(self, ctx) -> dict:
+        """Train the CDM and return its own metrics (OUT/cdm/metrics.json)."""
+        from digzsl_ray.distributed.trainloop import make_trainer
+
+        cfg, split, rd = ctx.cfg, ctx.split, ctx.rd
+        protos = ctx.require("prototypes:prototypes")
+        fp = self.fingerprint(ctx)
+        ctx.path("train-cdm:metrics").unlink(missing_ok=True)  # stale (other settings) or incomplete
+        t0 = time.time()
+        w = cfg.cdm.workers
+        data = {"train": _items_payload(split.train_items()), "val": _items_payload(split.val),
+                "test_seen": _items_payload(split.items["test_seen"]),
+                "test_unseen": _items_payload(split.items["test_unseen"])}
+        trainer = make_trainer(
+            cdm_worker,
+            {"fault": current_spec(), "cfg": cfg.model_dump(mode="json"), "data": data, "seen": list(split.seen),
+             "prototypes": str(protos), "out": str(ctx.path("train-cdm:dir")),
+             "scores": str(ctx.path("train-cdm:scores")), "fingerprint": fp},
+            name=f"cdm-{fp}", storage=rd.ray_storage, num_workers=w.num_workers, use_gpu=w.use_gpu,
+            cpus_per_worker=w.cpus_per_worker, max_failures=w.max_failures)
+        trainer.fit()
+        metrics = cdm_metrics(ctx.path("train-cdm:scores"), ctx.path("train-cdm:config"), split)
+        write_json(ctx.path("train-cdm:metrics"), metrics)
+        stage_timing(rd, "cdm", time.time() - t0)
+        log.info("cdm: ZSL top-1 %.1f, GZSL U %.1f S %.1f H %.1f (uncalibrated)", metrics["zsl_top1"],
+                 metrics["gzsl_U"], metrics["gzsl_S"], metrics["gzsl_H"])
+        return metrics

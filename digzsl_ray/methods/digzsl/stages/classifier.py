@@ -21,27 +21,27 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..generation import VARIANT_DCT, is_validation_row, read_manifest
-from ..faults import current_spec
-from .common import RunDir, file_sha, fingerprint, stage_timing
+from digzsl_ray.distributed.faults import current_spec
+from digzsl_ray.generation import is_validation_row, read_manifest
+from digzsl_ray.methods.digzsl.variants import DCT, PLAIN_PROMPT, synthetic_variants
+from digzsl_ray.stages.contract import Stage, file_sha
+from digzsl_ray.stages.rundir import stage_timing
 
 log = logging.getLogger("digzsl")
 
-SCORES = "scores.npz"
 
 
 # Ray Data functions (plain functions/classes: no ray import) ----------------------------------------
 def load_real(batch: dict, size: int) -> dict:
-    from ..images import load_images
+    from digzsl_ray.images import load_images
 
     imgs = load_images([str(p) for p in batch["path"]], size)
     return {"image": imgs.permute(0, 2, 3, 1).numpy(), "label": np.asarray(batch["label"], dtype=np.int64)}
 
 
 def decode_synthetic(batch: dict, size: int) -> dict:
-    from ..images import decode_png_bytes
+    from digzsl_ray.images import decode_png_bytes
 
     imgs = decode_png_bytes([bytes(b) for b in batch["png"]], size)
     return {"image": imgs.permute(0, 2, 3, 1).numpy(), "label": np.asarray(batch["label"], dtype=np.int64)}
@@ -89,18 +89,19 @@ def balance(batch: dict, factors: dict[int, float]) -> dict:
 def classifier_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
+    import torch
 
-    from ..classifier import build_classifier, param_groups, save_classifier
-    from ..config import RunConfig
-    from ..evaluate import mean_per_class_accuracy
-    from ..faults import maybe_fail
-    from ..images import augment, load_images
-    from ..raycluster import quiet_train_worker_logs
-    from ..trainloop import report_state, restore_state
+    from digzsl_ray.classifier import build_classifier, param_groups, save_classifier
+    from digzsl_ray.distributed.cluster import quiet_train_worker_logs
+    from digzsl_ray.distributed.faults import maybe_fail
+    from digzsl_ray.distributed.trainloop import report_state, restore_state
+    from digzsl_ray.images import augment, load_images
+    from digzsl_ray.methods.digzsl.config import DigzslRunConfig
+    from digzsl_ray.metrics.zsl import mean_per_class_accuracy
 
     quiet_train_worker_logs()
     # 1. Config, device, model.
-    cfg = RunConfig.model_validate(config["cfg"])
+    cfg = DigzslRunConfig.model_validate(config["cfg"])
     c = cfg.classifier
     torch.set_num_threads(cfg.models.torch_threads)
     torch.manual_seed(cfg.seed)
@@ -110,7 +111,7 @@ def classifier_worker(config: dict) -> None:
     num_classes = len(config["classes"])
     protos = None
     if c.head == "prototypes":
-        from ..prototypes import load_prototypes
+        from digzsl_ray.prototypes import load_prototypes
 
         protos = load_prototypes(config["prototypes"])[0]
     model = build_classifier(c, cfg.models, num_classes, device, prototypes=protos)
@@ -200,32 +201,13 @@ def classifier_worker(config: dict) -> None:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, suffix=".npz.tmp", delete=False) as f:
             np.savez(f, **arrays)
-        Path(f.name).replace(out / SCORES)
+        Path(f.name).replace(config["scores"])
         save_classifier(out, model, config["classes"], config["seen"], config["unseen"], cfg.models,
                         extra={"variant": config["variant"], "best_val_acc": best, "history": history,
                                "fingerprint": config["fingerprint"]})
 
 
 # Driver -----------------------------------------------------------------------------------------
-def classifier_dir(rd: RunDir, variant: str) -> Path:
-    return rd.classifier if variant == VARIANT_DCT else rd.root / "ablation" / variant / "classifier"
-
-
-def classifier_fingerprint(cfg, rd: RunDir, split, variant: str) -> str:
-    from .generate import variant_dir
-
-    return fingerprint("classifier", variant, cfg.classifier.model_dump(exclude={"workers"}), cfg.models.clip,
-                       cfg.models.clip_pretrained, cfg.seed, cfg.data.val_fraction, split.classes,
-                       file_sha(variant_dir(rd, variant) / "_manifest.json"), file_sha(rd.prototypes))
-
-
-def classifier_complete(rd: RunDir, variant: str, fp: str | None = None) -> bool:
-    d = classifier_dir(rd, variant)
-    if not all((d / f).is_file() for f in ("weights.safetensors", "config.json", "classes.json", SCORES)):
-        return False
-    return fp is None or json.loads((d / "config.json").read_text()).get("fingerprint") == fp
-
-
 def _synthetic_counts(files: list[str], thresholds: dict, val_fraction: float) -> dict[int, int]:
     """Training rows per class after filtering (reads only the small columns, never the images)."""
     import pyarrow.parquet as pq
@@ -239,78 +221,120 @@ def _synthetic_counts(files: list[str], thresholds: dict, val_fraction: float) -
     return counts
 
 
-def run_classifier(cfg, rd: RunDir, split, variant: str = VARIANT_DCT, progress: bool = True) -> Path:
-    """Train the classifier on real seen + the ``variant``'s synthetic images (skipped when complete)."""
-    import ray
-    from ray.train import DataConfig
+class ClassifierStage(Stage):
+    name = "train-classifier"
+    help = ("train the ZSL classifier on real seen + synthetic unseen images (Ray Train fed by Ray Data) "
+            "-> OUT/classifier/")
+    writes = {DCT: "classifier", f"{DCT}_scores": "classifier/scores.npz",
+              PLAIN_PROMPT: "ablation/plain_prompt/classifier",
+              f"{PLAIN_PROMPT}_scores": "ablation/plain_prompt/classifier/scores.npz"}
+    reads = ("prototypes:prototypes",)
+    depends_on = ("classifier", "models.clip", "models.clip_pretrained", "seed", "data.val_fraction")
 
-    from ..trainloop import make_trainer
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        parser.add_argument("--variant", default="all", choices=["all", DCT, PLAIN_PROMPT],
+                            help="which synthetic set to train with (default: all configured variants)")
 
-    from ..models.presets import clip_image_size, load_clip
-    from .generate import variant_dir
+    def variants(self, ctx) -> list[str]:
+        chosen = getattr(ctx.args, "variant", "all") if ctx.args is not None else "all"
+        return synthetic_variants(ctx.cfg) if chosen == "all" else [chosen]
 
-    out = classifier_dir(rd, variant)
-    fp = classifier_fingerprint(cfg, rd, split, variant)
-    if classifier_complete(rd, variant, fp):
-        log.info("classifier %s: complete, skipped", variant)
+    def variant_fingerprint(self, ctx, variant: str) -> str:
+        return self.fingerprint(ctx, variant, file_sha(ctx.path(f"generate:{variant}_manifest")))
+
+    def variant_complete(self, ctx, variant: str) -> bool:
+        d = ctx.path(f"train-classifier:{variant}")
+        if not (all((d / f).is_file() for f in ("weights.safetensors", "config.json", "classes.json"))
+                and ctx.path(f"train-classifier:{variant}_scores").is_file()):
+            return False
+        return json.loads((d / "config.json").read_text()).get("fingerprint") == self.variant_fingerprint(ctx, variant)
+
+    def complete(self, ctx) -> bool:
+        return all(self.variant_complete(ctx, v) for v in self.variants(ctx))
+
+    def cached(self, ctx) -> list[str]:
+        return [str(ctx.path(f"train-classifier:{v}")) for v in self.variants(ctx)]
+
+    def describe(self, ctx, result) -> str:
+        return "\n".join(result)
+
+    def run(self, ctx) -> list[str]:
+        out = []
+        for v in self.variants(ctx):
+            if self.variant_complete(ctx, v):
+                log.info("classifier %s: complete, skipped", v)
+            else:
+                self.train(ctx, v)
+            out.append(str(ctx.path(f"train-classifier:{v}")))
         return out
-    t0 = time.time()
-    c = cfg.classifier
-    sdir = variant_dir(rd, variant)
-    manifest = read_manifest(sdir)
-    if not manifest:
-        raise FileNotFoundError(f"{sdir}/_manifest.json: missing; run `digzsl generate` first")
-    files = [str(sdir / f) for f in manifest["shards"]]
-    thresholds = manifest["keep_threshold"]
-    if c.backbone.startswith("clip"):
-        size = clip_image_size(load_clip(cfg.models.clip, cfg.models.clip_pretrained)[0])
-    else:
-        size = 224 if cfg.models.clip != "miniworld" else 32
 
-    # 1. Streams: real seen (train / val) and synthetic unseen (train / held out).
-    train_items = split.train_items()
-    real = ray.data.from_items([{"path": it.path, "label": it.label} for it in train_items])
-    real = real.map_batches(load_real, fn_kwargs={"size": size}, batch_size=64)
-    columns = ["png", "label", "class_name", "cdm_score", "seed"]
-    synth = ray.data.from_items([{"file": f} for f in files], override_num_blocks=max(1, len(files))).map_batches(
-        read_shards, fn_kwargs={"columns": columns}, batch_size=1, batch_format="numpy")
-    synth_train = synth.map_batches(keep_synthetic, fn_kwargs={"thresholds": thresholds,
-                                                               "val_fraction": c.synthetic_val_fraction,
-                                                               "want_val": False}, batch_format="numpy")
-    synth_val = synth.map_batches(keep_synthetic, fn_kwargs={"thresholds": thresholds,
-                                                             "val_fraction": c.synthetic_val_fraction,
-                                                             "want_val": True}, batch_format="numpy")
-    synth_train = synth_train.map_batches(decode_synthetic, fn_kwargs={"size": size}, batch_format="numpy")
-    synth_val = synth_val.map_batches(decode_synthetic, fn_kwargs={"size": size}, batch_format="numpy")
-    real_val = ray.data.from_items([{"path": it.path, "label": it.label} for it in split.val])
-    real_val = real_val.map_batches(load_real, fn_kwargs={"size": size}, batch_size=64)
+    def train(self, ctx, variant: str) -> Path:
+        """Train the classifier on real seen + the ``variant``'s synthetic images."""
+        import ray
+        from ray.train import DataConfig
 
-    # 2. Class balance: every class ~ the mean class count per epoch.
-    counts: dict[int, int] = {}
-    for it in train_items:
-        counts[it.label] = counts.get(it.label, 0) + 1
-    counts.update(_synthetic_counts(files, thresholds, c.synthetic_val_fraction))
-    target = float(np.mean(list(counts.values())))
-    factors = {k: target / v for k, v in counts.items() if v}
-    train = real.union(synth_train).map_batches(balance, fn_kwargs={"factors": factors}, batch_format="numpy")
-    # validation data is small (held-out fractions): computed once, not re-streamed every epoch
-    val = real_val.union(synth_val).materialize()
+        from digzsl_ray.classifier import input_size
+        from digzsl_ray.distributed.trainloop import make_trainer
 
-    # 3. Ray Train.
-    w = c.workers
-    test = {s: {"paths": [it.path for it in split.items[s]], "labels": [it.label for it in split.items[s]]}
-            for s in ("test_seen", "test_unseen")}
-    trainer = make_trainer(
-        classifier_worker,
-        {"fault": current_spec(), "cfg": cfg.model_dump(mode="json"), "classes": list(split.classes),
-         "seen": list(split.seen), "unseen": list(split.unseen), "out": str(out), "variant": variant, "test": test,
-         "fingerprint": fp, "prototypes": str(rd.prototypes)},
-        name=f"classifier-{variant}-{fp}", storage=rd.ray_storage, num_workers=w.num_workers, use_gpu=w.use_gpu,
-        cpus_per_worker=w.cpus_per_worker, max_failures=w.max_failures,
-        datasets={"train": train, "val": val}, dataset_config=DataConfig(datasets_to_split=["train"]))
-    trainer.fit()
-    stage_timing(rd, f"classifier_{variant}", time.time() - t0)
-    meta = json.loads((out / "config.json").read_text())
-    log.info("classifier %s: best validation accuracy %.1f%% after %d epochs", variant, meta["best_val_acc"],
-             sum(1 for h in meta["history"] if "epoch" in h))
-    return out
+        cfg, split, rd = ctx.cfg, ctx.split, ctx.rd
+        out = ctx.path(f"train-classifier:{variant}")
+        ctx.require(f"generate:{variant}_manifest")
+        prototypes = ctx.require("prototypes:prototypes")
+        fp = self.variant_fingerprint(ctx, variant)
+        t0 = time.time()
+        c = cfg.classifier
+        sdir = ctx.path(f"generate:{variant}")
+        manifest = read_manifest(sdir)
+        files = [str(sdir / f) for f in manifest["shards"]]
+        thresholds = manifest["keep_threshold"]
+        size = input_size(cfg.models)
+
+        # 1. Streams: real seen (train / val) and synthetic unseen (train / held out).
+        train_items = split.train_items()
+        real = ray.data.from_items([{"path": it.path, "label": it.label} for it in train_items])
+        real = real.map_batches(load_real, fn_kwargs={"size": size}, batch_size=64)
+        columns = ["png", "label", "class_name", "cdm_score", "seed"]
+        synth = ray.data.from_items([{"file": f} for f in files], override_num_blocks=max(1, len(files))).map_batches(
+            read_shards, fn_kwargs={"columns": columns}, batch_size=1, batch_format="numpy")
+        synth_train = synth.map_batches(keep_synthetic, fn_kwargs={"thresholds": thresholds,
+                                                                   "val_fraction": c.synthetic_val_fraction,
+                                                                   "want_val": False}, batch_format="numpy")
+        synth_val = synth.map_batches(keep_synthetic, fn_kwargs={"thresholds": thresholds,
+                                                                 "val_fraction": c.synthetic_val_fraction,
+                                                                 "want_val": True}, batch_format="numpy")
+        synth_train = synth_train.map_batches(decode_synthetic, fn_kwargs={"size": size}, batch_format="numpy")
+        synth_val = synth_val.map_batches(decode_synthetic, fn_kwargs={"size": size}, batch_format="numpy")
+        real_val = ray.data.from_items([{"path": it.path, "label": it.label} for it in split.val])
+        real_val = real_val.map_batches(load_real, fn_kwargs={"size": size}, batch_size=64)
+
+        # 2. Class balance: every class ~ the mean class count per epoch.
+        counts: dict[int, int] = {}
+        for it in train_items:
+            counts[it.label] = counts.get(it.label, 0) + 1
+        counts.update(_synthetic_counts(files, thresholds, c.synthetic_val_fraction))
+        target = float(np.mean(list(counts.values())))
+        factors = {k: target / v for k, v in counts.items() if v}
+        train = real.union(synth_train).map_batches(balance, fn_kwargs={"factors": factors}, batch_format="numpy")
+        # validation data is small (held-out fractions): computed once, not re-streamed every epoch
+        val = real_val.union(synth_val).materialize()
+
+        # 3. Ray Train.
+        w = c.workers
+        test = {s: {"paths": [it.path for it in split.items[s]], "labels": [it.label for it in split.items[s]]}
+                for s in ("test_seen", "test_unseen")}
+        trainer = make_trainer(
+            classifier_worker,
+            {"fault": current_spec(), "cfg": cfg.model_dump(mode="json"), "classes": list(split.classes),
+             "seen": list(split.seen), "unseen": list(split.unseen), "out": str(out), "variant": variant, "test": test,
+             "fingerprint": fp, "prototypes": str(prototypes),
+                 "scores": str(ctx.path(f"train-classifier:{variant}_scores"))},
+            name=f"classifier-{variant}-{fp}", storage=rd.ray_storage, num_workers=w.num_workers, use_gpu=w.use_gpu,
+            cpus_per_worker=w.cpus_per_worker, max_failures=w.max_failures,
+            datasets={"train": train, "val": val}, dataset_config=DataConfig(datasets_to_split=["train"]))
+        trainer.fit()
+        stage_timing(rd, f"classifier_{variant}", time.time() - t0)
+        meta = json.loads((out / "config.json").read_text())
+        log.info("classifier %s: best validation accuracy %.1f%% after %d epochs", variant, meta["best_val_acc"],
+                 sum(1 for h in meta["history"] if "epoch" in h))
+        return out

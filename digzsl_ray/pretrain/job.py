@@ -1,6 +1,6 @@
-"""``digzsl miniworld pretrain``: train a tiny CLIP and a tiny Stable Diffusion on Ray Train.
+"""``digzsl pretrain`` (alias ``digzsl miniworld pretrain``): train a tiny CLIP and a tiny Stable Diffusion on Ray Train.
 
-The worker runs the three phases of :mod:`pretrain` in order (VAE, then UNet + text encoder on the
+The worker runs the three phases of :mod:`digzsl_ray.pretrain.loops` in order (VAE, then UNet + text encoder on the
 VAE's latents, then CLIP), reports a checkpoint every ``checkpoint_every`` steps and resumes from
 the last one after a failure or a rerun with the same output directory. Rank 0 exports:
 
@@ -24,10 +24,25 @@ from pathlib import Path
 
 import torch
 
-from ..config import PretrainConfig
-from ..io import write_json
-from .arch import CLIP_MEAN, CLIP_STD, ClipArch, SDArch, scheduler_config, text_config, unet_config, vae_config
-from .pretrain import PhaseState, encode_latents, train_clip, train_sd, train_vae
+from digzsl_ray.config import PretrainConfig
+from digzsl_ray.io import write_json
+from digzsl_ray.pretrain.arch import (
+    CLIP_MEAN,
+    CLIP_STD,
+    ClipArch,
+    SDArch,
+    scheduler_config,
+    text_config,
+    unet_config,
+    vae_config,
+)
+from digzsl_ray.pretrain.loops import (
+    PhaseState,
+    encode_latents,
+    train_clip,
+    train_sd,
+    train_vae,
+)
 
 
 def build_models(sd_arch: SDArch, clip_arch: ClipArch, seed: int):
@@ -89,13 +104,12 @@ def pretrain_worker(config: dict) -> None:
     """Ray Train worker: all phases, with checkpoints and resume. ``config`` = plain dict (see run_pretrain)."""
     import ray.train
     import ray.train.torch
-
     from diffusers import DDPMScheduler
 
-    from ..data.captioned import load_images, read_captioned_folder
-    from ..models.tokenizer import build_clip_tokenizer
-    from ..raycluster import quiet_train_worker_logs
-    from ..trainloop import report_state, restore_state
+    from digzsl_ray.data.captioned import load_images, read_captioned_folder
+    from digzsl_ray.distributed.cluster import quiet_train_worker_logs
+    from digzsl_ray.distributed.trainloop import report_state, restore_state
+    from digzsl_ray.models.tokenizer import build_clip_tokenizer
 
     quiet_train_worker_logs()
     # 1. Rebuild the typed config; pin threads to the CPUs this worker holds.
@@ -184,9 +198,8 @@ def pretrain_worker(config: dict) -> None:
 
 def run_pretrain(data: str | Path, out: str | Path, cfg: PretrainConfig, storage: str | Path | None = None) -> dict:
     """Validate the folder, then run :func:`pretrain_worker` on Ray Train; returns pretrain.json."""
-    from ..trainloop import make_trainer
-
-    from ..data.captioned import read_captioned_folder
+    from digzsl_ray.data.captioned import read_captioned_folder
+    from digzsl_ray.distributed.trainloop import make_trainer
 
     out = Path(out).resolve()
     read_captioned_folder(data, check_images=True)  # 1. refuse bad input before any model work

@@ -150,3 +150,34 @@ def full_report(test_s, y_s, test_u, y_u, val_s, yv_s, val_u, yv_u, seen, unseen
         "per_class_zsl": {int(c): float(a) for c, a in zip(unseen, per_class_accuracy(y_u, zsl_pred, unseen))},
         "confusion": confusion(np.concatenate([y_s, y_u]), np.concatenate([pred_s, pred_u]), num_classes).tolist(),
     }
+
+
+HEADLINE = ("zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H")
+
+
+def headline_metrics(reports: dict[str, dict], main: str, n_unseen: int, n_seen: int) -> dict:
+    """metrics.json's figures (README, "What a run writes") from the variants' full reports: the ``main``
+    variant's at the top level, every variant under ``ablation``."""
+    r = reports[main]
+    metrics = {k: round(float(r[k]), 3) for k in HEADLINE}
+    metrics["calibration_lambda"] = round(float(r["calibration_lambda"]), 4)
+    metrics["ausuc"] = round(float(r["ausuc"]), 3)
+    metrics["ablation"] = {name: {k: round(float(v[k]), 3) for k in HEADLINE} | {
+        "calibration_lambda": round(float(v["calibration_lambda"]), 4), "ausuc": round(float(v["ausuc"]), 3)}
+        for name, v in reports.items()}
+    metrics["chance_zsl_top1"] = round(100.0 / n_unseen, 3)
+    metrics["num_classes"] = {"seen": n_seen, "unseen": n_unseen}
+    return metrics
+
+
+def format_headline(metrics: dict, variants: tuple[str, ...] | list[str]) -> str:
+    """The results table `digzsl run` and `make demo` print, one row per variant in ``variants``."""
+    lines = [f"{'variant':<14}{'ZSL T1':>9}{'GZSL U':>9}{'GZSL S':>9}{'GZSL H':>9}{'lambda':>9}{'AUSUC':>9}"]
+    for name in variants:
+        r = metrics["ablation"].get(name)
+        if r:
+            lines.append(f"{name:<14}{r['zsl_top1']:>9.1f}{r['gzsl_U']:>9.1f}{r['gzsl_S']:>9.1f}{r['gzsl_H']:>9.1f}"
+                         f"{r['calibration_lambda']:>9.3f}{r['ausuc']:>9.1f}")
+    lines.append(f"(chance ZSL top-1: {metrics['chance_zsl_top1']:.1f}; accuracies in percent, "
+                 f"mean of per-class accuracies; lambda chosen on validation data)")
+    return "\n".join(lines)

@@ -7,54 +7,54 @@ a clear message instead of being silently mixed in.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import RunConfig, to_yaml
-from ..io import read_json, write_json, write_text
+from digzsl_ray.config import to_yaml
+from digzsl_ray.errors import MissingInputError, UserError
+from digzsl_ray.io import read_json, write_json, write_text
 
 
-class RunDirError(ValueError):
+class RunDirError(UserError):
     """A run directory that belongs to another run (other classes)."""
 
 
 @dataclass
 class RunDir:
+    """A run directory: the files every method shares. A stage's own paths are declared by the
+    stage (:attr:`digzsl_ray.stages.contract.Stage.writes`), not here."""
+
     root: Path
 
     def __post_init__(self):
         self.root = Path(self.root).resolve()
 
-    # paths of the contract (DESIGN section 3)
     @property
     def config(self) -> Path: return self.root / "config.yaml"
     @property
     def run_json(self) -> Path: return self.root / "run.json"
     @property
-    def prototypes(self) -> Path: return self.root / "prototypes.safetensors"
-    @property
-    def cdm(self) -> Path: return self.root / "cdm"
-    @property
-    def tokens(self) -> Path: return self.root / "tokens"
-    @property
-    def synthetic(self) -> Path: return self.root / "synthetic"
-    @property
-    def classifier(self) -> Path: return self.root / "classifier"
-    @property
     def metrics(self) -> Path: return self.root / "metrics.json"
+    @property
+    def evaluation(self) -> Path: return self.root / "evaluation.json"
     @property
     def report(self) -> Path: return self.root / "report.html"
     @property
+    def timing(self) -> Path: return self.root / "timing.json"
+    @property
+    def resources(self) -> Path: return self.root / "resources.json"
+    @property
     def ray_storage(self) -> Path: return self.root / "ray"
 
-    def bind(self, cfg: RunConfig, split) -> None:
+    def bind(self, cfg, split) -> None:
         """Create the directory, refuse another run's directory, write config.yaml."""
         self.root.mkdir(parents=True, exist_ok=True)
-        fp = {"dataset": split.name, **split.fingerprint()}
+        fp = {"dataset": split.name, "method": cfg.method, **split.fingerprint()}
         if self.run_json.is_file():
             old = read_json(self.run_json)
+            if old.get("method", cfg.method) != cfg.method:
+                raise RunDirError(f"run directory {self.root} holds a run of method {old['method']!r}, not "
+                                  f"{cfg.method!r}; use a new --out for this method")
             if old.get("classes") != fp["classes"] or old.get("unseen") != fp["unseen"]:
                 diff = _describe_difference(old, fp)
                 raise RunDirError(
@@ -76,9 +76,9 @@ def _describe_difference(old: dict, new: dict) -> str:
     return f"unseen classes differ: {sorted(set(old.get('unseen', [])) ^ set(new.get('unseen', [])))[:5]}"
 
 
-def prepare(cfg: RunConfig, out: str | Path, progress: bool = True):
+def prepare(cfg, out: str | Path, progress: bool = True):
     """Load and validate the dataset, then bind the run directory. Returns ``(RunDir, ZSLSplit)``."""
-    from ..data import load_split
+    from digzsl_ray.data import load_split
 
     rd = RunDir(Path(out))
     split = load_split(cfg.data, out=rd.root, validate=True, progress=progress)
@@ -89,21 +89,32 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True):
 def stage_timing(rd: RunDir, stage: str, seconds: float) -> None:
     """Record the wall time of a stage's most recent execution in OUT/timing.json (read into
     metrics.json). A stage skipped as complete keeps the time of the run that produced it."""
-    path = rd.root / "timing.json"
-    t = json.loads(path.read_text()) if path.is_file() else {}
+    t = read_json(rd.timing) if rd.timing.is_file() else {}
     t[stage] = round(seconds, 2)
-    write_json(path, t)
+    write_json(rd.timing, t)
 
 
-def fingerprint(*parts) -> str:
-    """A short stable hash of what a stage's output depends on (settings and upstream outputs).
+def record_resources(rd: RunDir, resources: dict) -> None:
+    """Peak memory of a `digzsl run` invocation into OUT/resources.json; a resumed run keeps the
+    largest peak of all its invocations."""
+    old = read_json(rd.resources) if rd.resources.is_file() else {}
+    if resources.get("peak_rss_mb", 0.0) < old.get("peak_rss_mb", 0.0):
+        resources = {**old, "wall_s_this_invocation": resources.get("wall_s_this_invocation")}
+    write_json(rd.resources, resources)
 
-    Stored with the output; a stage whose stored fingerprint differs is redone instead of reused,
-    and Ray Train run names carry it, so a changed setting never resumes an old run's checkpoint.
-    """
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha1(blob).hexdigest()[:10]
 
-
-def file_sha(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if Path(path).is_file() else ""
+def write_metrics(rd: RunDir) -> dict:
+    """The one writer of OUT/metrics.json: the evaluation's figures (OUT/evaluation.json), the stage
+    times (OUT/timing.json) and the run's peak memory (OUT/resources.json), assembled from those
+    files, so no caller can drop another's keys."""
+    if not rd.evaluation.is_file():
+        raise MissingInputError(f"{rd.evaluation}: missing; run `digzsl evaluate --out {rd.root}` first")
+    metrics = dict(read_json(rd.evaluation)["metrics"])
+    metrics["timing_s"] = read_json(rd.timing) if rd.timing.is_file() else {}
+    res = read_json(rd.resources) if rd.resources.is_file() else {}
+    metrics["peak_rss_mb"] = res.get("peak_rss_mb", 0.0)
+    for key in ("peak_rss_sum_mb", "peak_memory_breakdown", "wall_s_this_invocation"):
+        if key in res:
+            metrics[key] = res[key]
+    write_json(rd.metrics, metrics)
+    return metrics

@@ -22,7 +22,6 @@ images and generated images use other tags, so they never reuse training latents
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,19 +29,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from digzsl_ray.errors import UserError
+from digzsl_ray.generation import prompts_for
+from digzsl_ray.methods.digzsl.config import TokensConfig
+from digzsl_ray.seeds import class_seed
 
-class TokenError(ValueError):
+
+class TokenError(UserError):
     """Bad placeholder or initialiser word."""
-
-
-def class_seed(name: str, seed: int, tag: str = "dct-train") -> int:
-    """A stable 31-bit seed for (purpose tag, class, seed), the same on every machine and actor.
-
-    Distinct tags ("dct-train", "dct-eval", "generate-dct", ...) give unrelated seed streams, so no
-    setting of the user-facing seeds makes one purpose reuse another's latents.
-    """
-    h = hashlib.sha256(f"{tag}\x00{name}\x00{seed}".encode()).digest()
-    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
 def placeholder_for(slug: str, pattern: str = "<dct-{slug}>") -> str:
@@ -148,31 +142,6 @@ def update_seeds(base: int, update: int, batch: int) -> list[int]:
 
 
 @dataclass
-class DCTSettings:
-    templates: list[str]
-    batch_size: int = 8
-    steps: int = 10
-    grad_steps: int = 1
-    guidance: float = 3.0
-    lr: float = 5e-3
-    gamma: float = 0.7
-    patience: int = 8
-    max_updates: int = 40
-    min_updates: int = 3
-    restrict_to_unseen: bool = True
-    gradient_checkpointing: bool = False
-    precision: str = "fp32"
-
-    @classmethod
-    def from_config(cls, t, precision: str = "fp32") -> "DCTSettings":
-        return cls(templates=list(t.templates), batch_size=t.batch_size, steps=t.num_inference_steps,
-                   grad_steps=t.grad_steps, guidance=t.guidance_scale, lr=t.lr, gamma=t.gamma,
-                   patience=t.patience, max_updates=t.max_updates, min_updates=t.min_updates,
-                   restrict_to_unseen=t.restrict_to_unseen, gradient_checkpointing=t.gradient_checkpointing,
-                   precision=precision)
-
-
-@dataclass
 class DCTResult:
     name: str
     token: str
@@ -187,16 +156,12 @@ class DCTResult:
     seconds: float = 0.0
 
 
-def prompts_for(templates: list[str], token: str, name: str, n: int) -> list[str]:
-    """``n`` prompts cycling through the templates ({token}, {name} substituted)."""
-    return [templates[i % len(templates)].format(token=token, name=name) for i in range(n)]
-
-
 class DCTLearner:
     """Learns tokens class after class on one pipeline (one actor = one pipeline = one GPU)."""
 
-    def __init__(self, pipe, cdm, unseen: list[int], settings: DCTSettings, seed: int = 0):
-        self.pipe, self.cdm, self.s, self.seed = pipe, cdm, settings, seed
+    def __init__(self, pipe, cdm, unseen: list[int], settings: TokensConfig, precision: str = "fp32"):
+        """``settings``: the ``tokens`` config section (one declaration of every learning setting)."""
+        self.pipe, self.cdm, self.s, self.seed, self.precision = pipe, cdm, settings, settings.seed, precision
         self.unseen = torch.tensor(unseen)
         self.device = pipe.device
         for m in (pipe.unet, pipe.vae, pipe.text_encoder, cdm):
@@ -209,7 +174,7 @@ class DCTLearner:
             self.uncond = encode_text(pipe.text_encoder, pipe.tokenizer, [""], self.device)
 
     def _autocast(self):
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.s.precision)
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
         enabled = self.device.type == "cuda" and dtype is not None
         return torch.autocast("cuda", dtype=dtype or torch.float32, enabled=enabled)
 
@@ -224,15 +189,15 @@ class DCTLearner:
     def images(self, prompts: list[str], seeds: list[int], token_id: int | None = None,
                row: torch.Tensor | None = None, grad: bool = False, steps: int | None = None) -> torch.Tensor:
         """Generate images ``[B, 3, H, W]`` (0..1) for prompts, optionally with a row injected."""
-        p = self.pipe
+        p, s = self.pipe, self.s
         ctx = injected_row(p.text_encoder, token_id, row) if token_id is not None else contextlib.nullcontext()
         with torch.set_grad_enabled(grad), ctx, self._autocast():
             cond = encode_text(p.text_encoder, p.tokenizer, prompts, self.device)
             uncond = self.uncond.expand(len(prompts), -1, -1)
-            p.scheduler.set_timesteps(steps or self.s.steps, device=self.device)
+            p.scheduler.set_timesteps(steps or s.num_inference_steps, device=self.device)
             lat = scaled_latents(p.unet, p.scheduler, seeds, self.device, p.unet.dtype)
-            lat = denoise(p.unet, p.scheduler, lat, cond, uncond, steps or self.s.steps, self.s.guidance,
-                          self.s.grad_steps if grad else 0)
+            lat = denoise(p.unet, p.scheduler, lat, cond, uncond, steps or s.num_inference_steps, s.guidance_scale,
+                          s.grad_steps if grad else 0)
             return decode(p.vae, lat)
 
     def cdm_logits(self, images: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:

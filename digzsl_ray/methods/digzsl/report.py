@@ -15,9 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..generation import VARIANT_DCT, VARIANT_PLAIN, read_manifest
-from ..io import write_text
-from .common import RunDir
+from digzsl_ray.generation import read_manifest
+from digzsl_ray.io import write_text
+from digzsl_ray.methods.digzsl.variants import DCT, PLAIN_PROMPT, SYNTHETIC
+from digzsl_ray.metrics.zsl import format_headline
+
+THUMB_PX = 96  # display size of one generated image in the grids, whatever the model's resolution
 
 
 def _fig_png(fig) -> str:
@@ -33,20 +36,28 @@ def _img(b64: str, alt: str, width: str = "100%") -> str:
     return f'<img alt="{html.escape(alt)}" style="max-width:{width}" src="data:image/png;base64,{b64}">'
 
 
-def _grid_b64(pngs: list[bytes], cols: int, scale: int = 3) -> str:
+def _thumb(png: bytes, px: int):
+    """One image at ``px`` x ``px``: small images are enlarged with visible pixels (nearest), large
+    ones reduced smoothly, so a 512-px model's grid weighs what a 32-px one's does."""
     from PIL import Image
 
-    ims = [Image.open(io.BytesIO(p)).convert("RGB") for p in pngs]
+    im = Image.open(io.BytesIO(png)).convert("RGB")
+    method = Image.Resampling.NEAREST if max(im.size) <= px else Image.Resampling.LANCZOS
+    return im.resize((px, px), method)
+
+
+def _grid_b64(pngs: list[bytes], cols: int, px: int = THUMB_PX) -> str:
+    from PIL import Image
+
+    ims = [_thumb(p, px) for p in pngs]
     if not ims:
         return ""
-    w, h = ims[0].size
     rows = (len(ims) + cols - 1) // cols
-    sheet = Image.new("RGB", (cols * (w + 2), rows * (h + 2)), (255, 255, 255))
+    sheet = Image.new("RGB", (cols * (px + 4), rows * (px + 4)), (255, 255, 255))
     for i, im in enumerate(ims):
-        sheet.paste(im, ((i % cols) * (w + 2), (i // cols) * (h + 2)))
-    sheet = sheet.resize((sheet.width * scale, sheet.height * scale), Image.Resampling.NEAREST)
+        sheet.paste(im, ((i % cols) * (px + 4), (i // cols) * (px + 4)))
     buf = io.BytesIO()
-    sheet.save(buf, format="PNG")
+    sheet.save(buf, format="PNG", optimize=True)
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -65,24 +76,26 @@ def _first_images(d: Path, per_class: int) -> dict[str, list[bytes]]:
     return out
 
 
-def build_report(cfg, rd: RunDir, split, per_class_images: int = 8) -> Path:
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def build_report(ctx, per_class_images: int = 8) -> Path:
+    """OUT/report.html of a DIG-ZSL run (the method's ``report`` hook)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .generate import variant_dir
-    from .classifier import classifier_dir
-    from .evaluate import format_headline
-
-    metrics = json.loads(rd.metrics.read_text())
-    evaluation = json.loads((rd.root / "evaluation.json").read_text())
-    index = json.loads((rd.tokens / "index.json").read_text()) if (rd.tokens / "index.json").is_file() else {}
-    summary = json.loads((rd.tokens / "summary.json").read_text()) if (rd.tokens / "summary.json").is_file() else {}
+    cfg, rd, split = ctx.cfg, ctx.rd, ctx.split
+    metrics = _read(ctx.path("evaluate:metrics"))
+    evaluation = _read(ctx.path("evaluate:evaluation"))
+    index = _read(ctx.path("learn-tokens:index"))
+    summary = _read(ctx.path("learn-tokens:summary"))
     parts = [f"<h1>digzsl-ray run: {html.escape(cfg.name)}</h1>",
              f"<p>Run directory <code>{html.escape(str(rd.root))}</code>. Dataset {html.escape(split.name)}: "
              f"{len(split.seen)} seen, {len(split.unseen)} unseen classes.</p>",
-             "<h2>Results</h2><pre>" + html.escape(format_headline(metrics)) + "</pre>"]
+             "<h2>Results</h2><pre>" + html.escape(format_headline(metrics, ctx.method.variants)) + "</pre>"]
     if summary.get("mean"):
         m = summary["mean"]
         rows = "".join(f"<tr><td>{k}</td><td>{v:.1f}</td></tr>" for k, v in sorted(m.items()))
@@ -90,21 +103,21 @@ def build_report(cfg, rd: RunDir, split, per_class_images: int = 8) -> Path:
                      f"<table border=1 cellpadding=3>{rows}</table>")
 
     # 1. Image grids plain vs DCT.
-    plain = _first_images(variant_dir(rd, VARIANT_PLAIN), per_class_images)
-    dct = _first_images(variant_dir(rd, VARIANT_DCT), per_class_images)
+    plain = _first_images(ctx.path(f"generate:{PLAIN_PROMPT}"), per_class_images)
+    dct = _first_images(ctx.path(f"generate:{DCT}"), per_class_images)
     parts.append("<h2>Generated images: plain prompt vs DCT, per unseen class</h2><table>")
     parts.append("<tr><th>class</th><th>plain prompt</th><th>DCT prompt</th><th>token</th></tr>")
     for i in split.unseen:
         name = split.classes[i]
         entry = next((e for e in index.values() if e["name"] == name), {})
-        cell_p = _img(_grid_b64(plain.get(name, []), per_class_images), f"plain {name}", "360px") if plain.get(name) else "-"
-        cell_d = _img(_grid_b64(dct.get(name, []), per_class_images), f"dct {name}", "360px") if dct.get(name) else "-"
+        cell_p = _img(_grid_b64(plain.get(name, []), per_class_images), f"plain {name}", "400px") if plain.get(name) else "-"
+        cell_d = _img(_grid_b64(dct.get(name, []), per_class_images), f"dct {name}", "400px") if dct.get(name) else "-"
         info = html.escape(f"{entry.get('token', '')}: {entry.get('updates', '?')} updates, {entry.get('stop_reason', '')}")
         parts.append(f"<tr><td>{html.escape(name)}</td><td>{cell_p}</td><td>{cell_d}</td><td>{info}</td></tr>")
     parts.append("</table>")
 
     # 2. Per-class ZSL accuracy of the three variants.
-    variants = [v for v in ("no_synthetic", "plain_prompt", "dct") if v in evaluation["variants"]]
+    variants = [v for v in ctx.method.variants if v in evaluation["variants"]]
     names = [split.classes[i] for i in split.unseen]
     fig, ax = plt.subplots(figsize=(max(8, len(names) * 0.5), 4))
     width = 0.8 / max(len(variants), 1)
@@ -124,7 +137,8 @@ def build_report(cfg, rd: RunDir, split, per_class_images: int = 8) -> Path:
         entries = sorted(index.values(), key=lambda e: e["name"])
         from safetensors.torch import load_file
 
-        learned = np.stack([next(iter(load_file(str(rd.tokens / e["file"])).values())).numpy() for e in entries])
+        tokens_dir = ctx.path("learn-tokens:dir")
+        learned = np.stack([next(iter(load_file(str(tokens_dir / e["file"])).values())).numpy() for e in entries])
         init = np.stack([np.asarray(e["init_vector"], dtype=np.float32) for e in entries])
         X = np.concatenate([init, learned])
         emb = TSNE(n_components=2, perplexity=min(5.0, (len(X) - 1) / 3), random_state=0, init="pca").fit_transform(X)
@@ -141,15 +155,15 @@ def build_report(cfg, rd: RunDir, split, per_class_images: int = 8) -> Path:
 
     # 4. Training curves.
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    cdm_cfg = json.loads((rd.cdm / "config.json").read_text())
+    cdm_cfg = _read(ctx.path("train-cdm:config"))
     h = [x for x in cdm_cfg["history"] if "epoch" in x]
     axes[0].plot([x["epoch"] for x in h], [x["val_acc"] for x in h], marker="o")
     axes[0].set_title("CDM: validation accuracy (seen, %)")
     for e in index.values():
         axes[1].plot(e["loss_curve"], lw=0.8)
     axes[1].set_title("DCT: loss per update (each line a class)")
-    for variant in (VARIANT_PLAIN, VARIANT_DCT):
-        p = classifier_dir(rd, variant) / "config.json"
+    for variant in SYNTHETIC[::-1]:
+        p = ctx.path(f"train-classifier:{variant}") / "config.json"
         if p.is_file():
             hh = [x for x in json.loads(p.read_text())["history"] if "epoch" in x]
             axes[2].plot([x["epoch"] for x in hh], [x["val_acc"] for x in hh], marker="o", label=variant)
@@ -158,16 +172,23 @@ def build_report(cfg, rd: RunDir, split, per_class_images: int = 8) -> Path:
     parts.append("<h2>Training curves</h2>" + _img(_fig_png(fig), "training curves"))
 
     # 5. Confusion matrix of the DCT classifier (GZSL, calibrated).
-    main = evaluation["variants"].get("dct") or evaluation["variants"]["no_synthetic"]
-    cm = np.asarray(main["confusion"], dtype=float)
+    main_name = ctx.method.main_variant if ctx.method.main_variant in evaluation["variants"] else variants[0]
+    cm = np.asarray(evaluation["variants"][main_name]["confusion"], dtype=float)
     order = list(split.seen) + list(split.unseen)
     cm = cm[np.ix_(order, order)]
     cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(7, 6))
+    labels = [split.classes[i] for i in order]
+    side = min(30.0, max(7.0, 0.16 * len(order)))
+    fig, ax = plt.subplots(figsize=(side + 1, side))
     im = ax.imshow(cm, cmap="viridis", vmin=0, vmax=1)
     ax.axhline(len(split.seen) - 0.5, color="w", lw=0.8)
     ax.axvline(len(split.seen) - 0.5, color="w", lw=0.8)
-    ax.set_title("GZSL confusion (rows: true; seen classes first, then unseen)")
+    fontsize = max(2.0, min(7.0, 500 / max(len(order), 1)))
+    ax.set_xticks(np.arange(len(order)), labels, rotation=90, fontsize=fontsize)
+    ax.set_yticks(np.arange(len(order)), labels, fontsize=fontsize)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"GZSL confusion of {main_name} (rows: true; seen classes first, then unseen)")
     fig.colorbar(im)
     parts.append("<h2>Confusion matrix</h2>" + _img(_fig_png(fig), "confusion matrix", "700px"))
 
@@ -177,5 +198,6 @@ def build_report(cfg, rd: RunDir, split, per_class_images: int = 8) -> Path:
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>digzsl-ray report</title>"
             "<style>body{font-family:sans-serif;margin:24px;max-width:1400px} td{vertical-align:top;padding:4px}"
             "pre{background:#f4f4f4;padding:8px}</style></head><body>" + "\n".join(parts) + "</body></html>")
-    write_text(rd.report, page)
-    return rd.report
+    out = ctx.path("evaluate:report")
+    write_text(out, page)
+    return out

@@ -1,7 +1,8 @@
 """The ``digzsl`` command line. Every command has ``--help``; long work shows progress bars.
 
-Commands are thin: they parse arguments, load the typed config and call into the package. Bad
-input (config keys, dataset problems) is reported as one clear error line and exit code 2.
+Commands are thin: they parse arguments, load the typed config and call into the package. The
+pipeline's stage subcommands come from the method's stage list (:mod:`digzsl_ray.cli.stages`).
+Bad input (any :class:`digzsl_ray.errors.UserError`) is one error line and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,31 +13,20 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError
+from digzsl_ray.cli.common import (
+    add_config_args,
+    guarded,
+    load_run_config,
+    setup_logging,
+)
 
 EXIT_USER_ERROR = 2
-
-
-def _add_config_args(p: argparse.ArgumentParser, out_required: bool = True) -> None:
-    p.add_argument("--config", "-c", default=None,
-                   help="YAML file of overrides, or a shipped config name (miniworld, cub, awa2, sun, flo); "
-                        "default: the built-in MiniWorld settings")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key, e.g. --set cdm.epochs=5 (repeatable; values parsed as YAML)")
-    if out_required is not None:
-        p.add_argument("--out", "-o", required=out_required, help="run directory (created if missing)")
-
-
-def _load(args, model=None):
-    from .config import RunConfig, load_config
-
-    return load_config(args.config, args.overrides, model or RunConfig)
 
 
 # ---------------------------------------------------------------------------------------------
 # digzsl miniworld ...
 def cmd_miniworld_make(args) -> int:
-    from .miniworld.make import PARTS, WorldParams, format_summary, make_world
+    from digzsl_ray.miniworld.make import PARTS, WorldParams, format_summary, make_world
 
     params = WorldParams(seed=args.seed)
     if args.corpus_size is not None:
@@ -48,13 +38,16 @@ def cmd_miniworld_make(args) -> int:
     return 0
 
 
-def cmd_miniworld_pretrain(args) -> int:
-    from .config import PretrainConfig
-    from .miniworld.foundation import run_pretrain
-    from .raycluster import init_ray
+def cmd_pretrain(args) -> int:
+    from digzsl_ray.config import PretrainConfig, load_config
+    from digzsl_ray.distributed.cluster import init_ray
+    from digzsl_ray.pretrain.job import run_pretrain
 
-    cfg = _load(args, PretrainConfig)
-    init_ray(num_cpus=max(cfg.cpus_per_worker * cfg.num_workers, os.cpu_count() or 1))
+    cfg = load_config(args.config, args.overrides, PretrainConfig)
+    setup_logging()
+    # The dashboard is on as in pipeline runs: Ray Train's placement-group cleaner queries actor
+    # state through it and otherwise logs a warning about every second.
+    init_ray(num_cpus=max(cfg.cpus_per_worker * cfg.num_workers, os.cpu_count() or 1), dashboard=True)
     meta = run_pretrain(args.data, args.out, cfg)
     print(json.dumps({"out": str(args.out), "wall_seconds": meta["wall_seconds"],
                       "phases": {k: round(v["seconds"]) for k, v in meta["phases"].items()}}))
@@ -62,7 +55,7 @@ def cmd_miniworld_pretrain(args) -> int:
 
 
 def cmd_miniworld_oracle(args) -> int:
-    from .miniworld.oracle import train_oracle
+    from digzsl_ray.miniworld.oracle import train_oracle
 
     meta = train_oracle(args.out, seed=args.seed, steps=args.steps)
     print(json.dumps({k: meta[k] for k in ("held_out_acc", "train_seconds", "train_steps")}))
@@ -70,13 +63,13 @@ def cmd_miniworld_oracle(args) -> int:
 
 
 def cmd_miniworld_check(args) -> int:
-    from .miniworld.check import format_check, run_check
+    from digzsl_ray.miniworld.check import format_check, run_check
 
     result = run_check(assets=args.assets, world_dir=args.world, n_per_class=args.images_per_class,
                        progress=not args.quiet)
     print(format_check(result))
     if args.json:
-        from .io import write_json
+        from digzsl_ray.io import write_json
 
         write_json(args.json, result)
         print(f"saved {args.json}")
@@ -86,23 +79,26 @@ def cmd_miniworld_check(args) -> int:
 # ---------------------------------------------------------------------------------------------
 # digzsl config / data
 def cmd_config_show(args) -> int:
-    from .config import to_yaml
+    from digzsl_ray.config import to_yaml
 
-    print(to_yaml(_load(args)), end="")
+    print(to_yaml(load_run_config(args)), end="")
     return 0
 
 
 def cmd_config_explain(args) -> int:
-    from .config import explain
+    from digzsl_ray.config import explain
+    from digzsl_ray.methods import get_method, registered
 
-    print("\n".join(explain()))
+    method = get_method(args.method)
+    print(f"# method {method.name} (registered: {', '.join(registered())}): {method.description}")
+    print("\n".join(explain(method.config)))
     return 0
 
 
 def cmd_data_check(args) -> int:
-    from .data import load_split
+    from digzsl_ray.data import load_split
 
-    cfg = _load(args)
+    cfg = load_run_config(args)
     split = load_split(cfg.data, out=args.out, validate=True)
     print(split.summary())
     return 0
@@ -118,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # miniworld
     mw = sub.add_parser("miniworld", help="render MiniWorld, train and check its foundation models",
-                        description="MiniWorld: the project's own miniature world (DESIGN section 5).")
+                        description="MiniWorld: the project's own miniature world (docs/DESIGN.md section 6).")
     mws = mw.add_subparsers(dest="mw_command", required=True, metavar="SUBCOMMAND")
     p = mws.add_parser("make", help="render the corpus, the ZSL benchmark and the multi-label set",
                        description="Render MiniWorld into OUT (same seed, same bytes).")
@@ -129,16 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_miniworld_make)
 
-    p = mws.add_parser("pretrain", help="train a tiny CLIP and Stable Diffusion on a captioned folder (Ray Train)",
-                       description="Generic pretraining from any captioned image folder (metadata.jsonl + images; "
-                                   "see docs/dataset-format.md). Writes OUT/sd (diffusers) and OUT/clip (open_clip). "
-                                   "Rerunning with the same OUT resumes from the last checkpoint.")
-    p.add_argument("--data", required=True, help="captioned image folder (MiniWorld: WORLD/corpus)")
-    p.add_argument("--out", "-o", required=True, help="output directory")
-    p.add_argument("--config", "-c", default=None, help="YAML overrides of the pretraining config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a pretraining key, e.g. --set sd_steps=100")
-    p.set_defaults(func=cmd_miniworld_pretrain)
+    add_pretrain_parser(mws, "pretrain", help_suffix=" (the same as `digzsl pretrain`)")
 
     p = mws.add_parser("train-oracle", help="train the measuring-stick oracle on fresh renders",
                        description="Train the MiniWorld oracle (never a training signal, only a measure).")
@@ -163,10 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("config", help="show or explain the typed config")
     cps = cp.add_subparsers(dest="cfg_command", required=True, metavar="SUBCOMMAND")
     p = cps.add_parser("show", help="print the fully resolved config", description="Print the resolved config as YAML.")
-    _add_config_args(p, out_required=None)
+    add_config_args(p, out_required=None)
     p.set_defaults(func=cmd_config_show)
     p = cps.add_parser("explain", help="list every key with its default and meaning",
-                       description="List every config key with its default and description.")
+                       description="List every config key of a method's run config with its default and description.")
+    p.add_argument("--method", default="digzsl", help="the method whose config to explain (default: digzsl)")
     p.set_defaults(func=cmd_config_explain)
 
     # data
@@ -174,37 +162,34 @@ def build_parser() -> argparse.ArgumentParser:
     dps = dp.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     p = dps.add_parser("check", help="load and validate the configured dataset",
                        description="Load the dataset of the config and run every validation (names, splits, images).")
-    _add_config_args(p, out_required=False)
+    add_config_args(p, out_required=False)
     p.set_defaults(func=cmd_data_check)
 
-    from . import stages_cli
+    add_pretrain_parser(sub, "pretrain")
+    from digzsl_ray.cli import stages
 
-    stages_cli.register(sub, _add_config_args)
+    stages.register(sub)
     return parser
 
 
-def user_errors() -> tuple[type[Exception], ...]:
-    """Exceptions that mean bad input (reported as one line, exit code 2), not a bug."""
-    from .data.captioned import CaptionedFolderError
-    from .data.format import DatasetFormatError
-    from .data.validate import DatasetError
-    from .dct import TokenError
-    from .models.presets import ModelLoadError
-    from .stages.common import RunDirError
-    from .stages.tokens import TokenStageError
-
-    return (ConfigError, DatasetError, DatasetFormatError, CaptionedFolderError, RunDirError, TokenStageError,
-            TokenError, ModelLoadError)
+def add_pretrain_parser(sub, name: str, help_suffix: str = "") -> None:
+    p = sub.add_parser(name, help="train a tiny CLIP and Stable Diffusion on any captioned image folder (Ray Train)"
+                       + help_suffix,
+                       description="Generic pretraining from any captioned image folder (metadata.jsonl + images; "
+                                   "see docs/dataset-format.md). Writes OUT/sd (diffusers) and OUT/clip (open_clip). "
+                                   "Rerunning with the same OUT resumes from the last checkpoint.")
+    p.add_argument("--data", required=True, help="captioned image folder (MiniWorld: WORLD/corpus)")
+    p.add_argument("--out", "-o", required=True, help="output directory")
+    p.add_argument("--config", "-c", default=None, help="YAML overrides of the pretraining config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a pretraining key, e.g. --set sd_steps=100")
+    p.set_defaults(func=cmd_pretrain)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except user_errors() as e:
-        print(f"digzsl: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    return guarded("digzsl", lambda: args.func(args))
 
 
 if __name__ == "__main__":

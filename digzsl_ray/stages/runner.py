@@ -1,10 +1,9 @@
-"""``digzsl run``: every stage in order, each skipped when its outputs are complete.
+"""``digzsl run``: every stage of the run's method in order, each skipped when its outputs are complete.
 
-prototypes -> CDM (Ray Train) -> tokens (actor pool) -> generation (Ray Data) -> classifiers
-(Ray Train; DCT and plain-prompt ablation) -> evaluation -> report. Wall time per stage goes to
-``OUT/timing.json``; a sampler thread records the peak resident memory of the whole process tree
-(driver, Ray's daemons and every worker; proportional set sizes, see :class:`PeakRSS`) into
-``metrics.json`` as ``peak_rss_mb``.
+Wall time per stage goes to ``OUT/timing.json``; a sampler thread records the peak resident memory
+of the whole process tree (driver, Ray's daemons and every worker; proportional set sizes, see
+:class:`PeakRSS`) into ``OUT/resources.json``, and ``metrics.json`` is reassembled from both and
+the evaluation (:func:`digzsl_ray.stages.rundir.write_metrics`, its one writer).
 """
 
 from __future__ import annotations
@@ -15,8 +14,13 @@ import threading
 import time
 from pathlib import Path
 
-from ..io import read_json, write_json
-from .common import prepare, stage_timing
+from digzsl_ray.stages.contract import Context, execute
+from digzsl_ray.stages.rundir import (
+    prepare,
+    record_resources,
+    stage_timing,
+    write_metrics,
+)
 
 log = logging.getLogger("digzsl")
 
@@ -73,43 +77,34 @@ class PeakRSS:
         self._thread.join(timeout=5)
 
 
-def run_pipeline(cfg, out: str | Path, progress: bool = True) -> dict:
-    """Run (or resume) the whole method; returns metrics.json's content."""
-    from ..raycluster import init_from_config
-    from .cdm import run_cdm
-    from .classifier import run_classifier
-    from .evaluate import run_evaluate
-    from .generate import run_generate, variants
-    from .prototypes import run_prototypes
-    from .report import build_report
-    from .tokens import run_tokens
+def context(cfg, method, out: str | Path, progress: bool = True, args=None) -> Context:
+    """Load and validate the dataset, bind the run directory, and return the stages' context."""
+    t0 = time.time()
+    rd, split = prepare(cfg, out, progress=progress)
+    stage_timing(rd, "data", time.time() - t0)
+    return Context(cfg=cfg, rd=rd, split=split, method=method, progress=progress, args=args)
+
+
+def run_pipeline(cfg, method, out: str | Path, progress: bool = True) -> dict:
+    """Run (or resume) every stage of ``method``; returns metrics.json's content."""
+    from digzsl_ray.distributed.cluster import init_from_config
 
     t_all = time.time()
     with PeakRSS() as rss:
-        t0 = time.time()
-        rd, split = prepare(cfg, out, progress=progress)
-        stage_timing(rd, "data", time.time() - t0)
-        log.info("%s", split.summary())
-        init_from_config(cfg.ray)
-        run_prototypes(cfg, rd, split)
-        run_cdm(cfg, rd, split)
-        run_tokens(cfg, rd, split, progress=progress)
-        run_generate(cfg, rd, split, progress=progress)
-        for variant in variants(cfg):
-            run_classifier(cfg, rd, split, variant, progress=progress)
-        t0 = time.time()
-        metrics = run_evaluate(cfg, rd, split)
-        stage_timing(rd, "evaluate", time.time() - t0)
+        ctx = context(cfg, method, out, progress=progress)
+        ctx.state["pipeline"] = True
+        log.info("%s", ctx.split.summary())
+        if any(s.needs_ray for s in method.stages):
+            init_from_config(cfg.ray)
+        for stage in method.stages:
+            execute(stage, ctx)
         rss.sample()
-    # a resumed run keeps the largest peak of all its invocations
-    if rss.peak_mb >= (metrics.get("peak_rss_mb") or 0.0):
-        metrics["peak_rss_mb"] = round(rss.peak_mb, 1)
-        metrics["peak_memory_breakdown"] = rss.breakdown
-        metrics["peak_rss_sum_mb"] = round(rss.peak_rss_sum_mb, 1)
-    metrics["timing_s"] = read_json(rd.root / "timing.json")
-    metrics["wall_s_this_invocation"] = round(time.time() - t_all, 1)
-    write_json(rd.metrics, metrics)
-    t0 = time.time()
-    build_report(cfg, rd, split)
-    log.info("report: %s (%.1fs)", rd.report, time.time() - t0)
+    record_resources(ctx.rd, {"peak_rss_mb": round(rss.peak_mb, 1), "peak_memory_breakdown": rss.breakdown,
+                              "peak_rss_sum_mb": round(rss.peak_rss_sum_mb, 1),
+                              "wall_s_this_invocation": round(time.time() - t_all, 1)})
+    metrics = write_metrics(ctx.rd)
+    if method.report is not None:
+        t0 = time.time()
+        path = method.report(ctx)
+        log.info("report: %s (%.1fs)", path, time.time() - t0)
     return metrics

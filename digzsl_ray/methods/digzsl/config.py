@@ -1,0 +1,91 @@
+"""DIG-ZSL's config sections (``method: digzsl``): the CDM, the discriminative class tokens, image
+generation and the final classifier. The shared sections come from :mod:`digzsl_ray.config`;
+:class:`DigzslRunConfig` is both together, what ``load_run_config`` validates a DIG-ZSL run with.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from digzsl_ray.config import RunConfig, Section, TrainWorkers, runtime
+
+
+class CDMConfig(Section):
+    hidden_dim: int = Field(256, ge=0, le=65536, description="hidden layer of the projection MLP; 0 = linear projection")
+    temperature: float = Field(0.05, gt=0.0, le=1.0, description="cosine logits are divided by this")
+    epochs: int = Field(15, ge=1, le=100_000, description="training epochs (best epoch by validation accuracy is kept)")
+    batch_size: int = Field(128, ge=1, le=65536, description="images per step per worker")
+    lr: float = Field(2e-3, gt=0.0, le=10.0, description="AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0.0, le=10.0, description="AdamW weight decay")
+    augment: bool = Field(True, description="random flips and small shifts on training images")
+    workers: TrainWorkers = runtime(default_factory=TrainWorkers, description="Ray Train scaling")
+
+
+class TokensConfig(Section):
+    templates: list[str] = Field(default_factory=lambda: ["a photo of a {token} {name}"], min_length=1,
+                                 description="DCT prompts; {token} is the placeholder, {name} the class name")
+    placeholder: str = Field("<dct-{slug}>", description="placeholder token pattern; {slug} is the class slug")
+    init_word: str = Field("", description="word whose embedding initialises every token; empty = last word of the class name")
+    batch_size: int = Field(8, ge=1, le=4096, description="images generated per update")
+    num_inference_steps: int = Field(10, ge=1, le=1000, description="denoising steps per generated batch (the pipeline's scheduler)")
+    grad_steps: int = Field(1, ge=1, le=1000, description="K: gradient flows through the last K denoising steps (and the VAE decoder)")
+    guidance_scale: float = Field(3.0, ge=1.0, le=100.0, description="classifier-free guidance scale during learning")
+    lr: float = Field(5e-3, gt=0.0, le=10.0, description="AdamW learning rate of the token embedding")
+    gamma: float = Field(0.7, gt=0.0, le=1.0, description="early stop when the CDM accuracy on an update's images reaches this")
+    patience: int = Field(8, ge=1, le=100_000, description="early stop after this many updates without loss improvement")
+    max_updates: int = Field(40, ge=1, le=100_000, description="hard cap on updates per class")
+    min_updates: int = Field(3, ge=0, le=100_000, description="updates before early stopping may trigger")
+    restrict_to_unseen: bool = Field(True, description="cross-entropy over unseen classes only (False: all classes)")
+    gradient_checkpointing: bool = runtime(False, description="recompute UNet activations in the backward pass")
+    seed: int = Field(0, ge=0, description="base seed; a class's token is a function of (class, seed)")
+    eval_images: int = Field(24, ge=1, le=100_000, description="fresh images per class for the summary measurement")
+    eval_seed: int = Field(10_000, ge=0, description="seed of the summary images (a separate seed stream from training)")
+    pool_min: int = runtime(1, ge=1, le=100_000, description="actors kept alive: a lost actor is replaced while fewer remain")
+    pool_max: int = runtime(2, ge=1, le=100_000, description="actors requested (capped by the number of shards); pending GPU "
+                                               "actors make the autoscaler add GPU nodes")
+    num_gpus: float = runtime(0.0, ge=0.0, le=64, description="GPUs per actor (1 on a GPU cluster)")
+    num_cpus: float = runtime(1.0, gt=0.0, le=1024, description="CPUs per actor")
+    shard_size: int = runtime(1, ge=1, le=100_000, description="classes handed to an actor at a time")
+    max_retries: int = runtime(3, ge=0, le=1000, description="re-dispatches of a shard whose actor died")
+
+
+class GenerateConfig(Section):
+    images_per_class: int = Field(100, ge=1, le=10_000_000, description="N synthetic images per unseen class (before filtering)")
+    batch_size: int = runtime(25, ge=1, le=4096, description="images per pipeline call")
+    num_inference_steps: int = Field(20, ge=1, le=1000, description="denoising steps (the pipeline's scheduler)")
+    guidance_scale: float = Field(3.0, ge=1.0, le=100.0, description="classifier-free guidance scale")
+    keep_fraction: float = Field(1.0, gt=0.0, le=1.0, description="keep this top fraction per class by CDM confidence")
+    rows_per_shard: int = Field(100, ge=1, le=100_000, description="images per Parquet shard (the unit of resume)")
+    actors: int = runtime(2, ge=1, le=100_000, description="generation actors (one pipeline each)")
+    num_gpus: float = runtime(0.0, ge=0.0, le=64, description="GPUs per generation actor")
+    num_cpus: float = runtime(1.0, gt=0.0, le=1024, description="CPUs per generation actor")
+    seed: int = Field(1, ge=0, description="base seed of generated images")
+    plain_prompt: bool = Field(True, description="also generate the plain-prompt set for the ablation")
+    plain_template: str = Field("a photo of a {name}", description="prompt of the plain-prompt ablation set")
+
+
+class ClassifierConfig(Section):
+    backbone: Literal["clip", "clip-finetune", "resnet18"] = Field(
+        "clip", description="frozen CLIP image tower + head, fine-tuned CLIP tower, or torchvision ResNet-18")
+    head: Literal["prototypes", "linear", "mlp"] = Field(
+        "mlp", description="head over all classes: 'prototypes' = cosine classifier initialised from the class "
+                           "prototypes (starts as CLIP zero-shot; CLIP backbones), 'linear', or 'mlp'")
+    epochs: int = Field(10, ge=1, le=100_000, description="maximum epochs")
+    patience: int = Field(3, ge=1, le=100_000, description="early stop after this many epochs without validation improvement")
+    batch_size: int = Field(128, ge=1, le=65536, description="images per step per worker")
+    lr: float = Field(2e-3, gt=0.0, le=10.0, description="AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0.0, le=10.0, description="AdamW weight decay")
+    synthetic_val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="synthetic images held out for validation")
+    augment: bool = Field(True, description="random flips and small shifts")
+    workers: TrainWorkers = runtime(default_factory=TrainWorkers, description="Ray Train scaling")
+
+
+class DigzslRunConfig(RunConfig):
+    """A DIG-ZSL run: the shared sections plus DIG-ZSL's own."""
+
+    cdm: CDMConfig = Field(default_factory=CDMConfig, description="category discrimination model")
+    tokens: TokensConfig = Field(default_factory=TokensConfig, description="discriminative class tokens")
+    generate: GenerateConfig = Field(default_factory=GenerateConfig, description="synthetic image generation")
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig, description="final ZSL classifier")

@@ -1,0 +1,130 @@
+"""Stage 6: evaluate every variant -> ``OUT/metrics.json`` and ``OUT/evaluation.json``.
+
+Variants (the ablation): ``no_synthetic`` (the CDM alone, zero-shot through the prototypes),
+``plain_prompt`` (classifier trained with plain-prompt images) and ``dct`` (with DCT images, the
+method; its figures are also the top-level keys). Calibration lambda comes from validation data
+only: held-out seen images (the val split) and held-out synthetic images; test images are scored
+once with the chosen lambda. The CDM has no synthetic data of its own, so it is calibrated on the
+DCT run's held-out synthetic images (its own file OUT/cdm/metrics.json reports it uncalibrated).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from digzsl_ray.errors import MissingInputError
+from digzsl_ray.generation import is_validation_row, read_manifest
+from digzsl_ray.io import write_json
+from digzsl_ray.methods.digzsl.variants import DCT, NO_SYNTHETIC, PLAIN_PROMPT
+from digzsl_ray.metrics.zsl import format_headline, full_report, headline_metrics
+from digzsl_ray.stages.contract import Stage
+from digzsl_ray.stages.rundir import stage_timing, write_metrics
+
+log = logging.getLogger("digzsl")
+
+def _split_val(scores: np.ndarray, labels: np.ndarray, seen: list[int]):
+    is_seen = np.isin(labels, seen)
+    return scores[is_seen], labels[is_seen], scores[~is_seen], labels[~is_seen]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def cdm_synthetic_val_scores(ctx) -> tuple[np.ndarray, np.ndarray]:
+    """CDM logits of the held-out DCT images (the no-synthetic baseline's unseen validation data)."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from digzsl_ray.cdm import load_cdm
+    from digzsl_ray.images import decode_png_bytes
+    from digzsl_ray.models.presets import pick_device
+
+    cfg = ctx.cfg
+    d = ctx.path(f"generate:{DCT}")
+    manifest = read_manifest(d)
+    if manifest is None:
+        raise MissingInputError(f"{d}/_manifest.json: missing; run `digzsl generate` before `digzsl evaluate`")
+    device = pick_device(cfg.models.device)
+    cdm = load_cdm(ctx.require("train-cdm:dir"), device)
+    scores, labels = [], []
+    for f in manifest["shards"]:
+        t = pq.read_table(d / f, columns=["png", "label", "seed"]).to_pydict()
+        keep = [i for i, s in enumerate(t["seed"]) if is_validation_row(s, cfg.classifier.synthetic_val_fraction)]
+        if not keep:
+            continue
+        x = decode_png_bytes([t["png"][i] for i in keep], cdm.image_size).float().div(255).to(device)
+        with torch.no_grad():
+            scores.append(cdm(x).float().cpu().numpy())
+        labels.append(np.asarray([t["label"][i] for i in keep]))
+    if not scores:  # no held-out synthetic rows (synthetic_val_fraction 0, or very few images)
+        return np.zeros((0, len(cdm.meta["class_names"]))), np.zeros(0, dtype=np.int64)
+    return np.concatenate(scores), np.concatenate(labels)
+
+
+def evaluate_variants(ctx) -> dict[str, dict]:
+    """Every variant's full report (ZSL, calibrated GZSL, AUSUC, per class, confusion)."""
+    cfg, split = ctx.cfg, ctx.split
+    grid = np.linspace(0.0, cfg.evaluate.lambda_max, cfg.evaluate.lambda_grid)
+    seen, unseen = list(split.seen), list(split.unseen)
+    reports: dict[str, dict] = {}
+
+    # 1. no_synthetic: the CDM (temperature-scaled cosine logits -> probabilities).
+    s = np.load(ctx.require("train-cdm:scores"))
+    syn_scores, syn_labels = cdm_synthetic_val_scores(ctx)
+    v = s["val_scores"][np.isin(s["val_labels"], seen)], s["val_labels"][np.isin(s["val_labels"], seen)]
+    reports[NO_SYNTHETIC] = full_report(
+        _softmax(s["test_seen_scores"]), s["test_seen_labels"], _softmax(s["test_unseen_scores"]), s["test_unseen_labels"],
+        _softmax(v[0]), v[1], _softmax(syn_scores), syn_labels, seen, unseen, grid)
+
+    # 2. Classifiers trained with synthetic images.
+    for variant in (PLAIN_PROMPT, DCT):
+        path = ctx.path(f"train-classifier:{variant}_scores")
+        if not path.is_file():
+            continue
+        c = np.load(path)
+        vs, vys, vu, vyu = _split_val(c["val_scores"], c["val_labels"], seen)
+        reports[variant] = full_report(c["test_seen_scores"], c["test_seen_labels"], c["test_unseen_scores"],
+                                       c["test_unseen_labels"], vs, vys, vu, vyu, seen, unseen, grid)
+    return reports
+
+
+class EvaluateStage(Stage):
+    name = "evaluate"
+    help = ("ZSL top-1, GZSL U/S/H (calibrated on validation data), AUSUC -> OUT/metrics.json, "
+            "OUT/evaluation.json, OUT/report.html")
+    writes = {"evaluation": "evaluation.json", "metrics": "metrics.json", "report": "report.html"}
+    reads = ("train-cdm:scores",)
+    needs_ray = False
+
+    def complete(self, ctx) -> bool:
+        return False  # seconds of work, and it reassembles metrics.json: always redone
+
+    def run(self, ctx) -> dict:
+        """Evaluate every variant, write evaluation.json and metrics.json, build the report."""
+        t0 = time.time()
+        split = ctx.split
+        reports = evaluate_variants(ctx)
+        metrics = headline_metrics(reports, main=DCT if DCT in reports else NO_SYNTHETIC,
+                                   n_unseen=len(split.unseen), n_seen=len(split.seen))
+        details = {name: {**{k: v for k, v in r.items() if k not in ("per_class_gzsl", "per_class_zsl")},
+                          "per_class_gzsl": {split.classes[i]: a for i, a in r["per_class_gzsl"].items()},
+                          "per_class_zsl": {split.classes[i]: a for i, a in r["per_class_zsl"].items()}}
+                   for name, r in reports.items()}
+        write_json(ctx.path("evaluate:evaluation"), {"classes": split.classes, "seen": list(split.seen),
+                                                     "unseen": list(split.unseen), "variants": details,
+                                                     "metrics": metrics})
+        stage_timing(ctx.rd, "evaluate", time.time() - t0)
+        metrics = write_metrics(ctx.rd)
+        if not ctx.state.get("pipeline"):  # `digzsl run` builds the report once its memory figures are in
+            ctx.method.report(ctx)
+        return metrics
+
+    def describe(self, ctx, metrics) -> str:
+        return (format_headline(metrics, ctx.method.variants) + f"\nmetrics: {ctx.path('evaluate:metrics')}"
+                f"\nreport:  {ctx.path('evaluate:report')}")

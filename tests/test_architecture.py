@@ -1,0 +1,136 @@
+"""The package's import structure, checked by parsing every module with ``ast`` (no imports run).
+
+* ``ray`` is imported only where it is allowed: the Ray plumbing, stage modules, serving, the
+  pretraining job (and ``jobs/``, outside the package);
+* the shared core imports no method, no world (MiniWorld) and no application layer (CLI, serving);
+* a method imports no other method, and a stage module imports no other stage module;
+* no import cycle exists between package modules (function-local imports included).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parent.parent / "digzsl_ray"
+
+# Where `import ray` may appear (prefixes of module names).
+RAY_ALLOWED = (
+    "digzsl_ray.distributed.",  # the plumbing: cluster, pool, train loop
+    "digzsl_ray.methods.digzsl.stages.",  # stage modules of each method ...
+    "digzsl_ray.stages.",  # ... and the shared stages
+    "digzsl_ray.serve",  # serving
+    "digzsl_ray.pretrain.job",  # the Ray Train pretraining job
+)
+# Not the shared core: the methods and their registry, the worlds, the application layer.
+NOT_CORE = ("digzsl_ray.methods", "digzsl_ray.miniworld", "digzsl_ray.cli", "digzsl_ray.serve")
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for p in PKG.rglob("*.py"):
+        parts = list(p.relative_to(PKG.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        mods[".".join(parts)] = p
+    return mods
+
+
+MODS = _modules()
+
+
+def _imports(name: str) -> list[tuple[str, int]]:
+    """Every module ``name`` imports (absolute names, relative imports resolved), with line numbers."""
+    path = MODS[name]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            out.append((mod, node.lineno))
+            out += [(f"{mod}.{a.name}", node.lineno) for a in node.names if f"{mod}.{a.name}" in MODS]
+    return out
+
+
+def _internal(name: str) -> set[str]:
+    return {m for m, _ in _imports(name) if m in MODS and m != name}
+
+
+def _is_core(name: str) -> bool:
+    return not any(name == p or name.startswith(p + ".") for p in NOT_CORE)
+
+
+def test_the_checker_sees_the_package():
+    assert "digzsl_ray.stages.contract" in MODS and "digzsl_ray.methods.digzsl.dct" in MODS
+    assert ("ray", 10) not in _imports("digzsl_ray.config")
+    assert any(m == "ray" for m, _ in _imports("digzsl_ray.distributed.pool"))
+
+
+def test_ray_only_at_the_edges():
+    bad = [f"{name}:{line}" for name in MODS for mod, line in _imports(name)
+           if (mod == "ray" or mod.startswith("ray.")) and not any(name.startswith(p) or name == p.rstrip(".")
+                                                                    for p in RAY_ALLOWED)]
+    assert not bad, f"ray imported outside the plumbing/stage/serve modules: {bad}"
+
+
+def test_shared_core_imports_no_method_world_or_app():
+    bad = [f"{name} -> {dep}" for name in MODS if _is_core(name)
+           for dep in _internal(name) if not _is_core(dep)]
+    assert not bad, bad
+
+
+def test_methods_are_independent_and_stages_do_not_import_stages():
+    methods = {n.split(".")[2] for n in MODS if n.startswith("digzsl_ray.methods.") and n.count(".") >= 2}
+    bad = []
+    for name in MODS:
+        if name.startswith("digzsl_ray.methods.") and name.count(".") >= 2:
+            mine = name.split(".")[2]
+            bad += [f"{name} -> {d}" for d in _internal(name)
+                    if d.startswith("digzsl_ray.methods.") and d.count(".") >= 2 and d.split(".")[2] != mine
+                    and d.split(".")[2] in methods]
+        if ".stages." in name:
+            bad += [f"{name} -> {d}" for d in _internal(name) if ".stages." in d and not d.startswith("digzsl_ray.stages.")
+                    and d != name]
+    assert not bad, bad
+
+
+def test_no_import_cycles():
+    graph = {name: _internal(name) for name in MODS}
+    # a package imports its own submodules by design of Python; only module <-> module cycles count
+    for name in graph:
+        graph[name] = {d for d in graph[name] if not name.startswith(d + ".")}
+    cycles, state = [], {}
+
+    def visit(n, stack):
+        state[n] = 1
+        stack.append(n)
+        for d in sorted(graph[n]):
+            if state.get(d) == 1:
+                cycles.append(stack[stack.index(d):] + [d])
+            elif d not in state:
+                visit(d, stack)
+        stack.pop()
+        state[n] = 2
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n, [])
+    assert not cycles, cycles[:5]
+
+
+def test_error_path_is_light():
+    """Reporting a bad input imports nothing heavy: the CLI and the config loader stay torch-free."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from digzsl_ray.cli import main; rc = main(['config', 'show', '--set', 'cdm.epochs=0']); "
+            "heavy = [m for m in ('torch', 'ray', 'pyarrow', 'matplotlib') if m in sys.modules]; "
+            "print(rc, heavy)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "2 []", r.stdout + r.stderr
