@@ -44,7 +44,7 @@ WORLD ?= build/miniworld-world
 ASSETS_OUT ?= build/miniworld-assets
 assets: $(STAMP)
 	$(BIN)/digzsl miniworld make --out $(WORLD) --parts corpus,zsl --quiet
-	$(BIN)/digzsl miniworld pretrain --data $(WORLD)/corpus --out $(ASSETS_OUT)
+	$(BIN)/digzsl pretrain --data $(WORLD)/corpus --out $(ASSETS_OUT)
 	$(BIN)/digzsl miniworld train-oracle --out $(ASSETS_OUT)/oracle
 	$(BIN)/digzsl miniworld check --assets $(ASSETS_OUT) --world $(WORLD) --json $(ASSETS_OUT)/check.json --quiet
 
