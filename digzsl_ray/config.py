@@ -135,6 +135,14 @@ class ServeConfig(Section):
     target_ongoing_requests: float = Field(8.0, gt=0.0, le=100_000, description="autoscaling target per replica")
     num_cpus: float = Field(1.0, gt=0.0, le=1024, description="CPUs per replica")
     num_gpus: float = Field(0.0, ge=0.0, le=64, description="GPUs per replica")
+    body_timeout_s: float = Field(10.0, gt=0.0, le=3600.0, description="a request body must arrive whole within this "
+                                  "(slow or short bodies get 408 instead of holding a request slot)")
+    max_header_bytes: int = Field(16_384, ge=1024, le=1_048_576, description="largest accepted request headers (431)")
+    max_jpeg_scans: int = Field(64, ge=1, le=10_000, description="JPEGs with more scans are refused before decoding "
+                                "(a progressive JPEG has about 10; each scan costs a full decoding pass)")
+    request_timeout_s: float = Field(60.0, gt=0.0, le=86_400.0, description="end-to-end HTTP request timeout of "
+                                     "the proxy started by `digzsl serve` (serve deploy: http_options in the Serve config)")
+    docs: bool = Field(False, description="serve /docs, /redoc and /openapi.json (off: they describe the API to anyone)")
 
 
 class RayConfig(Section):

@@ -39,7 +39,15 @@ log = logging.getLogger("digzsl")
 
 # serve.* keys that build_app args may override (serve run / serve deploy / digzsl serve)
 OVERRIDABLE = ("max_batch_size", "batch_wait_timeout_s", "max_body_bytes", "max_pixels", "default_k", "min_replicas",
-               "max_replicas", "num_cpus", "num_gpus")
+               "max_replicas", "num_cpus", "num_gpus", "body_timeout_s", "max_header_bytes", "max_jpeg_scans",
+               "docs")
+LIMIT_KEYS = ("max_body_bytes", "max_pixels", "default_k", "body_timeout_s", "max_header_bytes", "max_jpeg_scans")
+MAX_ECHO = 80  # characters of a client's input that an error message may quote
+
+
+def _echo(value) -> str:
+    text = repr(value)
+    return text if len(text) <= MAX_ECHO else text[: MAX_ECHO - 3] + "..."
 
 
 class RequestError(Exception):
@@ -79,14 +87,29 @@ IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # never EPS/PS (G
 MAX_ASPECT = 20  # longer side / shorter side
 
 
-def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
-    """Validated image -> ``uint8 [3, size, size]``; raises :class:`RequestError` on bad input."""
+def jpeg_scans(data: bytes) -> int:
+    """Start-of-scan markers of a JPEG. Entropy-coded data never holds 0xFF 0xDA (an 0xFF there is
+    followed by 0x00 or a restart marker), so the byte count is the scan count; a progressive JPEG
+    has about ten, while one crafted with thousands of empty scans costs seconds of CPU per scan."""
+    return data.count(b"\xff\xda") if data[:2] == b"\xff\xd8" else 0
+
+
+def decode_image(data: bytes, size: int, max_pixels: int, max_jpeg_scans: int = 64) -> np.ndarray:
+    """Validated image -> ``uint8 [3, size, size]``; raises :class:`RequestError` on bad input.
+
+    Decoded as a viewer shows it (:func:`digzsl_ray.images.to_rgb`: EXIF orientation, 16-bit
+    grayscale scaled, transparency on white). Work is bounded before decoding: pixel count, aspect
+    ratio and, for JPEG, the number of scans."""
     from PIL import Image, UnidentifiedImageError
 
     from digzsl_ray.images import to_uint8_tensor
 
     if not data:
         raise RequestError(400, "empty image")
+    scans = jpeg_scans(data)
+    if scans > max_jpeg_scans:
+        raise RequestError(400, f"JPEG with {scans} scans; at most {max_jpeg_scans} are decoded (a progressive "
+                                f"JPEG has about 10)")
     try:
         im = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except UnidentifiedImageError:
@@ -94,6 +117,8 @@ def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
                                 f"({', '.join(IMAGE_FORMATS)})") from None
     except Image.DecompressionBombError as e:
         raise RequestError(413, f"image too large: {e}") from None
+    except ValueError as e:  # e.g. a PNG text or ICC chunk over PIL's safety limit
+        raise RequestError(400, f"not a usable image: {str(e)[:160]}") from None
     except Exception as e:  # PIL raises many types for malformed headers
         raise RequestError(400, f"not an image ({type(e).__name__})") from None
     w, h = im.size
@@ -107,26 +132,28 @@ def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
     except Image.DecompressionBombError as e:
         raise RequestError(413, f"image too large: {e}") from None
     except Exception as e:  # truncated data, bad chunks, decoder errors
-        raise RequestError(400, f"truncated or corrupt image ({type(e).__name__}: {e})") from None
+        raise RequestError(400, f"truncated or corrupt image ({type(e).__name__}: {str(e)[:160]})") from None
     try:
         return to_uint8_tensor(im, size).numpy()
     except Exception as e:
-        raise RequestError(400, f"could not convert the image ({type(e).__name__}: {e})") from None
+        raise RequestError(400, f"could not convert the image ({type(e).__name__}: {str(e)[:160]})") from None
 
 
 def parse_k(raw, default: int, num_classes: int) -> int:
     if raw is None or raw == "":
         return default
+    expected = f"expected an integer from 1 to {num_classes}"
     if isinstance(raw, bool):
-        raise RequestError(400, f"bad k: got {raw!r}, expected an integer from 1 to {num_classes}")
+        raise RequestError(400, f"bad k: got {_echo(raw)}, {expected}")
     try:
         k = int(raw)
         if isinstance(raw, float) and raw != k:
             raise ValueError
     except (TypeError, ValueError, OverflowError):
-        raise RequestError(400, f"bad k: got {raw!r}, expected an integer from 1 to {num_classes}") from None
+        raise RequestError(400, f"bad k: got {_echo(str(raw)[:MAX_ECHO])}, {expected}") from None
     if not 1 <= k <= num_classes:
-        raise RequestError(400, f"bad k: got {k}, expected an integer from 1 to {num_classes}")
+        shown = str(k) if abs(k) < 10**12 else "a number of more than 12 digits"
+        raise RequestError(400, f"bad k: got {shown}, {expected}")
     return k
 
 
@@ -184,10 +211,8 @@ def build_app(args: dict):
 
         def stats(self) -> dict:
             """Batching counters of this replica (what dynamic batching achieved)."""
-            import os
-
             return {"batches": self.batches, "images": self.images, "largest_batch": self.largest,
-                    "mean_batch": round(self.images / self.batches, 3) if self.batches else 0.0, "pid": os.getpid()}
+                    "mean_batch": round(self.images / self.batches, 3) if self.batches else 0.0}
 
         @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
         async def classify(self, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -201,7 +226,12 @@ def build_app(args: dict):
                 probs = self.model(x).float().softmax(-1).cpu().numpy()
             return list(probs)
 
-    app = FastAPI(title="digzsl-ray classifier", version="1")
+    # No /docs, /redoc, /openapi.json unless serve.docs (they describe the service to anyone who asks);
+    # no slash redirects (/v1/classify/ is a JSON 404, not an empty 307).
+    docs = bool(sc.get("docs", False))
+    app = FastAPI(title="digzsl-ray classifier", version="1", docs_url="/docs" if docs else None,
+                  redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None,
+                  redirect_slashes=False)
 
     # Handlers must be registered before @serve.ingress(app), which pickles the app as it is then.
     @app.exception_handler(404)
@@ -215,6 +245,11 @@ def build_app(args: dict):
 
     @app.exception_handler(Exception)
     async def internal(request, exc):
+        from starlette.requests import ClientDisconnect
+
+        if isinstance(exc, ClientDisconnect):  # the client went away: nothing to answer, nothing to alert on
+            log.debug("client disconnected on %s", request.url.path)
+            return JSONResponse({"error": "client disconnected"}, status_code=499)
         log.exception("unhandled error on %s", request.url.path)
         return JSONResponse({"error": "internal error"}, status_code=500)
 
@@ -228,21 +263,42 @@ def build_app(args: dict):
             self.classifier, self.meta, self.limits, self.size = classifier, meta, limits, image_size
             self.seen = set(meta["seen"])
 
+        def _check_headers(self, request: Request) -> None:
+            size = sum(len(k) + len(v) + 4 for k, v in request.headers.raw)
+            if size > self.limits["max_header_bytes"]:
+                raise RequestError(431, f"request headers too large: {size} bytes, the limit is "
+                                        f"{self.limits['max_header_bytes']}")
+
         async def _body(self, request: Request) -> bytes:
+            """The whole body within ``body_timeout_s`` and ``max_body_bytes``: a client that sends
+            slowly, or promises more than it sends, is cut off (408) instead of holding a slot."""
+            from starlette.requests import ClientDisconnect
+
             limit = self.limits["max_body_bytes"]
             cl = request.headers.get("content-length")
             if cl is not None:
                 try:
                     if int(cl) > limit:
-                        raise RequestError(413, f"request body too large: {cl} bytes, the limit is {limit}")
+                        raise RequestError(413, f"request body too large: {cl[:20]} bytes, the limit is {limit}")
                 except ValueError:
-                    raise RequestError(400, f"bad Content-Length header {cl!r}") from None
+                    raise RequestError(400, f"bad Content-Length header {_echo(cl)}") from None
             chunks, total = [], 0
-            async for chunk in request.stream():
-                total += len(chunk)
-                if total > limit:
-                    raise RequestError(413, f"request body too large: over {limit} bytes")
-                chunks.append(chunk)
+
+            async def read() -> None:
+                nonlocal total
+                async for chunk in request.stream():
+                    total += len(chunk)
+                    if total > limit:
+                        raise RequestError(413, f"request body too large: over {limit} bytes")
+                    chunks.append(chunk)
+
+            try:
+                await asyncio.wait_for(read(), timeout=self.limits["body_timeout_s"])
+            except asyncio.TimeoutError:
+                raise RequestError(408, f"request body not received within {self.limits['body_timeout_s']} s "
+                                        f"({total} bytes arrived)") from None
+            except ClientDisconnect:
+                raise RequestError(499, "client disconnected") from None
             body = b"".join(chunks)
             request._body = body  # starlette's body cache: lets request.form() parse what was read
             return body
@@ -256,9 +312,12 @@ def build_app(args: dict):
                     form = await request.form(max_files=2, max_fields=10)
                 except Exception as e:  # malformed multipart
                     raise RequestError(400, f"malformed multipart body ({type(e).__name__})") from None
-                upload = form.get("image")
-                if upload is None:
+                uploads = form.getlist("image")
+                if not uploads:
                     raise RequestError(400, "missing form field 'image' (send the image as multipart field 'image')")
+                if len(uploads) > 1:
+                    raise RequestError(400, f"{len(uploads)} form fields 'image'; send one image per request")
+                upload = uploads[0]
                 data = await upload.read() if hasattr(upload, "read") else str(upload).encode()
                 return data, form.get("k", k)
             if ctype == "application/json":
@@ -267,6 +326,8 @@ def build_app(args: dict):
                     obj = json.loads(body)
                 except ValueError:
                     raise RequestError(400, "body is not valid JSON") from None
+                except RecursionError:
+                    raise RequestError(400, "JSON body nested too deeply") from None
                 if not isinstance(obj, dict) or "image_base64" not in obj:
                     raise RequestError(400, "missing field 'image_base64' in the JSON body")
                 if not isinstance(obj["image_base64"], str):
@@ -276,16 +337,18 @@ def build_app(args: dict):
                 except (binascii.Error, ValueError):
                     raise RequestError(400, "field 'image_base64' is not valid base64") from None
                 return data, obj.get("k", k)
-            raise RequestError(415, f"unsupported content type {ctype or '(none)'!r}: send multipart/form-data "
+            raise RequestError(415, f"unsupported content type {_echo(ctype) if ctype else '(none)'}: send multipart/form-data "
                                     f"with a field 'image', or application/json with 'image_base64'")
 
         @app.post("/v1/classify")
         async def classify(self, request: Request):
             try:
+                self._check_headers(request)
                 data, raw_k = await self._image_and_k(request)
                 k = parse_k(raw_k, self.limits["default_k"], len(self.meta["classes"]))
                 # decoding is CPU work: off the event loop, so one big image does not stall the replica
-                img = await asyncio.to_thread(decode_image, data, self.size, self.limits["max_pixels"])
+                img = await asyncio.to_thread(decode_image, data, self.size, self.limits["max_pixels"],
+                                              self.limits["max_jpeg_scans"])
             except RequestError as e:
                 return JSONResponse({"error": e.message}, status_code=e.status)
             try:
@@ -313,7 +376,7 @@ def build_app(args: dict):
     cfg_json = json.loads(Path(meta["classifier_dir"], "config.json").read_text())
     threads = max(1, int(sc["num_cpus"]))
     classifier = Classifier.bind(meta["classifier_dir"], sc["max_batch_size"], sc["batch_wait_timeout_s"], threads)
-    limits = {k: sc[k] for k in ("max_body_bytes", "max_pixels", "default_k")}
+    limits = {k: sc[k] for k in LIMIT_KEYS}
     return Ingress.bind(classifier, {k: meta[k] for k in ("classes", "seen", "lambda", "model_version")}, limits,
                         int(cfg_json["image_size"]))
 
@@ -331,8 +394,14 @@ def serve_blocking(args) -> int:
     cfg = run_config(Path(args.run), overrides)
     host = args.host or cfg.serve.host
     port = args.port or cfg.serve.port
+    import signal
+
+    def on_sigterm(signum, frame):  # `kill`, systemd, Kubernetes: stop like Ctrl-C, replicas included
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     init_ray()
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": cfg.serve.request_timeout_s})
     app_args = {"run_dir": str(Path(args.run).resolve())} | {k: v for k, v in cfg.serve.model_dump().items()
                                                              if k in OVERRIDABLE}
     serve.run(build_app(app_args), name="digzsl", route_prefix="/")
@@ -342,5 +411,10 @@ def serve_blocking(args) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        serve.shutdown()
+        pass
+    finally:
+        import ray
+
+        serve.shutdown()  # the proxy and every replica (each in its own process group) stop with it
+        ray.shutdown()
     return 0

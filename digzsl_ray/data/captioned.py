@@ -47,20 +47,29 @@ def read_captioned_folder(root: str | Path, check_images: bool = True) -> Captio
         raise CaptionedFolderError(f"{meta}: not found; a captioned folder needs {METADATA} (see docs/dataset-format.md)")
     files: list[str] = []
     caps: list[str] = []
-    with open(meta, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(meta, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CaptionedFolderError(f"{meta}:{lineno}: not UTF-8 text (byte {e.start} of the line)") from None
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise CaptionedFolderError(f"{meta}:{lineno}: not valid JSON ({e.msg})") from e
+                raise CaptionedFolderError(f"{meta}:{lineno}: not valid JSON ({e.msg})") from None
+            except RecursionError:
+                raise CaptionedFolderError(f"{meta}:{lineno}: JSON nested too deeply") from None
             if not isinstance(obj, dict) or "file_name" not in obj or "text" not in obj:
                 raise CaptionedFolderError(f"{meta}:{lineno}: expected an object with 'file_name' and 'text', got {line.strip()[:80]}")
-            text = obj["text"]
+            text, name = obj["text"], obj["file_name"]
+            if not isinstance(name, str) or not name.strip():
+                raise CaptionedFolderError(f"{meta}:{lineno}: 'file_name' must be a relative path string, got "
+                                           f"{str(name)[:80]}")
             if not isinstance(text, str) or not text.strip():
-                raise CaptionedFolderError(f"{meta}:{lineno}: empty caption for {obj['file_name']!r}")
-            files.append(str(obj["file_name"]))
+                raise CaptionedFolderError(f"{meta}:{lineno}: empty caption for {name[:80]!r}")
+            files.append(name)
             caps.append(text.strip())
     if not files:
         raise CaptionedFolderError(f"{meta}: no entries")

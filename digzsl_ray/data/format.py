@@ -66,13 +66,20 @@ def read_dataset(root: str | Path, val_fraction: float = 0.1, seed: int = 0) -> 
         raise DatasetFormatError(f"{meta_path}: not found; expected a digzsl dataset directory (see docs/dataset-format.md)")
     try:
         meta = read_json(meta_path)
-    except ValueError as e:
-        raise DatasetFormatError(f"{meta_path}: not valid JSON ({e})") from e
+    except ValueError as e:  # also UnicodeDecodeError: not UTF-8
+        raise DatasetFormatError(f"{meta_path}: not valid JSON, or not UTF-8 ({str(e)[:200]})") from None
+    except RecursionError:
+        raise DatasetFormatError(f"{meta_path}: nested too deeply") from None
+    if not isinstance(meta, dict):
+        raise DatasetFormatError(f"{meta_path}: expected a JSON object, got a {type(meta).__name__}")
     if meta.get("format") != FORMAT:
         raise DatasetFormatError(f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
     for key in ("name", "classes", "unseen"):
         if key not in meta:
             raise DatasetFormatError(f"{meta_path}: missing key {key!r}")
+    for key in ("classes", "unseen", "val_classes"):
+        if key in meta and not (isinstance(meta[key], list) and all(isinstance(c, str) for c in meta[key])):
+            raise DatasetFormatError(f"{meta_path}: {key!r} must be a list of class names (strings)")
     classes = [str(c) for c in meta["classes"]]
     index: dict[str, int] = {}
     for i, c in enumerate(classes):
@@ -93,18 +100,24 @@ def read_dataset(root: str | Path, val_fraction: float = 0.1, seed: int = 0) -> 
         path = root / "splits" / f"{split}.csv"
         if not path.is_file():
             raise DatasetFormatError(f"{path}: not found; every dataset needs splits/{{{','.join(SPLITS)}}}.csv")
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header != ["path", "label"]:
-                raise DatasetFormatError(f"{path}:1: header is {header}, expected ['path', 'label']")
-            out: list[Item] = []
-            for lineno, row in enumerate(reader, start=2):
-                if len(row) != 2 or not row[0]:
-                    raise DatasetFormatError(f"{path}:{lineno}: expected 'path,label', got {row}")
-                names = row[1].split("|") if multi else [row[1]]
-                labels = tuple(lookup(n, f"{path}:{lineno}") for n in names)
-                out.append(Item(resolve(root, row[0]), labels))
+        out: list[Item] = []
+        lineno = 1
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.reader(f)
+                header = next(reader, None)
+                if header != ["path", "label"]:
+                    raise DatasetFormatError(f"{path}:1: header is {str(header)[:100]}, expected ['path', 'label']")
+                for lineno, row in enumerate(reader, start=2):
+                    if len(row) != 2 or not row[0]:
+                        raise DatasetFormatError(f"{path}:{lineno}: expected 'path,label', got {str(row)[:200]}")
+                    names = row[1].split("|") if multi else [row[1]]
+                    labels = tuple(lookup(n, f"{path}:{lineno}") for n in names)
+                    out.append(Item(resolve(root, row[0]), labels))
+        except UnicodeDecodeError as e:
+            raise DatasetFormatError(f"{path}: not UTF-8 text (byte offset {e.start}); save it as UTF-8") from None
+        except csv.Error as e:
+            raise DatasetFormatError(f"{path}:{lineno + 1}: not valid CSV ({e})") from None
         items[split] = out
     split = ZSLSplit(
         name=str(meta["name"]),
