@@ -78,7 +78,8 @@ def server(tmp_path_factory):
     port = _free_port()
     ray.init(num_cpus=4, include_dashboard=False, _temp_dir=tmp, logging_level="ERROR")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"run_dir": str(run), "min_replicas": 2}), name="digzsl", route_prefix="/")
+    serve.run(build_app({"run_dir": str(run), "min_replicas": 2, "body_timeout_s": 1.5}), name="digzsl",
+              route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     client = httpx.Client(base_url=url, timeout=30)
     for _ in range(100):
@@ -277,3 +278,171 @@ def test_replica_memory_steady_and_kill_under_load(server):
     assert not [s for _, s in log if 400 <= s < 500]
     after = [t for t, s in log if s == 200 and t > t_kill]
     assert after and after[0] - t_kill < 5.0  # answers again within seconds
+
+
+# Hostile clients (issue: bad input found by an outside test). Bounded in count and time, loopback only.
+def _raw(url: str, payload: bytes, read_timeout: float = 10.0) -> tuple[int | None, bytes]:
+    """Send raw bytes on a fresh connection; return (status, body) of the answer (None: no answer)."""
+    import socket
+
+    host, port = url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=read_timeout) as sock:
+        sock.sendall(payload)
+        data = b""
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if b"\r\n\r\n" in data:
+                    head, _, rest = data.partition(b"\r\n\r\n")
+                    cl = [ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")]
+                    if cl and len(rest) >= int(cl[0].split(b":")[1]):
+                        break
+        except socket.timeout:
+            pass
+    if not data.startswith(b"HTTP/"):
+        return None, data
+    return int(data.split(b" ")[1]), data.partition(b"\r\n\r\n")[2]
+
+
+def test_deeply_nested_json_is_a_400(server):
+    body = b'{"image_base64": ' + b"[" * 90_000 + b"]" * 90_000 + b"}"  # 180 KB, under this server's body limit
+    r = server["client"].post("/v1/classify", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]
+
+
+def test_jpeg_with_thousands_of_scans_is_refused_before_decoding(server):
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(buf, format="JPEG", progressive=True)
+    good = buf.getvalue()
+    from digzsl_ray.serve import jpeg_scans
+
+    assert 1 <= jpeg_scans(good) <= 20
+    r = server["client"].post("/v1/classify", files={"image": ("x.jpg", good, "image/jpeg")})
+    assert r.status_code == 200
+    crafted = good[:-2] + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00" * 5000 + b"\xff\xd9"
+    t0 = time.time()
+    r = server["client"].post("/v1/classify", files={"image": ("x.jpg", crafted, "image/jpeg")})
+    assert r.status_code == 400 and "scans" in r.json()["error"] and time.time() - t0 < 5
+
+
+def test_slow_and_short_bodies_are_cut_and_do_not_stall_the_service(server):
+    import socket
+
+    host, port = server["url"].split("//")[1].split(":")
+    head = (b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n")
+    slow = []
+    try:
+        for _ in range(40):  # each promises 100,000 bytes and sends 20
+            s = socket.create_connection((host, int(port)), timeout=15)
+            s.sendall(head + b'{"image_base64": "a')
+            slow.append(s)
+        t0 = time.time()
+        ok = server["client"].get("/healthz")
+        good = server["client"].post("/v1/classify", files={"image": ("x.png", png_bytes(7), "image/png")})
+        assert ok.status_code == 200 and good.status_code == 200 and time.time() - t0 < 5
+        answers = []
+        for s in slow:
+            data = b""
+            try:
+                while b"\r\n\r\n" not in data:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+            except socket.timeout:
+                pass
+            answers.append(data.split(b" ")[1] if data.startswith(b"HTTP/") else b"none")
+        assert set(answers) == {b"408"}, answers[:5]
+    finally:
+        for s in slow:
+            s.close()
+
+
+def test_large_headers_are_refused(server):
+    big = "x" * 200_000
+    try:
+        r = server["client"].post("/v1/classify", files={"image": ("x.png", png_bytes(8), "image/png")},
+                                  headers={"x-filler": big})
+        status = r.status_code
+    except httpx.HTTPError:
+        status = None  # the HTTP server itself dropped the connection: also a refusal
+    assert status in (None, 400, 431)
+
+
+def test_docs_off_stats_without_pid_slash_and_duplicate_parts(server):
+    c = server["client"]
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        r = c.get(path)
+        assert r.status_code == 404 and "error" in r.json()
+    assert "pid" not in c.get("/v1/stats").json()
+    r = c.post("/v1/classify/", files={"image": ("x.png", png_bytes(9), "image/png")})
+    assert r.status_code in (404, 405) and "error" in r.json()
+    r = c.post("/v1/classify", files=[("image", ("a.png", png_bytes(10), "image/png")),
+                                      ("image", ("b.png", png_bytes(11), "image/png"))])
+    assert r.status_code == 400 and "2 form fields 'image'" in r.json()["error"]
+    r = c.post("/v1/classify", content=b"abc", headers={"content-type": "text/" + "p" * 10_000})
+    assert r.status_code == 415 and len(r.json()["error"]) < 400
+
+
+def test_images_decode_as_a_viewer_shows_them(server):
+    """16-bit grayscale, transparency and EXIF orientation give the predictions of their plain twin."""
+    c = server["client"]
+
+    def probs(data: bytes) -> list[float]:
+        r = c.post("/v1/classify", files={"image": ("x", data, "application/octet-stream")}, data={"k": "6"})
+        assert r.status_code == 200, r.text
+        return [round(p["probability"], 4) for p in sorted(r.json()["predictions"], key=lambda p: p["class"])]
+
+    def enc(im: Image.Image, fmt: str, **kw) -> bytes:
+        buf = io.BytesIO()
+        im.save(buf, format=fmt, **kw)
+        return buf.getvalue()
+
+    grey8 = Image.fromarray(np.full((24, 24), 128, dtype=np.uint8))
+    grey16 = Image.fromarray(np.full((24, 24), 128 * 257, dtype=np.uint16))
+    assert probs(enc(grey16, "PNG")) == probs(enc(grey8.convert("RGB"), "PNG"))
+    rgba = np.zeros((24, 24, 4), dtype=np.uint8)
+    rgba[..., 0] = 255  # red hidden under transparent pixels
+    white = Image.new("RGB", (24, 24), (255, 255, 255))
+    assert probs(enc(Image.fromarray(rgba, "RGBA"), "PNG")) == probs(enc(white, "PNG"))
+    arr = np.random.default_rng(3).integers(0, 255, (24, 24, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 3  # rotate 180 degrees to display
+    rotated = enc(Image.fromarray(arr[::-1, ::-1].copy()), "PNG", exif=exif.tobytes())
+    assert probs(rotated) == probs(enc(Image.fromarray(arr), "PNG"))
+
+
+def test_latency_and_memory_before_and_after_a_hostile_run(server):
+    """p50 of a good request and the model replicas' memory, before and after a burst of hostile requests."""
+    import psutil
+
+    c = server["client"]
+
+    def p50() -> float:
+        ts = []
+        for i in range(40):
+            t0 = time.perf_counter()
+            assert c.post("/v1/classify", files={"image": ("x.png", png_bytes(2000 + i), "image/png")}).status_code == 200
+            ts.append(time.perf_counter() - t0)
+        return float(np.median(ts)) * 1000
+
+    def replica_mb() -> float:
+        procs = [p for p in psutil.process_iter(["cmdline"]) if "ServeReplica:digzsl:Classifier" in " ".join(p.info["cmdline"] or [])]
+        return sum(p.memory_info().rss for p in procs) / 2**20
+
+    before, mem_before = p50(), replica_mb()
+    hostile = [dict(content=b'{"image_base64": ' + b"[" * 20_000 + b"]" * 20_000 + b"}",
+                    headers={"content-type": "application/json"}),
+               dict(files={"image": ("x.png", _big_png(3000), "image/png")}),
+               dict(files={"image": ("x.png", _truncated_png(), "image/png")}),
+               dict(files={"image": ("x.png", b"\xff\xd8" + b"\xff\xda" * 1000, "image/jpeg")})]
+    for i in range(200):
+        assert c.post("/v1/classify", **hostile[i % len(hostile)]).status_code in (400, 413)
+    after, mem_after = p50(), replica_mb()
+    print(f"\nserve hostile run: p50 {before:.1f} -> {after:.1f} ms, replica RSS {mem_before:.0f} -> {mem_after:.0f} MB")
+    assert after < 3 * before + 20
+    assert mem_after < 1.2 * mem_before + 50

@@ -1,0 +1,66 @@
+"""`digzsl serve` as a process: SIGTERM stops the endpoint and every replica it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+import pytest
+
+from test_serve import make_run_dir
+
+pytestmark = pytest.mark.ray
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _replicas() -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "ServeReplica:digzsl" in " ".join(p.info["cmdline"] or []):
+                out.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return out
+
+
+def test_sigterm_shuts_down_serve_and_its_replicas(tmp_path):
+    assert not _replicas(), "replicas of another test are still running"
+    run = make_run_dir(tmp_path)
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_TMPDIR": "/tmp"}
+    proc = subprocess.Popen([sys.executable, "-m", "digzsl_ray.cli", "serve", "--run", str(run), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("digzsl serve did not come up: " + proc.stdout.read1().decode()[-2000:])
+        assert _replicas()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=90)
+        deadline = time.time() + 30
+        while _replicas() and time.time() < deadline:
+            time.sleep(0.5)
+        assert not _replicas(), "replicas outlived `digzsl serve`"
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
