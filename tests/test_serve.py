@@ -89,7 +89,7 @@ def server(tmp_path_factory):
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    yield {"url": url, "client": client, "run": run}
+    yield {"url": url, "client": client, "run": run, "ray_tmp": tmp}
     client.close()
     serve.shutdown()
     ray.shutdown()
@@ -446,3 +446,19 @@ def test_latency_and_memory_before_and_after_a_hostile_run(server):
     print(f"\nserve hostile run: p50 {before:.1f} -> {after:.1f} ms, replica RSS {mem_before:.0f} -> {mem_after:.0f} MB")
     assert after < 3 * before + 20
     assert mem_after < 1.2 * mem_before + 50
+
+
+def test_client_disconnects_are_not_logged_as_unhandled_errors(server):
+    import socket
+
+    host, port = server["url"].split("//")[1].split(":")
+    for _ in range(10):
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 5000\r\n\r\n" + b'{"image_base64": "' + b"a" * 100)
+    time.sleep(3)
+    assert server["client"].get("/healthz").status_code == 200
+    logs = list(Path(server["ray_tmp"]).rglob("serve/replica_digzsl_Ingress_*.log"))
+    assert logs
+    text = "".join(p.read_text(errors="replace") for p in logs)
+    assert "unhandled error" not in text and "ClientDisconnect" not in text
