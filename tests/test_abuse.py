@@ -10,15 +10,14 @@ import io
 import json
 import shutil
 from pathlib import Path
-from typing import get_args, get_origin
 
 import pytest
 from pydantic import BaseModel
+from tiny import make_tiny_dataset
 
 from digzsl_ray.config import PretrainConfig, validate_config
 from digzsl_ray.errors import UserError
 from digzsl_ray.methods import get_method
-from tiny import make_tiny_dataset
 
 HOSTILE = [None, True, False, 0, -1, -(2**31), 2**31, 2**63, 10**30, 0.5, -0.5, float("inf"), float("-inf"),
            float("nan"), 1e308, "", " ", "x" * 5000, "1:30", "0x10", "\x00", "\u202e", [], [None], ["x"] * 3,

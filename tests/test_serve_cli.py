@@ -12,7 +12,6 @@ import time
 import httpx
 import psutil
 import pytest
-
 from test_serve import make_run_dir
 
 pytestmark = pytest.mark.ray

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from tiny import make_tiny_dataset, tiny_overrides
@@ -115,39 +114,3 @@ def test_incomplete_outputs_are_not_complete(data, tmp_path):
         if stage.name in ("prototypes", "train-cdm"):
             assert not stage.complete(ctx), stage.name
     assert not METHOD.stage("evaluate").complete(ctx)  # always reassembled
-
-
-def test_plan_shards_is_deterministic_and_keyed_by_what_images_depend_on():
-    from digzsl_ray.generation import plan_shards, shard_rows
-
-    classes = [{"name": "red ring", "label": 3, "slug": "red-ring", "prompts": ["p"] * 5, "token": "<t>",
-                "token_sha256": "aa"}]
-    a = plan_shards("dct", classes, rows_per_shard=2, seed=1, settings="s")
-    assert [len(s.seeds) for s in a] == [2, 2, 1] and a == plan_shards("dct", classes, 2, 1, "s")
-    assert len({sd for s in a for sd in s.seeds}) == 5
-    assert plan_shards("dct", classes, 2, 1, "other")[0].shard_id != a[0].shard_id
-    relearned = [dict(classes[0], token_sha256="bb")]
-    assert plan_shards("dct", relearned, 2, 1, "s")[0].shard_id != a[0].shard_id
-    assert plan_shards("dct", relearned, 2, 1, "s")[0].seeds == a[0].seeds  # same latents, new token
-    rows = shard_rows(a)
-    assert [r["index"] for r in rows] == [0, 1, 0, 1, 0] and {r["label"] for r in rows} == {3}
-
-
-def test_keep_thresholds_keep_the_top_fraction():
-    from digzsl_ray.generation import keep_thresholds
-
-    t = keep_thresholds({"a": [0.1, 0.9, 0.5, 0.7], "b": [0.2]}, 0.5)
-    assert t == {"a": 0.7, "b": 0.2}
-    assert keep_thresholds({"a": [0.1, 0.9]}, 1.0) == {"a": None}
-
-
-def test_balance_replicates_rows_to_the_target_in_expectation():
-    from digzsl_ray.methods.digzsl.stages.classifier import balance
-
-    batch = {"label": np.array([0] * 10 + [1] * 40), "x": np.arange(50)}
-    totals = {0: 0, 1: 0}
-    for _ in range(200):
-        out = balance(batch, {0: 2.5, 1: 0.5})
-        for y in (0, 1):
-            totals[y] += int((out["label"] == y).sum())
-    assert abs(totals[0] / 200 - 25) < 1.5 and abs(totals[1] / 200 - 20) < 1.5
