@@ -20,7 +20,7 @@ ABOUT = {
                 "restored after each step). Each in its own process; median of the timed updates.",
     "token_scaling": "Classes per hour of the token stage with 1 and 2 actors, each held to one core "
                      "(`tokens.num_cpus=1`, one torch thread), actor start-up included; then 1,000 simulated "
-                     "classes over 64 simulated actors on the real scheduling code (`digzsl_ray.pool.run_pool`), "
+                     "classes over 64 simulated actors on the real scheduling code (`digzsl_ray.distributed.pool.run_pool`), "
                      "each class sleeping for a duration drawn from the measured ones (scaled by `sim_time_scale`): "
                      "makespan over the ideal `max(sum/64, max)` and idle actor time per class.",
     "generation": "Images per second through the Ray Data generation stage (`map_batches(ImageGenerator, "

@@ -4,7 +4,7 @@
    one actor and once with two, each actor held to one core (``tokens.num_cpus=1``, one torch
    thread), so the speedup measures the scheduling, not thread counts. Wall time of the stage,
    actor start-up included. Prototypes and the CDM are trained once beforehand (not timed).
-2. Simulated: 1,000 classes over 64 actors on the real scheduling code (``digzsl_ray.pool.run_pool``)
+2. Simulated: 1,000 classes over 64 actors on the real scheduling code (``digzsl_ray.distributed.pool.run_pool``)
    where each "class" sleeps for a duration drawn from the per-class durations measured in 1,
    scaled by ``--time-scale`` (default 1: as measured). Reports the makespan against the ideal
    ``max(sum(d) / 64, max(d))`` and the scheduling overhead per class,

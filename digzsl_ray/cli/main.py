@@ -13,14 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from digzsl_ray.cli.common import (
-    add_config_args,
-    guarded,
-    load_run_config,
-    setup_logging,
-)
-
-EXIT_USER_ERROR = 2
+from digzsl_ray.cli.common import add_config_args, guarded, load_run_config, setup_logging
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,13 +2,13 @@
 
 Each actor owns one Stable Diffusion pipeline and the CDM (``num_gpus`` from the config: 1 on a
 GPU cluster, so pending actors make the autoscaler add GPU nodes) and learns tokens for the
-shards of classes the pool hands it (:mod:`digzsl_ray.pool`). The driver writes every class's
+shards of classes the pool hands it (:mod:`digzsl_ray.distributed.pool`). The driver writes every class's
 result atomically the moment it arrives:
 
 ```
 OUT/tokens/<slug>.safetensors   {token: embedding}, diffusers' textual-inversion format
 OUT/tokens/index.json           per class: name, token, updates, stop reason, CDM accuracy, curves
-OUT/tokens/summary.json         fresh-seed CDM (and MiniWorld oracle) accuracy: plain prompt,
+OUT/tokens/summary.json         fresh-seed CDM (and, when the world has one, oracle) accuracy: plain prompt,
                                 untrained token, learned token; per class and mean
 ```
 A rerun skips classes already in the index with their file present; a class whose actor died is
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger("digzsl")
+
 
 class TokenStageError(UserError):
     """Bad input to token learning, found before any model loads."""
