@@ -124,11 +124,14 @@ def build_classifier(cfg_cls, models_cfg, num_classes: int, device, prototypes: 
     CLIP model (loaded for the CLIP backbones, read for ResNet-18 so both see the same images)."""
     from digzsl_ray.models.presets import clip_image_size, clip_norm, load_clip
 
-    clip_model, _, _ = load_clip(models_cfg.clip, models_cfg.clip_pretrained, device=device)
-    size, (mean, std) = clip_image_size(clip_model), clip_norm(clip_model)
     if cfg_cls.backbone.startswith("clip"):
+        clip_model, _, _ = load_clip(models_cfg.clip, models_cfg.clip_pretrained, device=device)
+        size, (mean, std) = clip_image_size(clip_model), clip_norm(clip_model)
         return ZSLClassifier(cfg_cls.backbone, num_classes, cfg_cls.head, size, mean, std, clip_model,
                              prototypes=prototypes).to(device)
+    clip_model, _, _ = load_clip(models_cfg.clip, models_cfg.clip_pretrained)  # on the CPU, read and dropped
+    size, (mean, std) = clip_image_size(clip_model), clip_norm(clip_model)
+    del clip_model
     return ZSLClassifier("resnet18", num_classes, cfg_cls.head, size, mean, std).to(device)
 
 

@@ -48,6 +48,14 @@ def runtime(default: Any = PydanticUndefined, **kwargs) -> Any:
     return Field(default, json_schema_extra=extra, **kwargs)
 
 
+def measurement(default: Any = PydanticUndefined, **kwargs) -> Any:
+    """A field that only changes how a stage *measures* its outputs (fresh-seed evaluation), never
+    the outputs other stages consume: left out of stage fingerprints like :func:`runtime`; the
+    measurement records the value it used."""
+    extra = dict(kwargs.pop("json_schema_extra", None) or {}, affects_outputs=False, measurement=True)
+    return Field(default, json_schema_extra=extra, **kwargs)
+
+
 def affects_outputs(model: type[BaseModel], name: str) -> bool:
     extra = model.model_fields[name].json_schema_extra
     return not (isinstance(extra, dict) and extra.get("affects_outputs") is False)
@@ -225,9 +233,12 @@ def _construct_int(loader, node):
 
 
 def _construct_mapping(loader, node, deep=False):
-    loader.flatten_mapping(node)
+    """A mapping whose keys are unique as written (merge keys ``<<:`` may bring keys that the
+    mapping then overrides: that is what merging is for, not a duplicate)."""
     seen: dict = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
         key = loader.construct_object(key_node, deep=True)
         try:
             dup = key in seen
@@ -238,6 +249,7 @@ def _construct_mapping(loader, node, deep=False):
             raise ConfigError(f"line {key_node.start_mark.line + 1}: key {short(key, 60)} appears twice in one "
                               f"mapping (first on line {seen[key] + 1}); keep one")
         seen[key] = key_node.start_mark.line
+    loader.flatten_mapping(node)
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
 
@@ -250,6 +262,8 @@ def parse_yaml(text: str, where: str) -> Any:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: not valid YAML ({short(str(e), 300)})") from None
+    except (ValueError, TypeError) as e:  # a scalar an explicit tag cannot construct (!!int 0b101)
+        raise ConfigError(f"{where}: a value cannot be read ({short(str(e), 200)})") from None
     except RecursionError:
         raise ConfigError(f"{where}: nested too deeply") from None
 

@@ -184,10 +184,12 @@ def build_app(args: dict):
     if "run_dir" not in args:
         raise ValueError("build_app args: missing 'run_dir' (the finished run directory to serve)")
     meta = load_run_meta(args["run_dir"])
-    sc = dict(meta["serve"])
-    for key in OVERRIDABLE:
-        if key in args:
-            sc[key] = type(sc[key])(args[key])
+    # Overrides (serve run / serve deploy args arrive as strings) are validated like the config:
+    # "false" is false, out-of-range values are errors naming the key.
+    from digzsl_ray.config import ServeConfig, validate_config
+
+    overrides = {k: args[k] for k in OVERRIDABLE if k in args}
+    sc = validate_config({**meta["serve"], **overrides}, ServeConfig, "build_app args").model_dump()
     if sc["min_replicas"] > sc["max_replicas"]:
         sc["max_replicas"] = sc["min_replicas"]
 
@@ -382,7 +384,9 @@ def build_app(args: dict):
 
 
 def serve_blocking(args) -> int:
-    """``digzsl serve --run OUT``: a local (or RAY_ADDRESS) cluster, the app on host:port, until Ctrl-C."""
+    """``digzsl serve --run OUT``: a local (or RAY_ADDRESS) cluster, the app on host:port, until Ctrl-C
+    or SIGTERM; either shuts down Serve (proxy and replicas) and the cluster it started, exit code 0."""
+    import signal
     import time
 
     from ray import serve
@@ -394,20 +398,19 @@ def serve_blocking(args) -> int:
     cfg = run_config(Path(args.run), overrides)
     host = args.host or cfg.serve.host
     port = args.port or cfg.serve.port
-    import signal
+    init_ray()
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": cfg.serve.request_timeout_s})
 
     def on_sigterm(signum, frame):  # `kill`, systemd, Kubernetes: stop like Ctrl-C, replicas included
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_sigterm)
-    init_ray()
-    serve.start(http_options={"host": host, "port": port, "request_timeout_s": cfg.serve.request_timeout_s})
+    signal.signal(signal.SIGTERM, on_sigterm)  # after ray.init, which installs a handler of its own
     app_args = {"run_dir": str(Path(args.run).resolve())} | {k: v for k, v in cfg.serve.model_dump().items()
                                                              if k in OVERRIDABLE}
-    serve.run(build_app(app_args), name="digzsl", route_prefix="/")
-    print(f"serving {args.run} on http://{host}:{port}  (POST /v1/classify, GET /v1/classes, GET /healthz); "
-          f"Ctrl-C to stop", flush=True)
-    try:
+    try:  # a signal may come while the replicas still start: shut down all the same
+        serve.run(build_app(app_args), name="digzsl", route_prefix="/")
+        print(f"serving {args.run} on http://{host}:{port}  (POST /v1/classify, GET /v1/classes, GET /healthz); "
+              f"Ctrl-C to stop", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -415,6 +418,9 @@ def serve_blocking(args) -> int:
     finally:
         import ray
 
+        # Shutting down signals Ray's own processes; a second signal must not cut the shutdown short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         serve.shutdown()  # the proxy and every replica (each in its own process group) stop with it
         ray.shutdown()
     return 0

@@ -104,4 +104,15 @@ def test_fingerprint_view_keeps_outputs_and_drops_runtime_fields():
     from digzsl_ray.config import affects_outputs
     marked = {k for k in type(cfg.tokens).model_fields if not affects_outputs(type(cfg.tokens), k)}
     assert marked == {"gradient_checkpointing", "pool_min", "pool_max", "num_gpus", "num_cpus", "shard_size",
-                      "max_retries"}
+                      "max_retries", "eval_images", "eval_seed"}
+
+
+def test_yaml_merge_keys_may_override_and_explicit_tags_fail_cleanly(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("base: &b {epochs: 5, lr: 0.1}\n")
+    p.write_text("cdm: {<<: {epochs: 5, lr: 0.1}, epochs: 10}\n")
+    cfg = load_config(p)
+    assert cfg.cdm.epochs == 10 and cfg.cdm.lr == 0.1
+    p.write_text("cdm:\n  epochs: !!int 0b101\n")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(p)

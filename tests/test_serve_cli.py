@@ -53,7 +53,7 @@ def test_sigterm_shuts_down_serve_and_its_replicas(tmp_path):
             pytest.fail("digzsl serve did not come up: " + proc.stdout.read1().decode()[-2000:])
         assert _replicas()
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=90)
+        assert proc.wait(timeout=90) == 0  # a clean stop, not a death by signal
         deadline = time.time() + 30
         while _replicas() and time.time() < deadline:
             time.sleep(0.5)

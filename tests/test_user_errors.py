@@ -168,6 +168,9 @@ def test_data_check_reports_a_missing_dataset(tmp_path):
 ])
 def test_an_earlier_stage_missing_is_one_line(data, tmp_path, stage, needle):
     out = tmp_path / "run"
+    if stage == "generate":  # the CDM is there; the tokens are what is missing
+        (out / "cdm").mkdir(parents=True)
+        (out / "cdm" / "head.safetensors").write_bytes(b"x")
     assert_user_error(cli(stage, *_digzsl(data), "--out", out), needle, "missing")
     assert not (out / "ray").exists()  # refused before any cluster started
 

@@ -13,7 +13,12 @@ import os
 import sys
 from pathlib import Path
 
-from digzsl_ray.cli.common import add_config_args, guarded, load_run_config, setup_logging
+from digzsl_ray.cli.common import (
+    add_config_args,
+    guarded,
+    load_run_config,
+    setup_logging,
+)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ class Stage:
     help: ClassVar[str] = ""
     writes: ClassVar[dict[str, str]] = {}
     reads: ClassVar[tuple[str, ...]] = ()
+    requires: ClassVar[tuple[str, ...]] = ()  # upstream outputs that must exist (content not fingerprinted)
     depends_on: ClassVar[tuple[str, ...]] = ()
     needs_ray: ClassVar[bool] = True
 
@@ -77,6 +78,10 @@ class Stage:
         """What a complete stage returns without running (default: nothing)."""
         return None
 
+    def required(self, ctx: "Context") -> tuple[str, ...]:
+        """References that must exist before the stage may start (default: ``reads`` + ``requires``)."""
+        return tuple(self.reads) + tuple(self.requires)
+
     # CLI hooks: extra flags of the subcommand, and what it prints.
     @classmethod
     def add_arguments(cls, parser) -> None:
@@ -92,7 +97,7 @@ class Stage:
 def check_inputs(stage: Stage, ctx: "Context") -> None:
     """Every upstream output the stage reads exists, or a :class:`MissingInputError` names the stage
     to run first (checked before any cluster starts or model loads)."""
-    for ref in stage.reads:
+    for ref in stage.required(ctx):
         ctx.require(ref)
 
 
@@ -102,6 +107,10 @@ def execute(stage: Stage, ctx: "Context") -> Any:
     if stage.complete(ctx):
         log.info("%s: complete, skipped", stage.name)
         return stage.cached(ctx)
+    stale = [rel for rel in stage.writes.values() if (ctx.rd.root / rel).exists()]
+    if stale:
+        log.info("%s: %s exist(s) but were made with other settings, an older version, or are incomplete: "
+                 "redoing what differs", stage.name, ", ".join(sorted(stale)[:3]))
     return stage.run(ctx)
 
 

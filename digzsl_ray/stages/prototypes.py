@@ -44,5 +44,8 @@ class PrototypesStage(Stage):
         log.info("prototypes: %d classes x %d dims -> %s", *protos.shape, path)
         return str(path)
 
+    def cached(self, ctx) -> str:
+        return str(ctx.path("prototypes:prototypes"))
+
     def describe(self, ctx, result) -> str:
         return str(result)

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from digzsl_ray.config import RunConfig, Section, TrainWorkers, runtime
+from digzsl_ray.config import RunConfig, Section, TrainWorkers, measurement, runtime
 
 
 class CDMConfig(Section):
@@ -40,8 +40,8 @@ class TokensConfig(Section):
     restrict_to_unseen: bool = Field(True, description="cross-entropy over unseen classes only (False: all classes)")
     gradient_checkpointing: bool = runtime(False, description="recompute UNet activations in the backward pass")
     seed: int = Field(0, ge=0, description="base seed; a class's token is a function of (class, seed)")
-    eval_images: int = Field(24, ge=1, le=100_000, description="fresh images per class for the summary measurement")
-    eval_seed: int = Field(10_000, ge=0, description="seed of the summary images (a separate seed stream from training)")
+    eval_images: int = measurement(24, ge=1, le=100_000, description="fresh images per class for the summary measurement")
+    eval_seed: int = measurement(10_000, ge=0, description="seed of the summary images (a separate seed stream from training)")
     pool_min: int = runtime(1, ge=1, le=100_000, description="actors kept alive: a lost actor is replaced while fewer remain")
     pool_max: int = runtime(2, ge=1, le=100_000, description="actors requested (capped by the number of shards); pending GPU "
                                                "actors make the autoscaler add GPU nodes")

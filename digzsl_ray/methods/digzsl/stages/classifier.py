@@ -240,6 +240,9 @@ class ClassifierStage(Stage):
         chosen = getattr(ctx.args, "variant", "all") if ctx.args is not None else "all"
         return synthetic_variants(ctx.cfg) if chosen == "all" else [chosen]
 
+    def required(self, ctx) -> tuple[str, ...]:
+        return tuple(self.reads) + tuple(f"generate:{v}_manifest" for v in self.variants(ctx))
+
     def variant_fingerprint(self, ctx, variant: str) -> str:
         return self.fingerprint(ctx, variant, file_sha(ctx.path(f"generate:{variant}_manifest")))
 

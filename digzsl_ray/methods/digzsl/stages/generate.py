@@ -65,8 +65,14 @@ class GenerateStage(Stage):
     help = "generate N images per unseen class with the tokens (Ray Data) -> OUT/synthetic/"
     writes = {DCT: "synthetic", f"{DCT}_manifest": "synthetic/_manifest.json",
               "plain_prompt": "synthetic_plain", "plain_prompt_manifest": "synthetic_plain/_manifest.json"}
-    reads = ("learn-tokens:index", "train-cdm:weights")
+    reads = ("train-cdm:weights",)
+    requires = ("learn-tokens:index",)  # its tokens count by identity (sha256), not the index file's bytes
     depends_on = ("generate", "tokens.templates", "models.sd", "models.precision")
+
+    def fingerprint(self, ctx, *extra) -> str:
+        path = ctx.path("learn-tokens:index")
+        tokens = sorted((e["name"], e["sha256"]) for e in read_json(path).values()) if path.is_file() else []
+        return super().fingerprint(ctx, tokens, *extra)
 
     def complete(self, ctx) -> bool:
         fp = self.fingerprint(ctx)

@@ -235,10 +235,10 @@ class TokensStage(Stage):
     writes = {"dir": "tokens", "index": "tokens/index.json", "summary": "tokens/summary.json",
               "progress": "tokens/.progress"}
     reads = ("train-cdm:weights",)
-    # tokens: every learning setting; models.sd/precision: the pipeline; generate.*: the fresh-seed
-    # measurement samples like the generation stage; data.format: which world's oracle measures.
-    depends_on = ("tokens", "models.sd", "models.precision", "generate.num_inference_steps",
-                  "generate.plain_template", "data.format")
+    # tokens: every learning setting (the measurement's eval_* are marked as such); models.sd and
+    # models.precision: the pipeline. The fresh-seed measurement (summary.json) records the settings
+    # it sampled with; changing them does not relearn tokens.
+    depends_on = ("tokens", "models.sd", "models.precision")
 
     def complete(self, ctx) -> bool:
         index, fp, d = load_index(ctx.path("learn-tokens:index")), self.fingerprint(ctx), ctx.path("learn-tokens:dir")
@@ -313,6 +313,9 @@ class TokensStage(Stage):
 
         summary = summarise({k: v for k, v in index.items() if k in {j["slug"] for j in jobs}},
                             oracle=has_oracle(cfg.data))
+        g = cfg.generate
+        summary["measured_with"] = {"eval_images": cfg.tokens.eval_images, "eval_seed": cfg.tokens.eval_seed,
+                                    "num_inference_steps": g.num_inference_steps, "plain_template": g.plain_template}
         write_json(ctx.path("learn-tokens:summary"), summary)
         return summary
 
