@@ -67,8 +67,13 @@ class Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_bools_as_ints_and_bounded(cls, value, info):
-        """``epochs: true`` is an error (not 1); integers above ``MAX_INT`` are errors (not overflows)."""
+        """``epochs: true`` is an error (not 1); integers above ``MAX_INT`` are errors (not overflows);
+        text values hold no control characters (a NUL in a path, a newline in a name)."""
         ann = cls.model_fields[info.field_name].annotation
+        if isinstance(value, str):
+            bad = next((c for c in value if ord(c) < 32 or 127 <= ord(c) < 160), None)
+            if bad is not None:
+                raise ValueError(f"text without control characters (found U+{ord(bad):04X})")
         if ann is int or ann is float:
             if isinstance(value, bool):
                 raise ValueError(f"a number, not {str(value).lower()}")
