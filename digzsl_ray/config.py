@@ -97,6 +97,7 @@ class DataConfig(Section):
                                 "images held out for model selection")
     class_names_file: str = Field("", description="text file with one class name per line in label order; "
                                   "overrides the names of the split files (FLO ships none)")
+    val_seed: int = Field(0, ge=0, description="seed of the validation draw (which trainval images are held out)")
     val_split: int = Field(1, ge=1, le=3, description="xlsa17 trainclassesK/valclassesK list to use as validation classes")
     check_images: bool = runtime(True, description="open every image once before any model work")
     miniworld_seed: int = Field(0, ge=0, description="seed of the rendered MiniWorld (format miniworld)")

@@ -38,9 +38,9 @@ def load_split(data_cfg, out: str | Path | None = None, validate: bool = True, p
     root = dataset_root(data_cfg, out)
     world = get_world(data_cfg.format)
     if world is not None:
-        split = read_dataset(world.prepare(root, data_cfg, progress), data_cfg.val_fraction, seed=0)
+        split = read_dataset(world.prepare(root, data_cfg, progress), data_cfg.val_fraction, seed=data_cfg.val_seed)
     elif data_cfg.format == "digzsl":
-        split = read_dataset(root, data_cfg.val_fraction, seed=0)
+        split = read_dataset(root, data_cfg.val_fraction, seed=data_cfg.val_seed)
     else:
         from digzsl_ray.data.xlsa17 import read_xlsa17
 
@@ -49,7 +49,7 @@ def load_split(data_cfg, out: str | Path | None = None, validate: bool = True, p
         if not data_cfg.dataset:
             raise ConfigError("data.dataset: empty; format 'xlsa17' needs one of CUB, AWA2, SUN, FLO")
         split = read_xlsa17(data_cfg.splits_dir, root, data_cfg.dataset, val_fraction=data_cfg.val_fraction,
-                            val_split=data_cfg.val_split, seed=0,
+                            val_split=data_cfg.val_split, seed=data_cfg.val_seed,
                             class_names_file=data_cfg.class_names_file or None)
     if validate:
         validate_split(split, images=data_cfg.check_images, progress=progress)

@@ -90,6 +90,7 @@ def test_cdm_fingerprint_follows_its_sections_and_upstream_content(data, tmp_pat
     assert cdm.fingerprint(_with(ctx, "cdm.workers.num_workers=3")) == fp  # scaling is not an output
     assert cdm.fingerprint(_with(ctx, "cdm.epochs=4")) != fp
     assert cdm.fingerprint(_with(ctx, "seed=1")) != fp
+    assert cdm.fingerprint(_with(ctx, "data.val_seed=1")) != fp
     assert cdm.fingerprint(_with(ctx, "models.clip=clip-vit-l14")) != fp
     save_prototypes(path, torch.ones(len(ctx.split.classes), 8), ctx.split.classes)  # upstream content changed
     assert cdm.fingerprint(ctx) != fp
@@ -116,3 +117,14 @@ def test_incomplete_outputs_are_not_complete(data, tmp_path):
         if stage.name in ("prototypes", "train-cdm"):
             assert not stage.complete(ctx), stage.name
     assert not METHOD.stage("evaluate").complete(ctx)  # always reassembled
+
+
+def test_val_seed_changes_the_validation_draw_only(data, tmp_path):
+    from digzsl_ray.data import load_split
+
+    a = _ctx(data, tmp_path).split
+    b = load_split(load_run_config(None, tiny_overrides(tmp_path, tmp_path, data) + ["data.val_seed=1"]).data,
+                   validate=False, progress=False)
+    assert a.classes == b.classes and a.unseen == b.unseen
+    assert sorted(i.path for i in a.train_items() + a.val) == sorted(i.path for i in b.train_items() + b.val)
+    assert sorted(i.path for i in a.val) != sorted(i.path for i in b.val)

@@ -157,7 +157,7 @@ class CDMStage(Stage):
     writes = {"dir": "cdm", "config": "cdm/config.json", "weights": "cdm/head.safetensors",
               "scores": "cdm/scores.npz", "metrics": "cdm/metrics.json"}
     reads = ("prototypes:prototypes",)
-    depends_on = ("cdm", "models.clip", "models.clip_pretrained", "seed", "data.val_fraction")
+    depends_on = ("cdm", "models.clip", "models.clip_pretrained", "seed", "data.val_fraction", "data.val_seed")
 
     def complete(self, ctx) -> bool:
         if not all(ctx.path(f"train-cdm:{k}").is_file() for k in ("config", "weights", "scores", "metrics")):

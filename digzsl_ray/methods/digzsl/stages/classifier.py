@@ -229,7 +229,8 @@ class ClassifierStage(Stage):
               PLAIN_PROMPT: "ablation/plain_prompt/classifier",
               f"{PLAIN_PROMPT}_scores": "ablation/plain_prompt/classifier/scores.npz"}
     reads = ("prototypes:prototypes",)
-    depends_on = ("classifier", "models.clip", "models.clip_pretrained", "seed", "data.val_fraction")
+    depends_on = ("classifier", "models.clip", "models.clip_pretrained", "seed", "data.val_fraction",
+                  "data.val_seed")
 
     @classmethod
     def add_arguments(cls, parser) -> None:
