@@ -70,10 +70,15 @@ class Section(BaseModel):
         """``epochs: true`` is an error (not 1); integers above ``MAX_INT`` are errors (not overflows);
         text values hold no control characters (a NUL in a path, a newline in a name)."""
         ann = cls.model_fields[info.field_name].annotation
-        if isinstance(value, str):
-            bad = next((c for c in value if ord(c) < 32 or 127 <= ord(c) < 160), None)
-            if bad is not None:
-                raise ValueError(f"text without control characters (found U+{ord(bad):04X})")
+        if isinstance(value, (bytes, bytearray)):
+            raise ValueError("text, not binary data")
+        for text in (value if isinstance(value, list) else [value]):
+            if isinstance(text, (bytes, bytearray)):
+                raise ValueError("text, not binary data")
+            if isinstance(text, str):
+                bad = next((c for c in text if ord(c) < 32 or 127 <= ord(c) < 160), None)
+                if bad is not None:
+                    raise ValueError(f"text without control characters (found U+{ord(bad):04X})")
         if ann is int or ann is float:
             if isinstance(value, bool):
                 raise ValueError(f"a number, not {str(value).lower()}")
@@ -118,10 +123,26 @@ class ModelsConfig(Section):
 
 
 # 3. Stages -----------------------------------------------------------------------------------------
+def check_template(template: str, **fields) -> str:
+    """``template`` formats with exactly the given fields (``""`` key: one positional ``{}``)."""
+    args = (fields.pop(""),) if "" in fields else ()
+    try:
+        template.format(*args, **fields)
+    except (KeyError, IndexError, ValueError) as e:
+        want = " and ".join(["'{}'"] * bool(args) + [f"'{{{k}}}'" for k in fields])
+        raise ValueError(f"a template using only {want} ({type(e).__name__}: {short(str(e), 60)})") from None
+    return template
+
+
 class PrototypesConfig(Section):
     templates: list[str] = Field(
         default_factory=lambda: ["a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a {}."],
-        min_length=1, description="prompt ensemble; '{}' is replaced by the class name")
+        min_length=1, max_length=1000, description="prompt ensemble; '{}' is replaced by the class name")
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, v: list[str]) -> list[str]:
+        return [check_template(t, **{"": "x"}) for t in v]
 
 
 class TrainWorkers(Section):
@@ -215,9 +236,10 @@ class _Loader(yaml.SafeLoader):
     """
 
 
-_Loader.yaml_implicit_resolvers = {
+_Loader.yaml_implicit_resolvers = {  # YAML 1.1's bool/int/float/timestamp/value rules are not YAML 1.2's
     k: [(tag, rx) for tag, rx in v if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int",
-                                                   "tag:yaml.org,2002:float")]
+                                                   "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp",
+                                                   "tag:yaml.org,2002:value")]
     for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                               list("tTfF"))
@@ -268,6 +290,8 @@ def parse_yaml(text: str, where: str) -> Any:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: not valid YAML ({short(str(e), 300)})") from None
+    except ConfigError:
+        raise
     except (ValueError, TypeError) as e:  # a scalar an explicit tag cannot construct (!!int 0b101)
         raise ConfigError(f"{where}: a value cannot be read ({short(str(e), 200)})") from None
     except RecursionError:

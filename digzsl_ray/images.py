@@ -15,40 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """An RGB image as a viewer shows it: EXIF orientation applied (phone photos), 16-bit grayscale
-    scaled to 8 bits (``convert("RGB")`` would clip it to almost white), transparency composited
-    on :data:`BACKGROUND` (instead of whatever RGB hides under transparent pixels)."""
-    from PIL import ImageOps
-
-    im = ImageOps.exif_transpose(im)
-    if im.mode.startswith("I;16") or im.mode == "I":
-        arr = np.asarray(im, dtype=np.float64)
-        if im.mode.startswith("I;16") or arr.max(initial=0) > 255:
-            arr = arr * (255.0 / 65535.0)
-        im = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
-    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode in ("P", "L", "RGB") and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        im = Image.alpha_composite(Image.new("RGBA", rgba.size, BACKGROUND + (255,)), rgba)
-    return im.convert("RGB")
-
-
-def fit_square(im: Image.Image, size: int) -> Image.Image:
-    """Centre square of the image, resized to ``size x size`` (bicubic).
-
-    Cropping before resizing keeps the work bounded by the input's pixel count (a 1 x 200,000 image
-    never becomes a huge intermediate).
-    """
-    im = to_rgb(im)
-    w, h = im.size
-    if (w, h) == (size, size):
-        return im
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    return im.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+from digzsl_ray.decode import BACKGROUND, fit_square, to_rgb  # noqa: F401 (re-exported)
 
 
 def to_uint8_tensor(im: Image.Image, size: int) -> torch.Tensor:

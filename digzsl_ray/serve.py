@@ -75,11 +75,16 @@ def load_run_meta(run_dir: str | Path) -> dict:
     for f in ("weights.safetensors", "config.json", "classes.json"):
         if not (cdir / f).is_file():
             raise MissingInputError(f"{cdir / f}: missing; serve needs a finished run directory (digzsl run)")
-    classes = json.loads((cdir / "classes.json").read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    try:
+        classes = json.loads((cdir / "classes.json").read_text())
+        metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+        names, seen, unseen = classes["classes"], classes["seen"], classes["unseen"]
+        lam = float(metrics.get("calibration_lambda", 0.0))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise MissingInputError(f"{run_dir}: classifier/classes.json or metrics.json is damaged "
+                                f"({type(e).__name__}: {str(e)[:120]}); rerun `digzsl evaluate` or `digzsl run`") from None
     digest = hashlib.sha256((cdir / "weights.safetensors").read_bytes()).hexdigest()[:12]
-    return {"serve": cfg.serve.model_dump(), "classes": classes["classes"], "seen": classes["seen"],
-            "unseen": classes["unseen"], "lambda": float(metrics.get("calibration_lambda", 0.0)),
+    return {"serve": cfg.serve.model_dump(), "classes": names, "seen": seen, "unseen": unseen, "lambda": lam,
             "model_version": f"{cfg.name}-{digest}", "classifier_dir": str(cdir)}
 
 
@@ -238,12 +243,13 @@ def build_app(args: dict):
     # Handlers must be registered before @serve.ingress(app), which pickles the app as it is then.
     @app.exception_handler(404)
     async def not_found(request, exc):
-        return JSONResponse({"error": f"no route {request.method} {request.url.path}; see /v1/classify, "
-                                      f"/v1/classes, /healthz"}, status_code=404)
+        return JSONResponse({"error": f"no route {request.method[:20]} {_echo(request.url.path)}; see "
+                                      f"/v1/classify, /v1/classes, /healthz"}, status_code=404)
 
     @app.exception_handler(405)
     async def not_allowed(request, exc):
-        return JSONResponse({"error": f"method {request.method} not allowed on {request.url.path}"}, status_code=405)
+        return JSONResponse({"error": f"method {request.method[:20]} not allowed on {_echo(request.url.path)}"},
+                            status_code=405)
 
     @app.exception_handler(Exception)
     async def internal(request, exc):
@@ -362,17 +368,30 @@ def build_app(args: dict):
             preds = top_k(np.asarray(probs), self.meta["classes"], self.seen, self.meta["lambda"], k)
             return {"predictions": preds, "model_version": self.meta["model_version"]}
 
+        def _refused(self, request: Request):
+            try:
+                self._check_headers(request)
+            except RequestError as e:
+                return JSONResponse({"error": e.message}, status_code=e.status)
+            return None
+
         @app.get("/v1/classes")
-        async def classes(self):
+        async def classes(self, request: Request):
+            if (refused := self._refused(request)) is not None:
+                return refused
             return {"classes": [{"name": n, "seen": i in self.seen} for i, n in enumerate(self.meta["classes"])],
                     "model_version": self.meta["model_version"]}
 
         @app.get("/v1/stats")
-        async def stats(self):
+        async def stats(self, request: Request):
+            if (refused := self._refused(request)) is not None:
+                return refused
             return await self.classifier.stats.remote()
 
         @app.get("/healthz")
-        async def healthz(self):
+        async def healthz(self, request: Request):
+            if (refused := self._refused(request)) is not None:
+                return refused
             return {"status": "ok", "model_version": self.meta["model_version"]}
 
     cfg_json = json.loads(Path(meta["classifier_dir"], "config.json").read_text())
@@ -394,10 +413,13 @@ def serve_blocking(args) -> int:
     from digzsl_ray.distributed.cluster import init_ray
 
     overrides = [o if o.startswith("serve.") else f"serve.{o}" for o in args.overrides]
+    if args.host is not None:
+        overrides.append(f"serve.host={args.host}")
+    if args.port is not None:  # validated like the config (1..65535), 0 included
+        overrides.append(f"serve.port={args.port}")
     load_run_meta(args.run)  # a directory that cannot be served is a one-line error before Ray starts
     cfg = run_config(Path(args.run), overrides)
-    host = args.host or cfg.serve.host
-    port = args.port or cfg.serve.port
+    host, port = cfg.serve.host, cfg.serve.port
     init_ray()
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": cfg.serve.request_timeout_s})
 

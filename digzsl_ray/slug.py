@@ -16,6 +16,9 @@ _BAD = re.compile(r"[^a-z0-9]+")
 # and report labels; 200 characters leaves room under the 255-byte file-name limit of every common
 # file system for the longest suffix the stages add.
 MAX_NAME_CHARS = 200
+# Bidirectional overrides, embeddings and isolates: they reorder how a name is displayed (U+202E
+# makes "gpj.exe" read "exe.jpg"). Joiners (U+200C/U+200D) stay allowed: Persian and Indic names use them.
+_BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def slugify(name: str) -> str:
@@ -29,7 +32,7 @@ def unsafe_name_reason(name: str) -> str | None:
         return "it is empty"
     if len(name) > MAX_NAME_CHARS:
         return f"it has {len(name)} characters, more than {MAX_NAME_CHARS}"
-    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")), None)
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") or c in _BIDI), None)
     if bad is not None:
         return f"it contains the control or format character U+{ord(bad):04X}"
     if "/" in name or "\\" in name:

@@ -58,3 +58,29 @@ def test_plain_rgb_is_unchanged_and_augmentation_shift_scales_with_size():
     # the bright 2x2 block moves by at most 32/16 = 2 pixels in each direction
     rows = [int(torch.nonzero(im[0].max(1).values).min()) for im in y]
     assert min(rows) >= 13 and max(rows) <= 17 and len(set(rows)) > 1
+
+
+def test_malformed_exif_does_not_make_an_image_unreadable():
+    arr = np.zeros((10, 20, 3), dtype=np.uint8)
+    arr[:, :10] = 255
+    import struct
+
+    # A little-endian TIFF IFD: Orientation = 6 (SHORT), and XResolution stored as ASCII "abc" where
+    # a RATIONAL belongs (PIL's exif_transpose fails when it rewrites such a block).
+    ifd = struct.pack("<H", 2) + struct.pack("<HHI", 0x0112, 3, 1) + struct.pack("<HH", 6, 0)
+    ifd += struct.pack("<HHI", 0x011A, 2, 4) + b"abc\x00" + struct.pack("<I", 0)
+    exif = b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd
+    out = to_rgb(_reopen(Image.fromarray(arr), "JPEG", exif=exif, quality=95))
+    assert out.size == (10, 20) and np.asarray(out)[:10].mean() > 200
+
+
+def test_float_one_bit_and_16_bit_transparent_images():
+    f = Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32), "F")
+    assert abs(int(np.asarray(to_rgb(f)).mean()) - 127) <= 1
+    one = Image.new("1", (4, 4), 0)
+    one.info["transparency"] = 0
+    assert (np.asarray(to_rgb(one)) == 255).all()
+    g16 = Image.fromarray(np.array([[4, 40000]], dtype=np.uint16))
+    g16.info["transparency"] = 4
+    out = np.asarray(to_rgb(g16))
+    assert out[0, 0].tolist() == [255, 255, 255] and out[0, 1].tolist() == [156, 156, 156]

@@ -19,3 +19,11 @@ def test_unsafe_names(name, reason):
 
 def test_ordinary_names_are_fine():
     assert unsafe_name_reason("grizzly bear") is None
+
+
+def test_joiners_are_names_bidi_overrides_are_not():
+    from digzsl_ray.slug import unsafe_name_reason
+
+    assert unsafe_name_reason("mi\u200cdan") is None  # ZWNJ, ordinary in Persian
+    assert "U+202E" in unsafe_name_reason("gpj\u202eexe")
+    assert "U+2066" in unsafe_name_reason("a\u2066b")

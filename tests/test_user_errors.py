@@ -71,6 +71,21 @@ def test_integers_are_bounded_and_never_bools_or_base_60(override, needle):
     assert_user_error(cli("config", "show", "--set", override), needle)
 
 
+@pytest.mark.parametrize("override, needle", [
+    ('prototypes.templates=["a photo of a {name}"]', "prototypes.templates"),
+    ("generate.plain_template=a photo of {nme}", "generate.plain_template"),
+    ('tokens.templates=["a {token} {nam}"]', "tokens.templates"),
+    ("data.root=!!binary AA==", "binary"),
+])
+def test_bad_templates_and_binary_values(override, needle):
+    assert_user_error(cli("config", "show", "--set", override), needle)
+
+
+def test_dates_are_text_in_yaml_12():
+    r = cli("config", "show", "--set", "name=2024-01-01")
+    assert r.returncode == 0 and "name: '2024-01-01'" in r.stdout
+
+
 def test_yaml_12_scalars_in_files(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("serve:\n  port: 1:30\n")
@@ -191,6 +206,22 @@ def test_a_run_directory_of_another_run(data, tmp_path):
 
 def test_serve_a_directory_without_a_classifier(tmp_path):
     assert_user_error(cli("serve", "--run", tmp_path), "classifier", "missing")
+
+
+def test_serve_a_damaged_run_directory_or_a_bad_port(tmp_path):
+    cdir = tmp_path / "classifier"
+    cdir.mkdir()
+    for f in ("weights.safetensors", "config.json"):
+        (cdir / f).write_text("{}")
+    (cdir / "classes.json").write_text("{not json")
+    assert_user_error(cli("serve", "--run", tmp_path), "damaged")
+    (cdir / "classes.json").write_text('{"classes": ["a"], "seen": [0], "unseen": []}')
+    assert_user_error(cli("serve", "--run", tmp_path, "--port", "0"), "serve.port", ">= 1")
+    assert_user_error(cli("serve", "--run", tmp_path, "--port", "99999"), "serve.port", "<= 65535")
+
+
+def test_miniworld_make_with_unknown_parts(tmp_path):
+    assert_user_error(cli("miniworld", "make", "--out", tmp_path / "w", "--parts", "corpus,foo"), "--parts", "foo")
 
 
 def test_bad_config_writes_nothing(tmp_path):

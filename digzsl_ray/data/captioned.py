@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from digzsl_ray.decode import to_rgb
 from digzsl_ray.errors import UserError
 
 METADATA = "metadata.jsonl"
@@ -102,7 +103,7 @@ def load_images(folder: CaptionedFolder, size: int, indices: list[int] | None = 
     out = np.empty((len(idx), 3, size, size), dtype=np.uint8)
     for j, i in enumerate(tqdm(idx, desc="loading images", unit="img", leave=False, mininterval=1.0)):
         with Image.open(folder.root / folder.files[i]) as im:
-            im = im.convert("RGB")
+            im = to_rgb(im)  # decoded as a viewer shows it, like every other image of the project
             if im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BICUBIC)
             out[j] = np.asarray(im).transpose(2, 0, 1)

@@ -103,7 +103,7 @@ def read_dataset(root: str | Path, val_fraction: float = 0.1, seed: int = 0) -> 
         out: list[Item] = []
         lineno = 1
         try:
-            with open(path, newline="", encoding="utf-8") as f:
+            with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM (Excel) is not part of the header
                 reader = csv.reader(f)
                 header = next(reader, None)
                 if header != ["path", "label"]:

@@ -10,6 +10,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from digzsl_ray.data.split import SPLITS, ZSLSplit
+from digzsl_ray.decode import to_rgb
 from digzsl_ray.errors import UserError, short
 from digzsl_ray.slug import slugify, unsafe_name_reason
 
@@ -85,6 +86,7 @@ def image_problem(path: str) -> str | None:
             im.verify()  # cheap structural check; truncated files fail here or on load
         with Image.open(path) as im:
             im.load()
+            to_rgb(im)  # what training will do with it
     except FileNotFoundError:
         return "missing"
     except Exception as e:

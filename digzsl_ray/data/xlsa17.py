@@ -240,7 +240,11 @@ def _read_att_splits(path: Path) -> tuple[dict[str, np.ndarray], list[str] | Non
 
 def _read_name_list(path: Path) -> list[str]:
     """Cleaned non-empty lines of a class list (testclasses.txt, valclassesK.txt, ...)."""
-    return [clean_class_name(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise Xlsa17Error(f"{path}: not UTF-8 text (byte offset {e.start}); save it as UTF-8") from None
+    return [clean_class_name(line) for line in text.splitlines() if line.strip()]
 
 
 def _read_class_names_file(path: str | Path, n_classes: int | None) -> list[str]:

@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from digzsl_ray.data.format import write_dataset
+from digzsl_ray.errors import UserError
 from digzsl_ray.io import write_bytes, write_json, write_text
 from digzsl_ray.miniworld import world
 from digzsl_ray.slug import slugify
@@ -65,7 +66,7 @@ def make_world(out: str | Path, params: WorldParams, progress: bool = True,
     """
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
-        raise ValueError(f"parts: got {unknown}, expected a subset of {list(PARTS)}")
+        raise UserError(f"--parts: got {unknown}, expected a comma-separated subset of {list(PARTS)}")
     out = Path(out)
     classes = world.all_classes()
     names = [c.name for c in classes]

@@ -7,9 +7,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from digzsl_ray.config import RunConfig, Section, TrainWorkers, measurement, runtime
+from digzsl_ray.config import (
+    RunConfig,
+    Section,
+    TrainWorkers,
+    check_template,
+    measurement,
+    runtime,
+)
 
 
 class CDMConfig(Section):
@@ -50,6 +57,11 @@ class TokensConfig(Section):
     shard_size: int = runtime(1, ge=1, le=100_000, description="classes handed to an actor at a time")
     max_retries: int = runtime(3, ge=0, le=1000, description="re-dispatches of a shard whose actor died")
 
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, v: list[str]) -> list[str]:
+        return [check_template(t, token="t", name="n") for t in v]
+
 
 class GenerateConfig(Section):
     images_per_class: int = Field(100, ge=1, le=10_000_000, description="N synthetic images per unseen class (before filtering)")
@@ -64,6 +76,11 @@ class GenerateConfig(Section):
     seed: int = Field(1, ge=0, description="base seed of generated images")
     plain_prompt: bool = Field(True, description="also generate the plain-prompt set for the ablation")
     plain_template: str = Field("a photo of a {name}", description="prompt of the plain-prompt ablation set")
+
+    @field_validator("plain_template")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        return check_template(v, name="n")
 
 
 class ClassifierConfig(Section):
