@@ -23,11 +23,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _replicas() -> list[psutil.Process]:
+def _replicas(root: psutil.Process) -> list[psutil.Process]:
+    """Serve replica processes started under ``root`` (this test's `digzsl serve` and its cluster)."""
     out = []
-    for p in psutil.process_iter(["cmdline"]):
+    for p in root.children(recursive=True):
         try:
-            if "ServeReplica:digzsl" in " ".join(p.info["cmdline"] or []):
+            if "ServeReplica:digzsl" in " ".join(p.cmdline()):
                 out.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
@@ -35,7 +36,6 @@ def _replicas() -> list[psutil.Process]:
 
 
 def test_sigterm_shuts_down_serve_and_its_replicas(tmp_path):
-    assert not _replicas(), "replicas of another test are still running"
     run = make_run_dir(tmp_path)
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_TMPDIR": "/tmp"}
@@ -51,13 +51,14 @@ def test_sigterm_shuts_down_serve_and_its_replicas(tmp_path):
                 time.sleep(0.5)
         else:
             pytest.fail("digzsl serve did not come up: " + proc.stdout.read1().decode()[-2000:])
-        assert _replicas()
+        replicas = _replicas(psutil.Process(proc.pid))
+        assert replicas
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0  # a clean stop, not a death by signal
         deadline = time.time() + 30
-        while _replicas() and time.time() < deadline:
+        while any(p.is_running() for p in replicas) and time.time() < deadline:
             time.sleep(0.5)
-        assert not _replicas(), "replicas outlived `digzsl serve`"
+        assert not [p.pid for p in replicas if p.is_running()], "replicas outlived `digzsl serve`"
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
     finally:
