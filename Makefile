@@ -34,6 +34,7 @@ bench: $(STAMP)
 	test -f $(RUN)/classifier/weights.safetensors || $(MAKE) demo
 	$(BIN)/python benchmarks/serve.py --run $(RUN)
 	$(BIN)/python benchmarks/pipeline.py
+	$(BIN)/python benchmarks/ablation.py
 	$(BIN)/python benchmarks/gpu.py
 	$(BIN)/python benchmarks/make_readme.py
 

@@ -32,6 +32,10 @@ ABOUT = {
              "rest of the single-client latency (HTTP proxy, routing, the ingress-to-model hop).",
     "pipeline": "Wall time per stage and peak resident memory of the whole process tree for `digzsl run --config "
                 "miniworld` (what `make demo` runs), from a fresh run directory.",
+    "ablation": "Every variant's ZSL top-1, GZSL U/S/H, calibration lambda and AUSUC over several seeds of the "
+                "whole MiniWorld pipeline (`python benchmarks/ablation.py --seeds 0 1 2`): each seed sets `seed`, "
+                "`tokens.seed`, `generate.seed` and `data.val_seed` (the world stays the same); mean, sample "
+                "standard deviation and the values.",
     "gpu": "SD-1.5-sized UNet/VAE/text encoder (random weights) at 512x512, 30 steps, fp16: images per second "
            "with SDPA (and xformers), seconds per DCT update, and each as a fraction of the FLOP lower bound at "
            "the GPU's peak. Runs only where CUDA is present.",
@@ -47,7 +51,7 @@ def main() -> None:
              "Scripts in this folder print one JSON line each and save it to `results/<name>.json` with the "
              "machine they ran on. `make bench` runs the CPU ones and rewrites this file. They are never "
              "collected as tests.", ""]
-    for name in ("dct_step", "token_scaling", "generation", "serve", "pipeline", "gpu"):
+    for name in ("dct_step", "token_scaling", "generation", "serve", "pipeline", "ablation", "gpu"):
         p = HERE / "results" / f"{name}.json"
         lines += [f"## {name}", "", ABOUT[name], ""]
         if not p.is_file():
