@@ -46,8 +46,9 @@ MAX_ECHO = 80  # characters of a client's input that an error message may quote
 
 
 def _echo(value) -> str:
-    text = repr(value)
-    return text if len(text) <= MAX_ECHO else text[: MAX_ECHO - 3] + "..."
+    from digzsl_ray.errors import short
+
+    return short(value, MAX_ECHO)
 
 
 class RequestError(Exception):
