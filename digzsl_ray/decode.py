@@ -66,3 +66,21 @@ def fit_square(im: Image.Image, size: int) -> Image.Image:
     return im.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
 
 
+
+
+def image_problem(path) -> str | None:
+    """Why the image file at ``path`` cannot be used (``"missing"``, ``"unreadable (...)"``), or None.
+
+    Opens it the way training will: a structural check, a full decode, and :func:`to_rgb`. One
+    check for every reader (datasets and captioned folders)."""
+    try:
+        with Image.open(path) as im:
+            im.verify()  # cheap structural check; truncated files fail here or on load
+        with Image.open(path) as im:
+            im.load()
+            to_rgb(im)
+    except FileNotFoundError:
+        return "missing"
+    except Exception as e:  # noqa: BLE001 (PIL raises many types for corrupt files)
+        return f"unreadable ({type(e).__name__}: {str(e)[:120]})"
+    return None

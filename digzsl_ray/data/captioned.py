@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from digzsl_ray.decode import to_rgb
+from digzsl_ray.decode import image_problem, to_rgb
 from digzsl_ray.errors import UserError
 
 METADATA = "metadata.jsonl"
@@ -77,24 +77,13 @@ def read_captioned_folder(root: str | Path, check_images: bool = True) -> Captio
     if check_images:
         bad: list[str] = []
         for i, rel in enumerate(tqdm(files, desc="checking images", unit="img", leave=False, mininterval=1.0)):
-            reason = _image_problem(root / rel)
+            reason = image_problem(root / rel)
             if reason:
                 bad.append(f"{meta}:{i + 1}: {rel}: {reason}")
         if bad:
             more = f"\n... and {len(bad) - 10} more" if len(bad) > 10 else ""
             raise CaptionedFolderError(f"{len(bad)} bad image(s) in {root}:\n" + "\n".join(bad[:10]) + more)
     return CaptionedFolder(root, files, caps)
-
-
-def _image_problem(path: Path) -> str | None:
-    if not path.is_file():
-        return "missing"
-    try:
-        with Image.open(path) as im:
-            im.load()
-    except Exception as e:  # PIL raises many types for corrupt files
-        return f"unreadable ({type(e).__name__}: {e})"
-    return None
 
 
 def load_images(folder: CaptionedFolder, size: int, indices: list[int] | None = None) -> np.ndarray:

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from PIL import Image
 from tqdm.auto import tqdm
 
 from digzsl_ray.data.split import SPLITS, ZSLSplit
-from digzsl_ray.decode import to_rgb
+from digzsl_ray.decode import image_problem
 from digzsl_ray.errors import UserError, short
 from digzsl_ray.slug import slugify, unsafe_name_reason
 
@@ -78,20 +77,6 @@ def check_split_structure(split: ZSLSplit) -> None:
     untrained = [split.classes[i] for i in split.seen if i not in trained]
     if untrained:
         raise DatasetError(f"{len(untrained)} seen class(es) have no trainval images: {', '.join(map(repr, untrained[:10]))}")
-
-
-def image_problem(path: str) -> str | None:
-    try:
-        with Image.open(path) as im:
-            im.verify()  # cheap structural check; truncated files fail here or on load
-        with Image.open(path) as im:
-            im.load()
-            to_rgb(im)  # what training will do with it
-    except FileNotFoundError:
-        return "missing"
-    except Exception as e:
-        return f"unreadable ({type(e).__name__})"
-    return None
 
 
 def check_images(split: ZSLSplit, progress: bool = True) -> None:
