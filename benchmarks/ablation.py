@@ -9,8 +9,10 @@ images) and `data.val_seed` (which trainval images are held out for validation).
     {"seeds": [0, 1, 2], "variants": {"dct": {"zsl_top1": {"mean": ..., "std": ..., "values": [...]}, ...},
      ...}, "machine": {...}}
 
-(std: sample standard deviation, ddof=1), plus the validation-vs-test gap of unseen accuracy per
-variant where the evaluation reports it.
+(std: sample standard deviation, ddof=1). `calibrations` holds the same per calibration
+(`synthetic`: lambda on held-out synthetic unseen images; `valclass`: the validation-class protocol on
+real images) with `validation_gzsl_U` and `validation_minus_test_U`, the gap between unseen accuracy
+on the validation data lambda was chosen on and on the real test images.
 
     python benchmarks/ablation.py [--seeds 0 1 2] [--config miniworld] [--out /tmp/digzsl-ablation] [--keep]
 """
@@ -36,17 +38,36 @@ def seed_overrides(seed: int) -> list[str]:
     return [f"seed={seed}", f"tokens.seed={seed}", f"generate.seed={seed + 1}", f"data.val_seed={seed}"]
 
 
+def _stats(values: list[float]) -> dict:
+    return {"mean": round(statistics.fmean(values), 3),
+            "std": round(statistics.stdev(values), 3) if len(values) > 1 else 0.0, "values": values}
+
+
 def summarise(per_seed: dict[int, dict]) -> dict:
+    """mean, std (ddof=1) and values of every metric per variant (the headline calibration), and the
+    same under each calibration with the validation-vs-test gap of unseen accuracy."""
     seeds = sorted(per_seed)
     variants: dict = {}
     for name in per_seed[seeds[0]]["ablation"]:
-        variants[name] = {}
-        for key in METRICS:
-            values = [float(per_seed[s]["ablation"][name][key]) for s in seeds]
-            variants[name][key] = {"mean": round(statistics.fmean(values), 3),
-                                   "std": round(statistics.stdev(values), 3) if len(values) > 1 else 0.0,
-                                   "values": values}
-    return {"seeds": seeds, "variants": variants}
+        variants[name] = {key: _stats([float(per_seed[s]["ablation"][name][key]) for s in seeds]) for key in METRICS}
+    out = {"seeds": seeds, "variants": variants}
+    cals = per_seed[seeds[0]].get("calibrations")
+    if cals:
+        out["headline_calibration"] = per_seed[seeds[0]].get("calibration", "synthetic")
+        by_cal: dict = {}
+        for name, per in cals.items():
+            for cal in per:
+                if cal == "headline" or not all(cal in per_seed[s]["calibrations"].get(name, {}) for s in seeds):
+                    continue
+                rows = [per_seed[s]["calibrations"][name][cal] for s in seeds]
+                entry = {k: _stats([float(r[k]) for r in rows]) for k in
+                         ("zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H", "calibration_lambda")}
+                entry["validation_gzsl_U"] = _stats([float(r["validation"]["gzsl_U"]) for r in rows])
+                entry["validation_minus_test_U"] = _stats(
+                    [round(float(r["validation"]["gzsl_U"]) - float(r["gzsl_U"]), 3) for r in rows])
+                by_cal.setdefault(cal, {})[name] = entry
+        out["calibrations"] = by_cal
+    return out
 
 
 def main() -> None:

@@ -155,6 +155,10 @@ class TrainWorkers(Section):
 class EvaluateConfig(Section):
     lambda_grid: int = Field(101, ge=3, le=100_000, description="calibration lambdas tried on validation data")
     lambda_max: float = Field(1.0, gt=0.0, le=1.0, description="largest calibration lambda (scores are probabilities)")
+    calibration: Literal["synthetic", "valclass"] = Field(
+        "synthetic", description="how the headline lambda is chosen on validation data: 'synthetic' = held-out seen "
+        "images + held-out synthetic unseen images; 'valclass' = the validation-class protocol (seen classes held "
+        "out as pseudo-unseen, real images only; see docs/DESIGN.md). Both are always reported")
 
 
 class ServeConfig(Section):

@@ -63,8 +63,16 @@ def cmd_miniworld_oracle(args) -> int:
 def cmd_miniworld_check(args) -> int:
     from digzsl_ray.miniworld.check import format_check, run_check
 
+    from digzsl_ray.errors import UserError
+    from digzsl_ray.miniworld.check import run_figures, targets
+
+    if args.run and not (Path(args.run) / "evaluation.json").is_file():
+        raise UserError(f"--run: {args.run}/evaluation.json is missing; run `make demo` (or `digzsl run`) first")
     result = run_check(assets=args.assets, world_dir=args.world, n_per_class=args.images_per_class,
                        progress=not args.quiet)
+    if args.run:
+        result["run"] = run_figures(args.run)
+        result["targets"] = targets(result, result["run"])
     print(format_check(result))
     if args.json:
         from digzsl_ray.io import write_json
@@ -134,13 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = mws.add_parser("check", help="measure the shipped MiniWorld models through the real loaders",
                        description="Load the shipped CLIP, SD pipeline and oracle with the loaders that load real "
-                                   "models, and print clip_zero_shot_top1, oracle_acc, sd_plain_prompt_oracle_acc, "
+                                   "models, and print clip_zero_shot_top1 (+ per kind of class name, and among unseen classes), oracle_acc, sd_plain_prompt_oracle_acc, "
                                    "sd_rare/common/unseen_class_oracle_acc, vae_recon_oracle_acc(_min_attribute), "
-                                   "sd_guidance_scale and sd_seconds_per_image (accuracies in percent).")
+                                   "sd_guidance_scale and sd_seconds_per_image (accuracies in percent), then every calibration "
+                                   "target of docs/DESIGN.md section 6, met or missed.")
     p.add_argument("--json", default=None, help="also save the results to this JSON file")
     p.add_argument("--assets", default=None, help="model folder (default: the shipped digzsl_ray/assets/miniworld)")
     p.add_argument("--world", default=None, help="rendered world to read frequencies from (default: render metadata)")
     p.add_argument("--images-per-class", type=int, default=24, help="generated images per class (default 24)")
+    p.add_argument("--run", default=None, help="a finished MiniWorld run directory (`make demo`: runs/miniworld); "
+                                               "adds its calibration targets (no-synthetic ZSL and seen bias, "
+                                               "pipeline minutes, peak memory)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_miniworld_check)
 

@@ -123,12 +123,18 @@ def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.nda
     return m
 
 
-def full_report(test_s, y_s, test_u, y_u, val_s, yv_s, val_u, yv_u, seen, unseen, grid) -> dict:
+def full_report(test_s, y_s, test_u, y_u, val_s, yv_s, val_u, yv_u, seen, unseen, grid,
+                lam: float | None = None) -> dict:
     """Every metric of one model. ``*_s``/``*_u``: scores [N, C] (probabilities) and labels.
 
-    lambda comes from the validation arrays only; test arrays are scored once with it.
+    lambda comes from the validation arrays only (or is given, chosen elsewhere on validation data);
+    test arrays are scored once with it.
     """
-    lam, val = choose_lambda(val_s, yv_s, val_u, yv_u, seen, unseen, grid)
+    if lam is None:
+        lam, val = choose_lambda(val_s, yv_s, val_u, yv_u, seen, unseen, grid)
+    else:
+        val = gzsl(val_s, yv_s, val_u, yv_u, seen, unseen, lam) if len(yv_s) and len(yv_u) else \
+            {"U": float("nan"), "S": float("nan"), "H": float("nan")}
     g = gzsl(test_s, y_s, test_u, y_u, seen, unseen, lam)
     g0 = gzsl(test_s, y_s, test_u, y_u, seen, unseen, 0.0)
     num_classes = test_s.shape[1]
@@ -179,5 +185,6 @@ def format_headline(metrics: dict, variants: tuple[str, ...] | list[str]) -> str
             lines.append(f"{name:<14}{r['zsl_top1']:>9.1f}{r['gzsl_U']:>9.1f}{r['gzsl_S']:>9.1f}{r['gzsl_H']:>9.1f}"
                          f"{r['calibration_lambda']:>9.3f}{r['ausuc']:>9.1f}")
     lines.append(f"(chance ZSL top-1: {metrics['chance_zsl_top1']:.1f}; accuracies in percent, "
-                 f"mean of per-class accuracies; lambda chosen on validation data)")
+                 f"mean of per-class accuracies; lambda chosen on validation data"
+                 + (f", calibration {metrics['calibration']!r}" if metrics.get("calibration") else "") + ")")
     return "\n".join(lines)

@@ -4,7 +4,10 @@ Every figure is an accuracy in percent, judged by the oracle on fresh images (ne
 seeds). Keys are a contract (other checks read them): ``clip_zero_shot_top1``, ``oracle_acc``,
 ``sd_plain_prompt_oracle_acc`` (+ ``sd_plain_prompt_per_class``), ``sd_rare_class_oracle_acc``,
 ``sd_common_class_oracle_acc``, ``sd_unseen_class_oracle_acc``, ``vae_recon_oracle_acc``,
-``vae_recon_oracle_acc_min_attribute``, ``sd_guidance_scale``, ``sd_seconds_per_image``.
+``vae_recon_oracle_acc_min_attribute``, ``sd_guidance_scale``, ``sd_seconds_per_image``,
+``clip_zero_shot_per_name_kind``, ``clip_zero_shot_unseen_zsl`` and ``targets`` (every calibration
+target of docs/DESIGN.md section 6 with its value and whether it is met; ``--run`` adds the targets that a
+finished ``make demo`` run measures).
 """
 
 from __future__ import annotations
@@ -62,7 +65,10 @@ def quarters(freqs: dict[str, int]) -> tuple[list[str], list[str]]:
 
 
 @torch.no_grad()
-def clip_zero_shot(clip_ref: str, n_per_class: int = 20, seed: int = 0) -> float:
+def clip_zero_shot(clip_ref: str, unseen: list[str] | None = None, n_per_class: int = 20,
+                   seed: int = 0) -> dict:
+    """CLIP zero-shot top-1 on fresh renders: over all classes (``top1``), per kind of class name
+    (``per_name_kind``), and among the unseen classes only (``unseen_zsl``, the ZSL task)."""
     model, _, tokenizer = load_clip(clip_ref)
     specs = world.all_classes()
     protos = build_prototypes(model, tokenizer, [s.name for s in specs], RunConfig().prototypes.templates)
@@ -72,8 +78,17 @@ def clip_zero_shot(clip_ref: str, n_per_class: int = 20, seed: int = 0) -> float
     x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     feats = torch.cat([torch.nn.functional.normalize(model.encode_image(x[i : i + 512]).float(), dim=-1)
                        for i in range(0, len(x), 512)])
-    pred = (feats @ protos.t()).argmax(1).numpy()
-    return float((pred == labels).mean() * 100)
+    sims = (feats @ protos.t()).numpy()
+    ok = sims.argmax(1) == labels
+    kinds = np.array([specs[k].name_kind for k in labels])
+    out = {"top1": float(ok.mean() * 100),
+           "per_name_kind": {k: round(float(ok[kinds == k].mean() * 100), 2) for k in world.NAME_KINDS
+                             if (kinds == k).any()}}
+    if unseen:
+        ui = np.array([i for i, s in enumerate(specs) if s.name in set(unseen)])
+        m = np.isin(labels, ui)
+        out["unseen_zsl"] = float((ui[sims[m][:, ui].argmax(1)] == labels[m]).mean() * 100)
+    return out
 
 
 @torch.no_grad()
@@ -117,7 +132,10 @@ def run_check(assets: str | Path | None = None, world_dir: str | Path | None = N
 
     out: dict = {}
     out["oracle_acc"] = round(evaluate_oracle(oracle, seed=777, n_per_class=20), 2)
-    out["clip_zero_shot_top1"] = round(clip_zero_shot(f"local-dir:{assets / 'clip'}"), 2)
+    zs = clip_zero_shot(f"local-dir:{assets / 'clip'}", unseen)
+    out["clip_zero_shot_top1"] = round(zs["top1"], 2)
+    out["clip_zero_shot_per_name_kind"] = zs["per_name_kind"]
+    out["clip_zero_shot_unseen_zsl"] = round(zs["unseen_zsl"], 2)
     pipe = load_sd_pipeline(str(assets / "sd"), device="cpu")
     recon, per_attr = vae_recon(pipe, oracle)
     out["vae_recon_oracle_acc"] = round(recon, 2)
@@ -135,11 +153,60 @@ def run_check(assets: str | Path | None = None, world_dir: str | Path | None = N
     out["sd_seconds_per_image"] = round(spi, 4)
     out["images_per_class"] = n_per_class
     out["torch_threads"] = torch.get_num_threads()
+    out["targets"] = targets(out)
     return out
 
 
+# The calibration targets (docs/DESIGN.md section 6): MiniWorld must be hard in the ways real benchmarks are.
+# Anchors: CLIP / LiT zero-shot top-1 on CUB-200 is about 52 / 64.
+def targets(check: dict, run: dict | None = None) -> dict:
+    """``{key: {"value", "target", "ok"}}`` for the check's figures and, given ``run`` (see
+    :func:`run_figures`), for the figures of a finished ``make demo``."""
+    t: dict = {}
+
+    def add(key: str, value, target: str, ok: bool) -> None:
+        t[key] = {"value": value, "target": target, "ok": bool(ok)}
+
+    z = check["clip_zero_shot_top1"]
+    add("clip_zero_shot_top1", z, "45..70", 45 <= z <= 70)
+    gap = round(check["sd_common_class_oracle_acc"] - check["sd_rare_class_oracle_acc"], 2)
+    add("sd_common_minus_rare", gap, ">= 10", gap >= 10)
+    add("sd_unseen_class_oracle_acc", check["sd_unseen_class_oracle_acc"], "<= 85",
+        check["sd_unseen_class_oracle_acc"] <= 85)
+    add("oracle_acc", check["oracle_acc"], ">= 98", check["oracle_acc"] >= 98)
+    add("vae_recon_oracle_acc_min_attribute", check["vae_recon_oracle_acc_min_attribute"], ">= 95",
+        check["vae_recon_oracle_acc_min_attribute"] >= 95)
+    if run:
+        add("no_synthetic_zsl_top1", run["no_synthetic_zsl_top1"], "<= 80", run["no_synthetic_zsl_top1"] <= 80)
+        add("no_synthetic_uncalibrated_S_minus_U", run["no_synthetic_uncalibrated_S_minus_U"], ">= 20",
+            run["no_synthetic_uncalibrated_S_minus_U"] >= 20)
+        add("demo_pipeline_minutes", run["demo_pipeline_minutes"], "< 20", run["demo_pipeline_minutes"] < 20)
+        add("demo_peak_memory_gb", run["demo_peak_memory_gb"], "< 10", run["demo_peak_memory_gb"] < 10)
+    return t
+
+
+def run_figures(run_dir: str | Path) -> dict:
+    """The demo's figures the targets name, from a finished run directory (metrics.json, evaluation.json)."""
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    ev = json.loads((run_dir / "evaluation.json").read_text())
+    ns = ev["variants"]["no_synthetic"]
+    return {
+        "no_synthetic_zsl_top1": round(float(ns["zsl_top1"]), 2),
+        "no_synthetic_uncalibrated_S_minus_U": round(float(ns["uncalibrated"]["gzsl_S"] - ns["uncalibrated"]["gzsl_U"]), 2),
+        "demo_pipeline_minutes": round(sum(metrics.get("timing_s", {}).values()) / 60, 2),
+        "demo_peak_memory_gb": round(float(metrics.get("peak_rss_mb", 0.0)) / 1000, 2),
+    }
+
+
 def format_check(r: dict) -> str:
-    keys = ["clip_zero_shot_top1", "oracle_acc", "sd_plain_prompt_oracle_acc", "sd_common_class_oracle_acc",
+    keys = ["clip_zero_shot_top1", "clip_zero_shot_unseen_zsl", "oracle_acc", "sd_plain_prompt_oracle_acc", "sd_common_class_oracle_acc",
             "sd_rare_class_oracle_acc", "sd_unseen_class_oracle_acc", "vae_recon_oracle_acc",
             "vae_recon_oracle_acc_min_attribute", "sd_guidance_scale", "sd_seconds_per_image"]
-    return "\n".join(f"{k:<36} {r[k]}" for k in keys)
+    lines = [f"{k:<36} {r[k]}" for k in keys]
+    lines.append(f"{'clip_zero_shot_per_name_kind':<36} " + ", ".join(
+        f"{k} {v}" for k, v in r.get("clip_zero_shot_per_name_kind", {}).items()))
+    lines.append("targets:")
+    for k, v in r.get("targets", {}).items():
+        lines.append(f"  {'ok  ' if v['ok'] else 'MISS'} {k:<40} {v['value']!s:>8}  (target {v['target']})")
+    return "\n".join(lines)

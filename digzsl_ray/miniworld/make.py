@@ -37,10 +37,12 @@ STREAM_CORPUS, STREAM_BENCH, STREAM_MULTI = 10, 20, 30
 class WorldParams:
     seed: int = 0  # master seed of the world
     corpus_size: int = 30000  # images in the captioned corpus
-    fine_caption_rate: float = 0.25  # chance that a corpus caption names the pattern
+    fine_caption_rate: float = 0.25  # chance that a descriptive corpus caption names the pattern
+    name_caption_rate: float = 0.02  # chance that a caption calls a non-descriptively named class by its name
     head: int = 1600  # relative count of the most common class (shape of the long tail)
     tail: int = 20  # relative count of the rarest class
     n_unseen: int = 18  # ZSL unseen classes (a quarter of 72)
+    n_val_classes: int = 6  # seen classes listed as validation classes (pseudo-unseen for calibration)
     trainval_per_class: int = 60  # benchmark images per seen class for training
     test_seen_per_class: int = 15  # benchmark test images per seen class
     test_unseen_per_class: int = 30  # benchmark test images per unseen class
@@ -73,6 +75,7 @@ def make_world(out: str | Path, params: WorldParams, progress: bool = True,
     freqs = world.class_frequencies(params.seed, params.corpus_size, params.head, params.tail)
     unseen = world.choose_unseen(params.seed, params.n_unseen)
     unseen_set = set(unseen)
+    val_classes = world.choose_val_classes(params.seed, unseen, params.n_val_classes)
     seen = [n for n in names if n not in unseen_set]
     spec = world.class_by_name()
     bar = dict(disable=not progress, unit="img", mininterval=0.5)
@@ -84,7 +87,7 @@ def make_world(out: str | Path, params: WorldParams, progress: bool = True,
     for k, ci in enumerate(tqdm(order if "corpus" in parts else [], desc="corpus", **bar)):
         s = classes[int(ci)]
         rng = np.random.default_rng(np.random.SeedSequence([params.seed, STREAM_CORPUS, 1, k]))
-        cap = world.caption_for(s, rng, params.fine_caption_rate)
+        cap = world.caption_for(s, rng, params.fine_caption_rate, params.name_caption_rate)
         rel = f"images/{k:06d}.png"
         write_bytes(out / "corpus" / rel, _png(world.render(s, params.seed, STREAM_CORPUS, k)))
         lines.append(json.dumps({"file_name": rel, "text": cap}))
@@ -106,8 +109,10 @@ def make_world(out: str | Path, params: WorldParams, progress: bool = True,
         write_bytes(out / "zsl" / rel, _png(world.render(classes[ci], params.seed, STREAM_BENCH, k)))
         rows[split].append((rel, [n]))
     attrs = {n: spec[n].attributes() for n in names}
+    naming = {n: {"description": spec[n].description, "kind": spec[n].name_kind} for n in names}
     if "zsl" in parts:
-        write_dataset(out / "zsl", "miniworld", names, unseen, rows, extra={"attributes": attrs})
+        write_dataset(out / "zsl", "miniworld", names, unseen, rows, val_classes=val_classes,
+                      extra={"attributes": attrs, "names": naming})
 
     # 3. The multi-label variant: 2-3 objects a scene, distinct classes.
     mrows: dict[str, list[tuple[str, list[str]]]] = {"trainval": [], "test_seen": [], "test_unseen": []}
@@ -138,7 +143,9 @@ def make_world(out: str | Path, params: WorldParams, progress: bool = True,
         "params": asdict(params),
         "classes": names,
         "attributes": attrs,
+        "names": naming,
         "unseen": unseen,
+        "val_classes": val_classes,
         "corpus_frequency": freqs,
         "parts": list(parts),
         "counts": {
@@ -176,7 +183,10 @@ def format_summary(summary: dict) -> str:
         f"MiniWorld (seed {summary['params']['seed']}): {len(summary['classes'])} classes "
         f"= {len(world.PATTERNS)} patterns x {len(world.COLOURS)} colours x {len(world.SHAPES)} shapes",
         f"  corpus        {c['corpus']:>6} captioned images; per class {vals[0]}..{vals[-1]} "
-        f"(pattern named in {summary['params']['fine_caption_rate']:.0%} of captions)",
+        f"(pattern named in {summary['params']['fine_caption_rate']:.0%} of descriptive captions; a "
+        f"non-descriptive class name in {summary['params'].get('name_caption_rate', 0):.0%} of its class's captions)",
+        "  names         " + ", ".join(f"{sum(v['kind'] == k for v in summary.get('names', {}).values())} {k}"
+                                       for k in world.NAME_KINDS),
         f"  zsl           {len(summary['classes']) - len(summary['unseen'])} seen / {len(summary['unseen'])} unseen; "
         + ", ".join(f"{k} {v}" for k, v in c["zsl"].items()),
         "  zsl_multilabel " + ", ".join(f"{k} {v}" for k, v in c["zsl_multilabel"].items()),

@@ -105,3 +105,53 @@ def test_written_formats_load_and_validate(small_world):
     bench = {p.read_bytes() for p in (small_world / "zsl" / "images").rglob("*.png")}
     assert not bench & {p.read_bytes() for p in (small_world / "corpus" / "images").glob("*.png")}
     assert (small_world / "contact_sheet.png").stat().st_size > 1000
+
+
+def test_class_names_are_partly_opaque_and_spread_over_the_tail():
+    classes = world.all_classes()
+    names = [c.name for c in classes]
+    assert len(set(names)) == len(names)
+    kinds = Counter(c.name_kind for c in classes)
+    assert kinds == {"descriptive": 24, "partial": 24, "opaque": 24}
+    for c in classes:
+        if c.name_kind == "descriptive":
+            assert c.name == c.description == f"{c.pattern} {c.colour} {c.shape}"
+        elif c.name_kind == "partial":  # "red tovik": the colour and an invented word
+            assert c.name.split()[0] == c.colour and c.pattern not in c.name and c.shape not in c.name
+        else:
+            assert " " not in c.name and not {c.pattern, c.colour, c.shape} & set(c.name.split())
+    # two names of each kind in every band of six consecutive ranks of the default world
+    order = world.class_ranking(0)
+    spec = world.class_by_name()
+    for band in range(0, len(order), 6):
+        assert Counter(spec[n].name_kind for n in order[band : band + 6]) == {k: 2 for k in world.NAME_KINDS}
+
+
+def test_a_non_descriptive_name_is_used_at_its_rate_and_descriptions_otherwise():
+    spec = next(c for c in world.all_classes() if c.name_kind == "opaque")
+    rng = np.random.default_rng(0)
+    caps = [world.caption_for(spec, rng, 0.25, 0.1) for _ in range(4000)]
+    named = np.mean([spec.name in c for c in caps])
+    assert 0.08 < named < 0.12
+    described = [c for c in caps if spec.name not in c]
+    assert all(spec.colour in c and spec.shape in c for c in described)
+    assert 0.2 < np.mean([spec.pattern in c for c in described]) < 0.3
+
+
+def test_validation_classes_are_seen_patterned_and_listed(small_world):
+    split = read_dataset(small_world / "zsl")
+    p = WorldParams()
+    assert len(split.val_classes) == p.n_val_classes
+    assert set(split.val_classes) <= set(split.seen)
+    spec = world.class_by_name()
+    assert all(spec[split.classes[v]].pattern != "plain" for v in split.val_classes)
+
+
+def test_every_image_carries_nuisances_but_stays_in_its_class():
+    # the same class renders differently in position, scale, background and lighting
+    spec = world.all_classes()[10]
+    ims = np.stack([np.asarray(world.render(spec, 0, 5, i), dtype=np.float32) for i in range(40)])
+    assert ims.std(axis=0).mean() > 20  # pixelwise spread over renders of one class
+    assert ims.reshape(40, -1).mean(1).std() > 5  # brightness varies
+    # rotation stays far from 45 degrees: a square never becomes a diamond
+    assert world.MAX_ROTATION <= 15

@@ -5,16 +5,23 @@ from __future__ import annotations
 import numpy as np
 
 
-def test_balance_replicates_rows_to_the_target_in_expectation():
+def test_balance_replicates_rows_to_the_target_and_repeats_itself():
     from digzsl_ray.methods.digzsl.stages.classifier import balance
 
-    batch = {"label": np.array([0] * 10 + [1] * 40), "x": np.arange(50)}
-    totals = {0: 0, 1: 0}
-    for _ in range(200):
-        out = balance(batch, {0: 2.5, 1: 0.5})
-        for y in (0, 1):
-            totals[y] += int((out["label"] == y).sum())
-    assert abs(totals[0] / 200 - 25) < 1.5 and abs(totals[1] / 200 - 20) < 1.5
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(2000, 4, 4, 3), dtype=np.uint8)
+    batch = {"label": np.array([0] * 400 + [1] * 1600), "image": images}
+    out = balance(batch, {0: 2.5, 1: 0.5}, seed=3)
+    # in expectation 1000 and 800 rows; the draw is a function of pixels and seed only
+    assert abs(int((out["label"] == 0).sum()) - 1000) < 60 and abs(int((out["label"] == 1).sum()) - 800) < 60
+    again = balance(batch, {0: 2.5, 1: 0.5}, seed=3)
+    assert np.array_equal(out["image"], again["image"])
+    # the same rows in other blocks (other batch boundaries, other order) get the same replication
+    halves = [balance({k: v[sl] for k, v in batch.items()}, {0: 2.5, 1: 0.5}, seed=3)
+              for sl in (slice(1000, None), slice(0, 1000))]
+    assert sum(len(h["label"]) for h in halves) == len(out["label"])
+    other = balance(batch, {0: 2.5, 1: 0.5}, seed=4)
+    assert not np.array_equal(other["image"], out["image"])  # another seed, another draw
 
 
 def test_keep_synthetic_filters_by_threshold_and_validation_side():

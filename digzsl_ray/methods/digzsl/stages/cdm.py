@@ -113,7 +113,32 @@ def cdm_worker(config: dict) -> None:
         report_state(metrics, {"head": head.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
                                "best_acc": best_acc, "best_state": best_state, "history": history}, rank)
 
-    # 6. Rank 0: best head -> OUT/cdm, plus scores of val and test images for evaluation.
+    # 6. The validation-class protocol (xlsa17 trainclasses/valclasses): a second head, trained on the
+    #    same features without the validation classes V, scores the real images of V as pseudo-unseen
+    #    images. Calibration can then choose lambda on real images only (no synthetic image involved).
+    aux = None
+    vset = [int(v) for v in config.get("val_classes", [])]
+    if vset and len(vset) < len(seen):
+        keep_cols = torch.tensor([int(s) for s in seen.tolist() if int(s) not in set(vset)])
+        kpos = {int(s): i for i, s in enumerate(keep_cols.tolist())}
+        rows = torch.tensor([i for i, lab in enumerate(tr_labels) if int(lab) in kpos], dtype=torch.long)
+        aux = CDMHead(protos, f_train.shape[-1], c.hidden_dim, c.temperature)
+        aux_model = ray.train.torch.prepare_model(aux)
+        aux_opt = torch.optim.AdamW(aux_model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        y_aux = torch.tensor([kpos[int(tr_labels[i])] for i in rows.tolist()])
+        vmask = np.isin(y_val, keep_cols.numpy())
+        aux_best, aux_state = -1.0, None
+        for epoch in range(c.epochs):
+            gen.manual_seed(cfg.seed * 7919 + rank * 101 + epoch + 50_000)
+            train_epoch(aux_model, f_train[:, rows], y_aux, keep_cols, aux_opt, c.batch_size, gen, device)
+            sc = head_scores(aux, f_val[vmask], device).numpy()
+            acc = float((keep_cols.numpy()[sc[:, keep_cols.numpy()].argmax(1)] == y_val[vmask]).mean() * 100) \
+                if vmask.any() else 0.0
+            if acc > aux_best:
+                aux_best, aux_state = acc, {k: v.detach().cpu().clone() for k, v in aux.state_dict().items()}
+        aux.load_state_dict(aux_state)
+
+    # 7. Rank 0: best head -> OUT/cdm, plus scores of val and test images for evaluation.
     if rank == 0:
         head.load_state_dict(best_state)
         out = Path(config["out"])
@@ -126,6 +151,21 @@ def cdm_worker(config: dict) -> None:
         for split in ("val", "test_seen", "test_unseen"):
             arrays[f"{split}_scores"] = scores_of(split) if data[split]["paths"] else np.zeros((0, len(names)))
             arrays[f"{split}_labels"] = np.array(data[split]["labels"], dtype=np.int64)
+        if aux is not None:
+            # pseudo-seen: val images of seen classes outside V; pseudo-unseen: every trainval image of V
+            vm = ~np.isin(y_val, vset)
+            arrays["valclass_seen_scores"] = head_scores(aux, f_val[vm], device).numpy()
+            arrays["valclass_seen_labels"] = y_val[vm].astype(np.int64)
+            vi = [i for i, lab in enumerate(data["val"]["labels"]) if int(lab) in set(vset)]
+            v_paths = [p for p, lab in zip(data["train"]["paths"], data["train"]["labels"]) if int(lab) in set(vset)]
+            v_labels = [int(lab) for lab in data["train"]["labels"] if int(lab) in set(vset)]
+            fv = extract_features(clip_model, load_images(v_paths, size), size, mean, std, device)[0] \
+                if v_paths else f_val[:0]
+            arrays["valclass_unseen_scores"] = np.concatenate([head_scores(aux, fv, device).numpy(),
+                                                               head_scores(aux, f_val[vi], device).numpy()]) \
+                if len(fv) or vi else np.zeros((0, len(names)))
+            arrays["valclass_unseen_labels"] = np.array(v_labels + [int(y_val[i]) for i in vi], dtype=np.int64)
+            arrays["valclass_classes"] = np.array(vset, dtype=np.int64)
         with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".npz", delete=False) as tmp:
             np.savez(tmp, **arrays)
         out.mkdir(parents=True, exist_ok=True)
@@ -136,6 +176,19 @@ def cdm_worker(config: dict) -> None:
             "class_names": names, "seen": seen.tolist(), "best_val_acc": best_acc, "history": history,
             "fingerprint": config["fingerprint"],
         })
+
+
+def validation_classes(split, seed: int) -> list[int]:
+    """The seen classes held out as pseudo-unseen by the validation-class protocol: the dataset's own
+    list (xlsa17 ``valclassesK``, MiniWorld's ``val_classes``), else a seeded third as many seen
+    classes as there are unseen ones (at least 1, and never all seen classes)."""
+    if split.val_classes:
+        return sorted(int(v) for v in split.val_classes)
+    n = min(max(1, -(-len(split.unseen) // 3)), len(split.seen) - 1)
+    if n <= 0:
+        return []
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 77]))
+    return sorted(int(v) for v in rng.choice(np.asarray(split.seen), size=n, replace=False))
 
 
 def cdm_metrics(scores_file: Path, config_file: Path, split) -> dict:
@@ -183,6 +236,7 @@ class CDMStage(Stage):
         trainer = make_trainer(
             cdm_worker,
             {"fault": current_spec(), "cfg": cfg.model_dump(mode="json"), "data": data, "seen": list(split.seen),
+             "val_classes": validation_classes(split, cfg.data.val_seed),
              "prototypes": str(protos), "out": str(ctx.path("train-cdm:dir")),
              "scores": str(ctx.path("train-cdm:scores")), "fingerprint": fp},
             name=f"cdm-{fp}", storage=rd.ray_storage, num_workers=w.num_workers, use_gpu=w.use_gpu,

@@ -75,14 +75,24 @@ def read_shards(batch: dict, columns: list[str]) -> dict:
     return {c: np.asarray(v, dtype=object if c == "png" else None) for c, v in out.items()}
 
 
-def balance(batch: dict, factors: dict[int, float]) -> dict:
+def balance(batch: dict, factors: dict[int, float], seed: int = 0) -> dict:
     """Class balance by stochastic replication: each row ``floor(r) + Bernoulli(frac(r))`` times,
-    ``r = factors[label]`` (fresh randomness every epoch)."""
-    rng = np.random.default_rng()
+    ``r = factors[label]``. The Bernoulli draw is a pure function of the row's pixels and ``seed``
+    (not of block boundaries, stream order or the process), so a run repeats itself."""
+    import zlib
+
     r = np.array([factors.get(int(y), 1.0) for y in batch["label"]])
-    reps = np.floor(r).astype(int) + (rng.random(len(r)) < (r - np.floor(r)))
+    images = np.asarray(batch["image"])
+    u = np.array([(zlib.crc32(np.ascontiguousarray(im).tobytes(), seed & 0xFFFFFFFF) + 0.5) / 2**32
+                  for im in images]) if len(images) else np.zeros(0)
+    reps = np.floor(r).astype(int) + (u < (r - np.floor(r)))
     idx = np.repeat(np.arange(len(r)), reps)
     return {k: np.asarray(v)[idx] for k, v in batch.items()}
+
+
+def _ordered(options):
+    options.preserve_order = True
+    return options
 
 
 # The worker -------------------------------------------------------------------------------------
@@ -151,6 +161,7 @@ def classifier_worker(config: dict) -> None:
         maybe_fail("classifier", spec=config.get("fault", ""), epoch=epoch)
         tot, n = 0.0, 0
         for b in train_shard.iter_torch_batches(batch_size=c.batch_size, local_shuffle_buffer_size=4 * c.batch_size,
+                                                local_shuffle_seed=cfg.seed * 10_007 + epoch,
                                                 dtypes={"image": torch.uint8, "label": torch.int64}, device="cpu"):
             x = b["image"].permute(0, 3, 1, 2)
             if c.augment:
@@ -319,7 +330,8 @@ class ClassifierStage(Stage):
         counts.update(_synthetic_counts(files, thresholds, c.synthetic_val_fraction))
         target = float(np.mean(list(counts.values())))
         factors = {k: target / v for k, v in counts.items() if v}
-        train = real.union(synth_train).map_batches(balance, fn_kwargs={"factors": factors}, batch_format="numpy")
+        train = real.union(synth_train).map_batches(balance, fn_kwargs={"factors": factors, "seed": cfg.seed},
+                                                    batch_format="numpy")
         # validation data is small (held-out fractions): computed once, not re-streamed every epoch
         val = real_val.union(synth_val).materialize()
 
@@ -335,7 +347,10 @@ class ClassifierStage(Stage):
                  "scores": str(ctx.path(f"train-classifier:{variant}_scores"))},
             name=f"classifier-{variant}-{fp}", storage=rd.ray_storage, num_workers=w.num_workers, use_gpu=w.use_gpu,
             cpus_per_worker=w.cpus_per_worker, max_failures=w.max_failures,
-            datasets={"train": train, "val": val}, dataset_config=DataConfig(datasets_to_split=["train"]))
+            datasets={"train": train, "val": val},
+            # preserve_order: the stream (and with the seeded shuffle, every batch) repeats run to run
+            dataset_config=DataConfig(datasets_to_split=["train"],
+                                      execution_options=_ordered(DataConfig.default_ingest_options())))
         trainer.fit()
         stage_timing(rd, f"classifier_{variant}", time.time() - t0)
         meta = json.loads((out / "config.json").read_text())

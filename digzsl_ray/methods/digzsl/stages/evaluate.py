@@ -6,6 +6,14 @@ method; its figures are also the top-level keys). Calibration lambda comes from 
 only: held-out seen images (the val split) and held-out synthetic images; test images are scored
 once with the chosen lambda. The CDM has no synthetic data of its own, so it is calibrated on the
 DCT run's held-out synthetic images (its own file OUT/cdm/metrics.json reports it uncalibrated).
+
+Synthetic images are easier than real ones, so a lambda chosen on them is too small for real unseen
+images. The second calibration, ``valclass``, rests on real images only: the CDM stage trains a
+second head without the validation classes V and scores V's real images as pseudo-unseen; lambda is
+chosen there (validation-class protocol of xlsa17). The CDM gets that lambda; a classifier gets its
+synthetic lambda shifted by the same amount the CDM's lambda moved (synthetic -> valclass), since
+no real image of an unseen class exists to calibrate it. ``evaluate.calibration`` picks the
+headline; metrics.json ``calibrations`` holds both for every variant.
 """
 
 from __future__ import annotations
@@ -67,20 +75,48 @@ def cdm_synthetic_val_scores(ctx) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(scores), np.concatenate(labels)
 
 
-def evaluate_variants(ctx) -> dict[str, dict]:
-    """Every variant's full report (ZSL, calibrated GZSL, AUSUC, per class, confusion)."""
+CALIBRATIONS = ("synthetic", "valclass")
+
+
+def valclass_lambda(s, seen: list[int], unseen: list[int], grid: np.ndarray) -> tuple[float, dict] | None:
+    """lambda of the validation-class protocol, from the CDM stage's second head (trained without the
+    validation classes V): real val images of seen classes outside V against real images of V as
+    pseudo-unseen. ``None`` when the scores file has no such arrays (a run of an older version)."""
+    from digzsl_ray.metrics.zsl import choose_lambda
+
+    if "valclass_classes" not in s.files or not len(s["valclass_unseen_labels"]):
+        return None
+    v = [int(c) for c in s["valclass_classes"]]
+    pseudo_seen = [c for c in seen if c not in set(v)]
+    return choose_lambda(_softmax(s["valclass_seen_scores"]), s["valclass_seen_labels"],
+                         _softmax(s["valclass_unseen_scores"]), s["valclass_unseen_labels"],
+                         pseudo_seen, sorted(set(unseen) | set(v)), grid)
+
+
+def evaluate_variants(ctx) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Every variant's full report (ZSL, calibrated GZSL, AUSUC, per class, confusion) under the
+    configured calibration, and every variant's figures under each calibration."""
     cfg, split = ctx.cfg, ctx.split
     grid = np.linspace(0.0, cfg.evaluate.lambda_max, cfg.evaluate.lambda_grid)
     seen, unseen = list(split.seen), list(split.unseen)
-    reports: dict[str, dict] = {}
+    by_cal: dict[str, dict[str, dict]] = {c: {} for c in CALIBRATIONS}
 
     # 1. no_synthetic: the CDM (temperature-scaled cosine logits -> probabilities).
     s = np.load(ctx.require("train-cdm:scores"))
     syn_scores, syn_labels = cdm_synthetic_val_scores(ctx)
     v = s["val_scores"][np.isin(s["val_labels"], seen)], s["val_labels"][np.isin(s["val_labels"], seen)]
-    reports[NO_SYNTHETIC] = full_report(
-        _softmax(s["test_seen_scores"]), s["test_seen_labels"], _softmax(s["test_unseen_scores"]), s["test_unseen_labels"],
-        _softmax(v[0]), v[1], _softmax(syn_scores), syn_labels, seen, unseen, grid)
+    cdm_arrays = (_softmax(s["test_seen_scores"]), s["test_seen_labels"], _softmax(s["test_unseen_scores"]),
+                  s["test_unseen_labels"], _softmax(v[0]), v[1], _softmax(syn_scores), syn_labels, seen, unseen, grid)
+    by_cal["synthetic"][NO_SYNTHETIC] = full_report(*cdm_arrays)
+    vc = valclass_lambda(s, seen, unseen, grid)
+    # the synthetic-vs-real shift of lambda, measured on the CDM (validation data only): applied to the
+    # classifiers, whose only unseen validation images are synthetic
+    shift = None
+    if vc is not None:
+        r = full_report(*cdm_arrays, lam=vc[0])
+        r["validation"] = {"gzsl_U": vc[1]["U"], "gzsl_S": vc[1]["S"], "gzsl_H": vc[1]["H"]}
+        by_cal["valclass"][NO_SYNTHETIC] = r
+        shift = vc[0] - by_cal["synthetic"][NO_SYNTHETIC]["calibration_lambda"]
 
     # 2. Classifiers trained with synthetic images.
     for variant in (PLAIN_PROMPT, DCT):
@@ -89,9 +125,30 @@ def evaluate_variants(ctx) -> dict[str, dict]:
             continue
         c = np.load(path)
         vs, vys, vu, vyu = _split_val(c["val_scores"], c["val_labels"], seen)
-        reports[variant] = full_report(c["test_seen_scores"], c["test_seen_labels"], c["test_unseen_scores"],
-                                       c["test_unseen_labels"], vs, vys, vu, vyu, seen, unseen, grid)
-    return reports
+        arrays = (c["test_seen_scores"], c["test_seen_labels"], c["test_unseen_scores"], c["test_unseen_labels"],
+                  vs, vys, vu, vyu, seen, unseen, grid)
+        by_cal["synthetic"][variant] = full_report(*arrays)
+        if shift is not None:
+            lam = float(np.clip(by_cal["synthetic"][variant]["calibration_lambda"] + shift, 0.0,
+                                cfg.evaluate.lambda_max))
+            by_cal["valclass"][variant] = full_report(*arrays, lam=lam)
+    chosen = cfg.evaluate.calibration
+    if not by_cal[chosen]:
+        log.warning("evaluate: calibration %r needs the validation-class scores of the CDM stage (rerun "
+                    "`digzsl train-cdm`); reporting 'synthetic'", chosen)
+        chosen = "synthetic"
+    summary = {name: {cal: _calibration_summary(by_cal[cal][name]) for cal in CALIBRATIONS if name in by_cal[cal]}
+               for name in by_cal["synthetic"]}
+    for name in summary:
+        summary[name]["headline"] = chosen
+    return by_cal[chosen], summary
+
+
+def _calibration_summary(r: dict) -> dict:
+    """The figures of one variant under one calibration: test metrics and the validation U/S/H it was chosen on."""
+    return {"calibration_lambda": round(float(r["calibration_lambda"]), 4),
+            **{k: round(float(r[k]), 3) for k in ("zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H")},
+            "validation": {k: round(float(x), 3) for k, x in r["validation"].items()}}
 
 
 class EvaluateStage(Stage):
@@ -109,9 +166,11 @@ class EvaluateStage(Stage):
         """Evaluate every variant, write evaluation.json and metrics.json, build the report."""
         t0 = time.time()
         split = ctx.split
-        reports = evaluate_variants(ctx)
+        reports, calibrations = evaluate_variants(ctx)
         metrics = headline_metrics(reports, main=DCT if DCT in reports else NO_SYNTHETIC,
                                    n_unseen=len(split.unseen), n_seen=len(split.seen))
+        metrics["calibration"] = next(iter(calibrations.values()))["headline"]
+        metrics["calibrations"] = calibrations
         details = {name: {**{k: v for k, v in r.items() if k not in ("per_class_gzsl", "per_class_zsl")},
                           "per_class_gzsl": {split.classes[i]: a for i, a in r["per_class_gzsl"].items()},
                           "per_class_zsl": {split.classes[i]: a for i, a in r["per_class_zsl"].items()}}
