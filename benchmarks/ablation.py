@@ -62,9 +62,12 @@ def summarise(per_seed: dict[int, dict]) -> dict:
                 rows = [per_seed[s]["calibrations"][name][cal] for s in seeds]
                 entry = {k: _stats([float(r[k]) for r in rows]) for k in
                          ("zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H", "calibration_lambda")}
-                entry["validation_gzsl_U"] = _stats([float(r["validation"]["gzsl_U"]) for r in rows])
-                entry["validation_minus_test_U"] = _stats(
-                    [round(float(r["validation"]["gzsl_U"]) - float(r["gzsl_U"]), 3) for r in rows])
+                val = [(float(r["validation"]["gzsl_U"]), float(r["gzsl_U"])) for r in rows
+                       if r["validation"].get("gzsl_U") is not None]
+                if val:
+                    entry["validation_gzsl_U"] = _stats([v for v, _ in val])
+                    entry["validation_minus_test_U"] = _stats([round(v - t, 3) for v, t in val])
+                entry["validation_data"] = rows[0]["validation"].get("data", "")
                 by_cal.setdefault(cal, {})[name] = entry
         out["calibrations"] = by_cal
     return out

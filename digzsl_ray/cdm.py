@@ -122,8 +122,9 @@ def train_epoch(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, colu
 def head_scores(head: nn.Module, feats: torch.Tensor, device: torch.device, batch: int = 4096) -> torch.Tensor:
     """Logits ``[N, C]`` of features ``[N, D]``."""
     head.eval()
-    return torch.cat([head(feats[i : i + batch].to(device)).cpu() for i in range(0, len(feats), batch)]) \
-        if len(feats) else torch.empty(0)
+    if not len(feats):  # [0, C]: concatenates and softmaxes like any other score array
+        return torch.empty(0, head.prototypes.shape[0]) if hasattr(head, "prototypes") else torch.empty(0)
+    return torch.cat([head(feats[i : i + batch].to(device)).cpu() for i in range(0, len(feats), batch)])
 
 
 # Saving and loading ------------------------------------------------------------------------------

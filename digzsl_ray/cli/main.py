@@ -66,8 +66,9 @@ def cmd_miniworld_check(args) -> int:
     from digzsl_ray.errors import UserError
     from digzsl_ray.miniworld.check import run_figures, targets
 
-    if args.run and not (Path(args.run) / "evaluation.json").is_file():
-        raise UserError(f"--run: {args.run}/evaluation.json is missing; run `make demo` (or `digzsl run`) first")
+    for name in ("evaluation.json", "metrics.json"):
+        if args.run and not (Path(args.run) / name).is_file():
+            raise UserError(f"--run: {Path(args.run) / name} is missing; run `make demo` (or `digzsl run`) first")
     result = run_check(assets=args.assets, world_dir=args.world, n_per_class=args.images_per_class,
                        progress=not args.quiet)
     if args.run:

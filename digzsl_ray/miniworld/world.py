@@ -288,7 +288,7 @@ def draw_object(
         ImageDraw.Draw(canvas).ellipse([ox_ - orad, oy_ - orad, ox_ + orad, oy_ + orad], fill=_muted(rng))
 
 
-def background(rng: np.random.Generator, size: int) -> Image.Image:
+def background(rng: np.random.Generator, size: int, unit: float | None = None) -> Image.Image:
     """A cluttered background: a muted base, a lighting gradient, and a few muted blobs and bars."""
     base = np.array(_muted(rng, 150, 235), dtype=np.float32)
     g = rng.uniform(-30, 30, size=2)  # light falling from one side
@@ -305,7 +305,7 @@ def background(rng: np.random.Generator, size: int) -> Image.Image:
         else:
             d.line([(x - w, y - h), (x + w, y + h)], fill=colour, width=max(1, int(rng.uniform(0.02, 0.06) * size)))
     if rng.random() < 0.5:  # a small plain distractor in one of the world's colours, near a corner
-        unit = size / IMAGE_SIZE
+        unit = unit or size / IMAGE_SIZE  # supersampled pixels per output pixel (of a 32-px cell in a scene)
         rad = rng.uniform(2.5, 3.8) * unit
         cx, cy = (rng.choice([0.14, 0.86], size=2) + rng.uniform(-0.05, 0.05, size=2)) * size
         fill = _jitter(COLOURS[str(rng.choice(list(COLOURS)))], rng, 14)
@@ -342,7 +342,7 @@ def render_scene(specs: list[ClassSpec], seed: int, stream: int, index: int, gri
     if len(specs) > grid * grid:
         raise ValueError(f"specs: {len(specs)} objects do not fit a {grid}x{grid} scene")
     cell = IMAGE_SIZE * _SUPERSAMPLE
-    canvas = background(rng, cell * grid)
+    canvas = background(rng, cell * grid, unit=_SUPERSAMPLE)
     cells = rng.permutation(grid * grid)[: len(specs)]
     for spec, c in zip(specs, cells):
         gx, gy = int(c) % grid, int(c) // grid

@@ -226,6 +226,16 @@ def test_evaluation_and_report(env):
     for v in metrics["ablation"].values():
         assert {"zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H"} <= set(v)
     assert json.loads(ctx.path("evaluate:metrics").read_text()) == metrics
+    # both calibrations for every variant; the headline is the configured one
+    assert metrics["calibration"] == "synthetic"
+    assert set(metrics["calibrations"]) == {"no_synthetic", "plain_prompt", "dct"}
+    for name, cals in metrics["calibrations"].items():
+        assert {"synthetic", "valclass"} <= set(cals)
+        assert cals["synthetic"]["gzsl_H"] == metrics["ablation"][name]["gzsl_H"]
+        assert 0.0 <= cals["valclass"]["calibration_lambda"] <= 1.0 and "gzsl_U" in cals["valclass"]["validation"]
+    s = np.load(ctx.path("train-cdm:scores"))
+    # the validation-class head scored real images of the held-out seen class (tiny: 1 of 4)
+    assert len(s["valclass_classes"]) == 1 and set(s["valclass_unseen_labels"]) == set(s["valclass_classes"])
     page = ctx.path("evaluate:report").read_text()
     assert page.count("data:image/png;base64,") >= 6 and "t-SNE" not in page or "Token embeddings" in page
 

@@ -121,7 +121,13 @@ def cdm_worker(config: dict) -> None:
     if vset and len(vset) < len(seen):
         keep_cols = torch.tensor([int(s) for s in seen.tolist() if int(s) not in set(vset)])
         kpos = {int(s): i for i, s in enumerate(keep_cols.tolist())}
-        rows = torch.tensor([i for i, lab in enumerate(tr_labels) if int(lab) in kpos], dtype=torch.long)
+        mine = [i for i, lab in enumerate(tr_labels) if int(lab) in kpos]
+        # every worker steps the same number of times (DDP): wrap this shard's rows to the longest shard's
+        labels_all = data["train"]["labels"]
+        longest = max(sum(int(labels_all[(r + k * world) % n]) in kpos for k in range(-(-n // world)))
+                      for r in range(world))
+        rows = torch.tensor([mine[k % len(mine)] for k in range(longest)] if mine else [], dtype=torch.long)
+        torch.manual_seed(cfg.seed + 50_000)  # its initialisation does not depend on what ran before
         aux = CDMHead(protos, f_train.shape[-1], c.hidden_dim, c.temperature)
         aux_model = ray.train.torch.prepare_model(aux)
         aux_opt = torch.optim.AdamW(aux_model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
@@ -162,8 +168,7 @@ def cdm_worker(config: dict) -> None:
             fv = extract_features(clip_model, load_images(v_paths, size), size, mean, std, device)[0] \
                 if v_paths else f_val[:0]
             arrays["valclass_unseen_scores"] = np.concatenate([head_scores(aux, fv, device).numpy(),
-                                                               head_scores(aux, f_val[vi], device).numpy()]) \
-                if len(fv) or vi else np.zeros((0, len(names)))
+                                                               head_scores(aux, f_val[vi], device).numpy()])
             arrays["valclass_unseen_labels"] = np.array(v_labels + [int(y_val[i]) for i in vi], dtype=np.int64)
             arrays["valclass_classes"] = np.array(vset, dtype=np.int64)
         with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".npz", delete=False) as tmp:
@@ -211,6 +216,10 @@ class CDMStage(Stage):
               "scores": "cdm/scores.npz", "metrics": "cdm/metrics.json"}
     reads = ("prototypes:prototypes",)
     depends_on = ("cdm", "models.clip", "models.clip_pretrained", "seed", "data.val_fraction", "data.val_seed")
+
+    def fingerprint(self, ctx, *extra) -> str:
+        # the validation classes decide the second head (the dataset's list, or the val_seed draw)
+        return super().fingerprint(ctx, {"val_classes": validation_classes(ctx.split, ctx.cfg.data.val_seed)}, *extra)
 
     def complete(self, ctx) -> bool:
         if not all(ctx.path(f"train-cdm:{k}").is_file() for k in ("config", "weights", "scores", "metrics")):

@@ -3,7 +3,8 @@
 The training stream is a Ray Data pipeline: real seen trainval images (read from their files) and
 synthetic unseen images (read from the Parquet shards, filtered by the keep thresholds, minus the
 held-out rows) are unioned, class-balanced by stochastic replication (every class contributes about
-the same number of rows per epoch) and fed to ``TorchTrainer`` workers with
+the same number of rows per epoch; the draw is seeded and fresh each epoch, see :func:`balance`)
+and fed in a fixed order (``preserve_order``, seeded local shuffle) to ``TorchTrainer`` workers with
 ``iter_torch_batches``; synthetic images are never loaded whole. Flips and shifts augment on the
 worker. Early stopping and model selection use validation data only: held-out seen images (the val
 split) and held-out synthetic images. Checkpoints every epoch; a rerun resumes the Ray Train run.
@@ -76,18 +77,43 @@ def read_shards(batch: dict, columns: list[str]) -> dict:
 
 
 def balance(batch: dict, factors: dict[int, float], seed: int = 0) -> dict:
-    """Class balance by stochastic replication: each row ``floor(r) + Bernoulli(frac(r))`` times,
-    ``r = factors[label]``. The Bernoulli draw is a pure function of the row's pixels and ``seed``
-    (not of block boundaries, stream order or the process), so a run repeats itself."""
-    import zlib
+    """Class balance by stochastic replication: each row ``floor(r)`` times for sure and once more
+    with probability ``frac(r)``, ``r = factors[label]``.
 
-    r = np.array([factors.get(int(y), 1.0) for y in batch["label"]])
+    The stream carries the candidate copies; each gets ``keep_p`` (1, or ``frac(r)`` for the extra
+    copy) and ``keep_u``, a uniform number that is a pure function of the row's pixels and ``seed``
+    (keyed BLAKE2b: independent across seeds, the same whatever the block boundaries, stream order or
+    process). The worker keeps a copy in epoch ``e`` iff ``frac(keep_u + e * golden) < keep_p``
+    (:func:`keep_mask`), so every epoch draws afresh and a run repeats itself.
+    """
+    import hashlib
+
+    r = np.array([factors.get(int(y), 1.0) for y in batch["label"]], dtype=np.float64)
+    whole = np.floor(r).astype(int)
+    frac = r - whole
     images = np.asarray(batch["image"])
-    u = np.array([(zlib.crc32(np.ascontiguousarray(im).tobytes(), seed & 0xFFFFFFFF) + 0.5) / 2**32
-                  for im in images]) if len(images) else np.zeros(0)
-    reps = np.floor(r).astype(int) + (u < (r - np.floor(r)))
-    idx = np.repeat(np.arange(len(r)), reps)
-    return {k: np.asarray(v)[idx] for k, v in batch.items()}
+    key = int(seed).to_bytes(8, "little", signed=False)
+    u = np.array([int.from_bytes(hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=8,
+                                                 key=key).digest(), "little") / 2**64 for im in images])
+    extra = frac > 0
+    idx = np.concatenate([np.repeat(np.arange(len(r)), whole), np.nonzero(extra)[0]]).astype(int)
+    p = np.concatenate([np.ones(int(whole.sum())), frac[extra]])
+    # copies of one row must not share their draw: shift the extra copy's number
+    uu = np.concatenate([np.repeat(u, whole), (u[extra] + 0.5) % 1.0])
+    order = np.argsort(idx, kind="stable")
+    out = {k: np.asarray(v)[idx[order]] for k, v in batch.items()}
+    out["keep_p"] = p[order].astype(np.float32)
+    out["keep_u"] = uu[order]
+    return out
+
+
+GOLDEN = 0.6180339887498949
+
+
+def keep_mask(keep_u, keep_p, epoch: int) -> np.ndarray:
+    """Which copies of :func:`balance` an epoch trains on (a low-discrepancy draw per epoch)."""
+    u = (np.asarray(keep_u, dtype=np.float64) + epoch * GOLDEN) % 1.0
+    return u < np.asarray(keep_p, dtype=np.float64)
 
 
 def _ordered(options):
@@ -160,9 +186,16 @@ def classifier_worker(config: dict) -> None:
         model.train()
         maybe_fail("classifier", spec=config.get("fault", ""), epoch=epoch)
         tot, n = 0.0, 0
+        gen.manual_seed(cfg.seed * 7919 + rank * 101 + epoch)  # a resumed epoch augments as the first try did
         for b in train_shard.iter_torch_batches(batch_size=c.batch_size, local_shuffle_buffer_size=4 * c.batch_size,
                                                 local_shuffle_seed=cfg.seed * 10_007 + epoch,
-                                                dtypes={"image": torch.uint8, "label": torch.int64}, device="cpu"):
+                                                dtypes={"image": torch.uint8, "label": torch.int64,
+                                                        "keep_p": torch.float32, "keep_u": torch.float64},
+                                                device="cpu"):
+            keep = torch.from_numpy(keep_mask(b["keep_u"].numpy(), b["keep_p"].numpy(), epoch))
+            if not bool(keep.any()):  # never an empty step (workers step in lockstep under DDP)
+                keep[0] = True
+            b = {"image": b["image"][keep], "label": b["label"][keep]}
             x = b["image"].permute(0, 3, 1, 2)
             if c.augment:
                 x = augment(x, gen)

@@ -84,10 +84,12 @@ def valclass_lambda(s, seen: list[int], unseen: list[int], grid: np.ndarray) -> 
     pseudo-unseen. ``None`` when the scores file has no such arrays (a run of an older version)."""
     from digzsl_ray.metrics.zsl import choose_lambda
 
-    if "valclass_classes" not in s.files or not len(s["valclass_unseen_labels"]):
+    if ("valclass_classes" not in s.files or not len(s["valclass_unseen_labels"])
+            or not len(s["valclass_seen_labels"])):
         return None
     v = [int(c) for c in s["valclass_classes"]]
     pseudo_seen = [c for c in seen if c not in set(v)]
+    # candidates: V and the real unseen classes (the second head knows neither from images), as at test time
     return choose_lambda(_softmax(s["valclass_seen_scores"]), s["valclass_seen_labels"],
                          _softmax(s["valclass_unseen_scores"]), s["valclass_unseen_labels"],
                          pseudo_seen, sorted(set(unseen) | set(v)), grid)
@@ -108,13 +110,16 @@ def evaluate_variants(ctx) -> tuple[dict[str, dict], dict[str, dict]]:
     cdm_arrays = (_softmax(s["test_seen_scores"]), s["test_seen_labels"], _softmax(s["test_unseen_scores"]),
                   s["test_unseen_labels"], _softmax(v[0]), v[1], _softmax(syn_scores), syn_labels, seen, unseen, grid)
     by_cal["synthetic"][NO_SYNTHETIC] = full_report(*cdm_arrays)
+    by_cal["synthetic"][NO_SYNTHETIC]["validation"]["data"] = ("held-out DCT images (synthetic unseen) + real "
+                                                               "seen val images")
     vc = valclass_lambda(s, seen, unseen, grid)
     # the synthetic-vs-real shift of lambda, measured on the CDM (validation data only): applied to the
     # classifiers, whose only unseen validation images are synthetic
     shift = None
     if vc is not None:
         r = full_report(*cdm_arrays, lam=vc[0])
-        r["validation"] = {"gzsl_U": vc[1]["U"], "gzsl_S": vc[1]["S"], "gzsl_H": vc[1]["H"]}
+        r["validation"] = {"gzsl_U": vc[1]["U"], "gzsl_S": vc[1]["S"], "gzsl_H": vc[1]["H"],
+                           "data": "real: val images of seen classes outside V, trainval images of V"}
         by_cal["valclass"][NO_SYNTHETIC] = r
         shift = vc[0] - by_cal["synthetic"][NO_SYNTHETIC]["calibration_lambda"]
 
@@ -128,10 +133,14 @@ def evaluate_variants(ctx) -> tuple[dict[str, dict], dict[str, dict]]:
         arrays = (c["test_seen_scores"], c["test_seen_labels"], c["test_unseen_scores"], c["test_unseen_labels"],
                   vs, vys, vu, vyu, seen, unseen, grid)
         by_cal["synthetic"][variant] = full_report(*arrays)
+        by_cal["synthetic"][variant]["validation"]["data"] = "synthetic held-out unseen + real seen val images"
         if shift is not None:
             lam = float(np.clip(by_cal["synthetic"][variant]["calibration_lambda"] + shift, 0.0,
                                 cfg.evaluate.lambda_max))
-            by_cal["valclass"][variant] = full_report(*arrays, lam=lam)
+            r = full_report(*arrays, lam=lam)
+            r["validation"]["data"] = ("synthetic held-out unseen + real seen val images, at the synthetic "
+                                       "lambda shifted by the CDM's synthetic -> valclass move")
+            by_cal["valclass"][variant] = r
     chosen = cfg.evaluate.calibration
     if not by_cal[chosen]:
         log.warning("evaluate: calibration %r needs the validation-class scores of the CDM stage (rerun "
@@ -146,9 +155,12 @@ def evaluate_variants(ctx) -> tuple[dict[str, dict], dict[str, dict]]:
 
 def _calibration_summary(r: dict) -> dict:
     """The figures of one variant under one calibration: test metrics and the validation U/S/H it was chosen on."""
+    def num(x):  # NaN (no validation data of a kind) is JSON null
+        return None if x is None or not np.isfinite(float(x)) else round(float(x), 3)
+
     return {"calibration_lambda": round(float(r["calibration_lambda"]), 4),
             **{k: round(float(r[k]), 3) for k in ("zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H")},
-            "validation": {k: round(float(x), 3) for k, x in r["validation"].items()}}
+            "validation": {k: (x if isinstance(x, str) else num(x)) for k, x in r["validation"].items()}}
 
 
 class EvaluateStage(Stage):
