@@ -14,7 +14,7 @@ images) and `data.val_seed` (which trainval images are held out for validation).
 real images) with `validation_gzsl_U` and `validation_minus_test_U`, the gap between unseen accuracy
 on the validation data lambda was chosen on and on the real test images.
 
-    python benchmarks/ablation.py [--seeds 0 1 2] [--config miniworld] [--out /tmp/digzsl-ablation] [--keep]
+    python benchmarks/ablation.py [--seeds 0 1 2] [--config miniworld] [--out /tmp/digzsl-ablation] [--keep] [--resume]
 """
 
 from __future__ import annotations
@@ -79,12 +79,15 @@ def main() -> None:
     ap.add_argument("--config", default="miniworld")
     ap.add_argument("--out", default="/tmp/digzsl-ablation")
     ap.add_argument("--keep", action="store_true", help="keep the run directories")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep existing run directories and resume them (complete stages are skipped)")
     a = ap.parse_args()
     out = Path(a.out)
     per_seed, wall = {}, {}
     for seed in a.seeds:
         run = out / f"seed-{seed}"
-        shutil.rmtree(run, ignore_errors=True)
+        if not a.resume:
+            shutil.rmtree(run, ignore_errors=True)
         t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "digzsl_ray.cli", "run", "--config", a.config, "--out", str(run)]
         for o in seed_overrides(seed):

@@ -35,7 +35,13 @@ ABOUT = {
     "ablation": "Every variant's ZSL top-1, GZSL U/S/H, calibration lambda and AUSUC over several seeds of the "
                 "whole MiniWorld pipeline (`python benchmarks/ablation.py --seeds 0 1 2`): each seed sets `seed`, "
                 "`tokens.seed`, `generate.seed` and `data.val_seed` (the world stays the same); mean, sample "
-                "standard deviation and the values.",
+                "standard deviation and the values; `calibrations`: the same under each calibration "
+                "(`synthetic`, `valclass`) with the unseen accuracy on the validation data lambda was chosen on "
+                "and its gap to the real test images.",
+    "diagnose": "Per unseen class of one run (`python benchmarks/diagnose.py --run DIR`): the CDM's and the "
+                "oracle's accuracy on fresh generated images (plain prompt, learned token), the classifiers' "
+                "accuracy on held-out synthetic images and on real test images, and the CDM's on real test "
+                "images: why a variant wins or loses.",
     "gpu": "SD-1.5-sized UNet/VAE/text encoder (random weights) at 512x512, 30 steps, fp16: images per second "
            "with SDPA (and xformers), seconds per DCT update, and each as a fraction of the FLOP lower bound at "
            "the GPU's peak. Runs only where CUDA is present.",
@@ -51,7 +57,7 @@ def main() -> None:
              "Scripts in this folder print one JSON line each and save it to `results/<name>.json` with the "
              "machine they ran on. `make bench` runs the CPU ones and rewrites this file. They are never "
              "collected as tests.", ""]
-    for name in ("dct_step", "token_scaling", "generation", "serve", "pipeline", "ablation", "gpu"):
+    for name in ("dct_step", "token_scaling", "generation", "serve", "pipeline", "ablation", "diagnose", "gpu"):
         p = HERE / "results" / f"{name}.json"
         lines += [f"## {name}", "", ABOUT[name], ""]
         if not p.is_file():
