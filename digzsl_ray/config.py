@@ -89,12 +89,25 @@ class Section(BaseModel):
 
 # 1. Data -------------------------------------------------------------------------------------------
 class DataConfig(Section):
-    format: Literal["miniworld", "digzsl", "xlsa17"] = Field(
+    format: Literal["miniworld", "digzsl", "xlsa17", "coco", "nuswide", "nuswide-dualcoop"] = Field(
         "miniworld",
         description="'miniworld': render the built-in world into `root` when missing; 'digzsl': a dataset in "
-        "the project format at `root`; 'xlsa17': att_splits.mat from `splits_dir` with images under `root`.")
-    root: str = Field("", description="dataset directory (digzsl/miniworld) or image root (xlsa17); "
+        "the project format at `root`; 'xlsa17': att_splits.mat from `splits_dir` with images under `root`; "
+        "multi-label: 'coco' (instances JSONs in `annotations`, Bansal class lists, images under `root`), "
+        "'nuswide' (the official release in `annotations`) or 'nuswide-dualcoop' (DualCoOp's formatted files "
+        "in `annotations`), images under `root`")
+    root: str = Field("", description="dataset directory (digzsl/miniworld) or image root (xlsa17, coco, nuswide); "
                       "empty for miniworld means OUT/data/miniworld")
+    annotations: str = Field("", description="coco: folder of instances_{train,val}2014.json; nuswide: the "
+                             "release root (Concepts81.txt, NUS_WID_Tags/, AllLabels/, ImageList/); "
+                             "nuswide-dualcoop: the root holding annotations/Tag_all and annotations/zsl")
+    seen_classes_file: str = Field("", description="coco: seen class list (Bansal's mscoco_seen_classes.json "
+                                   "or one name per line)")
+    unseen_classes_file: str = Field("", description="coco: unseen class list (mscoco_unseen_classes.json)")
+    concepts_file: str = Field("", description="nuswide-dualcoop: optional official Concepts81.txt to check "
+                               "the unseen names against")
+    keep_unlabelled: bool = Field(False, description="nuswide: keep test images without any label (LESA/BiAM "
+                                  "evaluate them) in the split 'test_unlabelled'")
     dataset: Literal["", "CUB", "AWA2", "SUN", "FLO"] = Field(
         "", description="xlsa17 dataset name; selects the image folder layout")
     splits_dir: str = Field("", description="xlsa17 folder holding att_splits.mat and the class lists")
@@ -221,6 +234,9 @@ class PretrainConfig(Section):
     clip_steps: int = Field(800, ge=0, description="CLIP steps")
     clip_batch: int = Field(128, ge=2, description="CLIP batch size")
     clip_lr: float = Field(1e-3, gt=0.0, description="CLIP learning rate")
+    vae_decoder_steps: int = Field(4000, ge=0, description="steps of the last phase: the VAE decoder alone "
+                                   "fine-tuned on the frozen encoder (the latent space, hence the UNet, is unchanged)")
+    vae_decoder_lr: float = Field(1e-3, gt=0.0, description="learning rate of the VAE-decoder phase")
     report_every: int = Field(100, ge=1, description="steps between metric reports")
     checkpoint_every: int = Field(400, ge=1, description="steps between checkpoints (multiple of report_every)")
     seed: int = Field(0, ge=0, description="training seed")

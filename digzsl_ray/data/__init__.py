@@ -7,7 +7,9 @@ from pathlib import Path
 from digzsl_ray.config import ConfigError
 from digzsl_ray.data.split import Item, ZSLSplit
 
-__all__ = ["Item", "ZSLSplit", "load_split", "dataset_root"]
+__all__ = ["Item", "ZSLSplit", "load_split", "dataset_root", "MULTI_LABEL_FORMATS"]
+
+MULTI_LABEL_FORMATS = ("coco", "nuswide", "nuswide-dualcoop")
 
 
 def dataset_root(data_cfg, out: str | Path | None) -> Path:
@@ -22,7 +24,7 @@ def dataset_root(data_cfg, out: str | Path | None) -> Path:
                               f"OUT/data/{data_cfg.format}: give --out OUT (or set data.root)")
         return Path(out) / "data" / data_cfg.format
     raise ConfigError(f"data.root: empty; format {data_cfg.format!r} needs the dataset directory "
-                      f"(digzsl) or the image root (xlsa17)")
+                      f"(digzsl) or the image root (xlsa17, coco, nuswide)")
 
 
 def load_split(data_cfg, out: str | Path | None = None, validate: bool = True, progress: bool = True) -> ZSLSplit:
@@ -41,6 +43,8 @@ def load_split(data_cfg, out: str | Path | None = None, validate: bool = True, p
         split = read_dataset(world.prepare(root, data_cfg, progress), data_cfg.val_fraction, seed=data_cfg.val_seed)
     elif data_cfg.format == "digzsl":
         split = read_dataset(root, data_cfg.val_fraction, seed=data_cfg.val_seed)
+    elif data_cfg.format in MULTI_LABEL_FORMATS:
+        split = _read_multi_label(data_cfg, root)
     else:
         from digzsl_ray.data.xlsa17 import read_xlsa17
 
@@ -54,3 +58,23 @@ def load_split(data_cfg, out: str | Path | None = None, validate: bool = True, p
     if validate:
         validate_split(split, images=data_cfg.check_images, progress=progress)
     return split
+
+
+def _read_multi_label(data_cfg, root: Path) -> ZSLSplit:
+    if not data_cfg.annotations:
+        raise ConfigError(f"data.annotations: empty; format {data_cfg.format!r} needs the folder of its annotation files")
+    ann = Path(data_cfg.annotations).expanduser()
+    common = dict(val_fraction=data_cfg.val_fraction, seed=data_cfg.val_seed)
+    if data_cfg.format == "coco":
+        from digzsl_ray.data.coco import read_coco_zsl
+
+        for key in ("seen_classes_file", "unseen_classes_file"):
+            if not getattr(data_cfg, key):
+                raise ConfigError(f"data.{key}: empty; format 'coco' needs Bansal et al.'s class lists")
+        return read_coco_zsl(ann, root, data_cfg.seen_classes_file, data_cfg.unseen_classes_file, **common)
+    from digzsl_ray.data.nuswide import read_nuswide_dualcoop, read_nuswide_official
+
+    if data_cfg.format == "nuswide":
+        return read_nuswide_official(ann, root, keep_unlabelled=data_cfg.keep_unlabelled, **common)
+    return read_nuswide_dualcoop(ann, root, concepts_file=data_cfg.concepts_file or None,
+                                 keep_unlabelled=data_cfg.keep_unlabelled, **common)

@@ -46,6 +46,7 @@ class ZSLSplit:
         val_classes: seen class indices usable as pseudo-unseen for model selection (may be empty).
         multi_label: whether items carry label sets.
         root: where image paths were resolved from (for messages).
+        notes: facts a reader wants reported (e.g. how many test images it left out and why).
     """
 
     name: str
@@ -57,6 +58,7 @@ class ZSLSplit:
     val_classes: list[int] = field(default_factory=list)
     multi_label: bool = False
     root: str = ""
+    notes: dict = field(default_factory=dict)
 
     # Convenience views --------------------------------------------------------------------
     @property

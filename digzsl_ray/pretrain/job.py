@@ -1,7 +1,7 @@
 """``digzsl pretrain`` (alias ``digzsl miniworld pretrain``): train a tiny CLIP and a tiny Stable Diffusion on Ray Train.
 
-The worker runs the three phases of :mod:`digzsl_ray.pretrain.loops` in order (VAE, then UNet + text encoder on the
-VAE's latents, then CLIP), reports a checkpoint every ``checkpoint_every`` steps and resumes from
+The worker runs the four phases of :mod:`digzsl_ray.pretrain.loops` in order (VAE, then UNet + text encoder on the
+VAE's latents, then CLIP, then the VAE decoder alone on the frozen encoder), reports a checkpoint every ``checkpoint_every`` steps and resumes from
 the last one after a failure or a rerun with the same output directory. Rank 0 exports:
 
 ```
@@ -42,6 +42,7 @@ from digzsl_ray.pretrain.loops import (
     train_clip,
     train_sd,
     train_vae,
+    train_vae_decoder,
 )
 
 
@@ -150,7 +151,8 @@ def pretrain_worker(config: dict) -> None:
         phases[phase] = PhaseState(step=metrics["step"], seconds=metrics["seconds"],
                                    losses=list(current[phase].losses or []))
         step = metrics["step"]
-        total = {"vae": cfg.vae_steps, "sd": cfg.sd_steps, "clip": cfg.clip_steps}[phase]
+        total = {"vae": cfg.vae_steps, "sd": cfg.sd_steps, "clip": cfg.clip_steps,
+                 "vae_decoder": cfg.vae_decoder_steps}[phase]
         if step % cfg.checkpoint_every != 0 and step != total:
             ray.train.report(metrics)
             return
@@ -182,7 +184,12 @@ def pretrain_worker(config: dict) -> None:
     train_clip(clip, images, clip_ids, cfg.clip_steps, cfg.clip_batch, cfg.clip_lr, current["clip"],
                state.get("clip_opt"), seed=seed, **common)
 
-    # 7. Export (rank 0).
+    # 7. The VAE decoder alone on the frozen encoder: latents (and the UNet trained on them) stay as they are.
+    current["vae_decoder"] = phases.get("vae_decoder", PhaseState())
+    train_vae_decoder(vae, images, cfg.vae_decoder_steps, cfg.vae_batch, cfg.vae_decoder_lr, current["vae_decoder"],
+                      state.get("vae_decoder_opt"), seed=seed, **common)
+
+    # 8. Export (rank 0).
     if rank == 0:
         out = Path(config["out"])
         for m in (vae, unet, te, clip):

@@ -1,12 +1,15 @@
 """Generic foundation-model pretraining from a captioned image folder (plain torch maths).
 
-Three phases, each a resumable loop over in-memory uint8 images:
+Four phases, each a resumable loop over in-memory uint8 images:
 
 1. ``vae``:  AutoencoderKL, L1 + edge L1 + KL (beta) reconstruction loss.
 2. ``sd``:   UNet2DConditionModel + CLIPTextModel on frozen VAE latents, epsilon prediction with
              SD 1.5's noise schedule; captions dropped to "" with probability ``cfg_dropout`` so
              classifier-free guidance works.
 3. ``clip``: open_clip CLIP (ViT + text transformer), symmetric InfoNCE with a learned scale.
+4. ``vae_decoder``: the VAE decoder alone fine-tuned on the frozen encoder's latents (L1 + edge
+             L1), as Stability's ``sd-vae-ft-mse`` was: the latent space, hence the UNet trained on
+             it, is unchanged, and reconstructions keep fine attributes the joint phase blurs.
 
 The Ray Train wrapper (:mod:`digzsl_ray.pretrain.job`) runs these phases in a worker, reports checkpoints and
 resumes; :func:`export_sd` / :func:`export_clip` write the standard formats.
@@ -142,6 +145,45 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch: int, lr: float, kl_w
 
     return _loop("vae", steps, state, step_fn, report, every, progress,
                  lambda: {"vae": vae.state_dict(), "vae_opt": opt.state_dict()})
+
+
+def train_vae_decoder(vae, images: torch.Tensor, steps: int, batch: int, lr: float, state: PhaseState,
+                      opt_state: dict | None, report: ReportFn, every: int, seed: int, progress: bool = True,
+                      device: torch.device = torch.device("cpu"), precision: str = "fp32") -> PhaseState:
+    """Fine-tune ``vae.decoder`` and ``vae.post_quant_conv`` on latents drawn from the frozen encoder."""
+    vae.requires_grad_(False)
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    if opt_state:
+        opt.load_state_dict(opt_state)
+    vae.eval()
+    vae.decoder.train()
+
+    def step_fn(step: int) -> float:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + 7_000_000 + step)
+        idx = torch.randint(0, len(images), (batch,), generator=g)
+        x = to_unit(images[idx]).to(device)
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, steps, lr)
+        with autocast(device, precision):
+            with torch.no_grad():
+                post = vae.encode(x).latent_dist
+                z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(device)
+            rec = vae.decode(z).sample.float()
+            loss = (rec - x).abs().mean() + 0.5 * edge_l1(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        allreduce_grads(params)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return float(loss.detach())
+
+    out = _loop("vae_decoder", steps, state, step_fn, report, every, progress,
+                lambda: {"vae": vae.state_dict(), "vae_decoder_opt": opt.state_dict()})
+    vae.requires_grad_(False)
+    return out
 
 
 @torch.no_grad()

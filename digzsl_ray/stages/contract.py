@@ -126,6 +126,7 @@ class Method:
     main_variant: str  # the variant whose figures are metrics.json's top-level keys
     serve_model: str  # reference of the classifier folder the endpoint serves ("stage:output")
     report: Any = None  # (Context) -> Path: builds OUT/report.html (after `digzsl run` records its memory)
+    multi_label: bool = False  # whether the method takes label sets (coco, nuswide, MiniWorld scenes)
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:

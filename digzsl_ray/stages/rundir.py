@@ -76,12 +76,21 @@ def _describe_difference(old: dict, new: dict) -> str:
     return f"unseen classes differ: {sorted(set(old.get('unseen', [])) ^ set(new.get('unseen', [])))[:5]}"
 
 
-def prepare(cfg, out: str | Path, progress: bool = True):
-    """Load and validate the dataset, then bind the run directory. Returns ``(RunDir, ZSLSplit)``."""
+def prepare(cfg, out: str | Path, progress: bool = True, method=None):
+    """Load and validate the dataset, then bind the run directory. Returns ``(RunDir, ZSLSplit)``.
+
+    With ``method``, a split whose kind (single- or multi-label) the method does not take is a
+    :class:`ConfigError` before anything is written.
+    """
+    from digzsl_ray.config import ConfigError
     from digzsl_ray.data import load_split
 
     rd = RunDir(Path(out))
     split = load_split(cfg.data, out=rd.root, validate=True, progress=progress)
+    if method is not None and split.multi_label != method.multi_label:
+        kind = "multi-label (label sets)" if split.multi_label else "single-label"
+        raise ConfigError(f"data.format {cfg.data.format!r} gives {kind} data, which method {method.name!r} does "
+                          f"not take; use a {'multi-label' if split.multi_label else 'single-label'} method")
     rd.bind(cfg, split)
     return rd, split
 

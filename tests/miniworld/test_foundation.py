@@ -72,13 +72,13 @@ def test_pretraining_job_runs_few_steps_writes_loadable_models_and_resumes(tmp_p
     from digzsl_ray.pretrain.job import run_pretrain
 
     data = _folder(tmp_path / "w", 96)
-    cfg = PretrainConfig(vae_steps=4, sd_steps=4, clip_steps=4, sd_batch=8, vae_batch=8, clip_batch=16,
+    cfg = PretrainConfig(vae_steps=4, sd_steps=4, clip_steps=4, vae_decoder_steps=4, sd_batch=8, vae_batch=8, clip_batch=16,
                          report_every=2, checkpoint_every=2, cpus_per_worker=1)
     tmp = tempfile.mkdtemp(prefix="p", dir="/tmp")
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, logging_level="ERROR")
     try:
         meta = run_pretrain(data, tmp_path / "out", cfg)
-        assert {k: v["step"] for k, v in meta["phases"].items()} == {"vae": 4, "sd": 4, "clip": 4}
+        assert {k: v["step"] for k, v in meta["phases"].items()} == {"vae": 4, "sd": 4, "clip": 4, "vae_decoder": 4}
         pipe = load_sd_pipeline(str(tmp_path / "out" / "sd"))
         img = pipe("a red circle", num_inference_steps=2, output_type="pt").images
         assert img.shape == (1, 3, 32, 32)
@@ -93,6 +93,35 @@ def test_pretraining_job_runs_few_steps_writes_loadable_models_and_resumes(tmp_p
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_vae_decoder_phase_changes_the_decoder_only():
+    """The last pretraining phase must leave the encoder, hence the latents the UNet learnt, untouched."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from digzsl_ray.pretrain.arch import SDArch, vae_config
+    from digzsl_ray.pretrain.loops import PhaseState, train_vae_decoder
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**vae_config(SDArch(image_size=16)))
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    x = images.float().div(127.5).sub(1)
+    with torch.no_grad():
+        z0 = vae.encode(x).latent_dist.mean.clone()
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    reports = []
+    state = train_vae_decoder(vae, images, steps=3, batch=4, lr=1e-3, state=PhaseState(), opt_state=None,
+                              report=lambda m, lazy: reports.append((m, sorted(lazy()))), every=1, seed=0,
+                              progress=False)
+    after = vae.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
+    with torch.no_grad():
+        assert torch.equal(vae.encode(x).latent_dist.mean, z0)
+    assert state.step == 3 and [m["phase"] for m, _ in reports] == ["vae_decoder"] * 3
+    assert reports[-1][1] == ["vae", "vae_decoder_opt"]
+    assert not any(p.requires_grad for p in vae.parameters())
 
 
 @pytest.mark.parametrize("problem, match", [
