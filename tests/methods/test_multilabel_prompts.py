@@ -1,7 +1,5 @@
 """Prompt diversification: pairs, the reference dialogue, parsing, the per-pair cache, both backends."""
 
-import pytest
-
 from digzsl_ray.methods.multilabel import prompts as pr
 
 

@@ -32,6 +32,20 @@ def _items_payload(items) -> dict:
     return {"paths": [it.path for it in items], "labels": [it.label for it in items]}
 
 
+def _val_accuracy(head, f_val, y_val: np.ndarray, columns: np.ndarray, device) -> float:
+    """Top-1 accuracy (percent) of ``head`` on validation features, the argmax over ``columns`` only."""
+    from digzsl_ray.cdm import head_scores
+
+    if not len(y_val):
+        return 0.0
+    scores = head_scores(head, f_val, device).numpy()
+    return float((columns[scores[:, columns].argmax(1)] == y_val).mean() * 100)
+
+
+def _snapshot(head) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+
+
 def cdm_worker(config: dict) -> None:
     """Ray Train worker. ``config``: {"cfg": RunConfig dict, "data": {split: {paths, labels}}, ...}."""
     import ray.train
@@ -103,11 +117,9 @@ def cdm_worker(config: dict) -> None:
         gen.manual_seed(cfg.seed * 7919 + rank * 101 + epoch)
         maybe_fail("cdm", spec=config.get("fault", ""), epoch=epoch)
         loss = train_epoch(model, f_train, y_train, seen, opt, c.batch_size, gen, device)
-        scores = head_scores(head, f_val, device).numpy()
-        pred = seen.numpy()[scores[:, seen.numpy()].argmax(1)] if len(y_val) else np.array([])
-        acc = float((pred == y_val).mean() * 100) if len(y_val) else 0.0
+        acc = _val_accuracy(head, f_val, y_val, seen.numpy(), device)
         if acc > best_acc:
-            best_acc, best_state = acc, {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+            best_acc, best_state = acc, _snapshot(head)
         history.append({"epoch": epoch, "loss": round(loss, 5), "val_acc": round(acc, 3)})
         metrics = {"epoch": epoch, "loss": loss, "val_acc": acc, "best_val_acc": best_acc}
         report_state(metrics, {"head": head.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
@@ -118,8 +130,9 @@ def cdm_worker(config: dict) -> None:
     #    images. Calibration can then choose lambda on real images only (no synthetic image involved).
     aux = None
     vset = [int(v) for v in config.get("val_classes", [])]
+    in_v = set(vset)
     if vset and len(vset) < len(seen):
-        keep_cols = torch.tensor([int(s) for s in seen.tolist() if int(s) not in set(vset)])
+        keep_cols = torch.tensor([int(s) for s in seen.tolist() if int(s) not in in_v])
         kpos = {int(s): i for i, s in enumerate(keep_cols.tolist())}
         mine = [i for i, lab in enumerate(tr_labels) if int(lab) in kpos]
         # every worker steps the same number of times (DDP): wrap this shard's rows to the longest shard's
@@ -137,11 +150,9 @@ def cdm_worker(config: dict) -> None:
         for epoch in range(c.epochs):
             gen.manual_seed(cfg.seed * 7919 + rank * 101 + epoch + 50_000)
             train_epoch(aux_model, f_train[:, rows], y_aux, keep_cols, aux_opt, c.batch_size, gen, device)
-            sc = head_scores(aux, f_val[vmask], device).numpy()
-            acc = float((keep_cols.numpy()[sc[:, keep_cols.numpy()].argmax(1)] == y_val[vmask]).mean() * 100) \
-                if vmask.any() else 0.0
+            acc = _val_accuracy(aux, f_val[vmask], y_val[vmask], keep_cols.numpy(), device)
             if acc > aux_best:
-                aux_best, aux_state = acc, {k: v.detach().cpu().clone() for k, v in aux.state_dict().items()}
+                aux_best, aux_state = acc, _snapshot(aux)
         aux.load_state_dict(aux_state)
 
     # 7. Rank 0: best head -> OUT/cdm, plus scores of val and test images for evaluation.
@@ -162,9 +173,9 @@ def cdm_worker(config: dict) -> None:
             vm = ~np.isin(y_val, vset)
             arrays["valclass_seen_scores"] = head_scores(aux, f_val[vm], device).numpy()
             arrays["valclass_seen_labels"] = y_val[vm].astype(np.int64)
-            vi = [i for i, lab in enumerate(data["val"]["labels"]) if int(lab) in set(vset)]
-            v_paths = [p for p, lab in zip(data["train"]["paths"], data["train"]["labels"]) if int(lab) in set(vset)]
-            v_labels = [int(lab) for lab in data["train"]["labels"] if int(lab) in set(vset)]
+            vi = [i for i, lab in enumerate(data["val"]["labels"]) if int(lab) in in_v]
+            v_paths = [p for p, lab in zip(data["train"]["paths"], data["train"]["labels"]) if int(lab) in in_v]
+            v_labels = [int(lab) for lab in data["train"]["labels"] if int(lab) in in_v]
             fv = extract_features(clip_model, load_images(v_paths, size), size, mean, std, device)[0] \
                 if v_paths else f_val[:0]
             arrays["valclass_unseen_scores"] = np.concatenate([head_scores(aux, fv, device).numpy(),
