@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/serve.py --run $(RUN)
 	$(BIN)/python benchmarks/pipeline.py
 	$(BIN)/python benchmarks/ablation.py
+	$(BIN)/python benchmarks/determinism.py
 	$(BIN)/python benchmarks/diagnose.py --run $(RUN)
 	$(BIN)/python benchmarks/gpu.py
 	$(BIN)/python benchmarks/make_readme.py

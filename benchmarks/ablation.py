@@ -15,6 +15,11 @@ real images) with `validation_gzsl_U` and `validation_minus_test_U`, the gap bet
 on the validation data lambda was chosen on and on the real test images.
 
     python benchmarks/ablation.py [--seeds 0 1 2] [--config miniworld] [--out /tmp/digzsl-ablation] [--keep] [--resume]
+
+A candidate setting (a hyperparameter to choose on validation data) runs with `--set KEY=VALUE`
+(repeatable) and `--name NAME` (results in `results/NAME.json`); `--base DIR` starts each seed from
+a copy of DIR/seed-<s>, so only the stages the setting invalidates are recomputed. The result then
+also holds each variant's validation figures (`validation`), the only ones a choice may rest on.
 """
 
 from __future__ import annotations
@@ -73,6 +78,19 @@ def summarise(per_seed: dict[int, dict]) -> dict:
     return out
 
 
+def validation_summary(per_seed: dict[int, dict]) -> dict:
+    """Each variant's validation U/S/H under the headline calibration (mean, std, values): the figures a
+    choice between settings may rest on (test figures never may)."""
+    out: dict = {}
+    for name, per in per_seed[sorted(per_seed)[0]].get("calibrations", {}).items():
+        rows = [per_seed[s]["calibrations"][name] for s in sorted(per_seed)]
+        vals = [r[r["headline"]]["validation"] for r in rows]
+        out[name] = {k: _stats([float(v[k]) for v in vals]) for k in ("gzsl_U", "gzsl_S", "gzsl_H")
+                     if all(v.get(k) is not None for v in vals)}
+        out[name]["data"] = vals[0].get("data", "")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -81,6 +99,11 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the run directories")
     ap.add_argument("--resume", action="store_true",
                     help="keep existing run directories and resume them (complete stages are skipped)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a candidate setting applied to every seed (repeatable)")
+    ap.add_argument("--base", default="", help="start each seed from a copy of BASE/seed-<s> (only invalidated "
+                                               "stages rerun)")
+    ap.add_argument("--name", default="ablation", help="results/NAME.json (default: ablation)")
     a = ap.parse_args()
     out = Path(a.out)
     per_seed, wall = {}, {}
@@ -88,9 +111,11 @@ def main() -> None:
         run = out / f"seed-{seed}"
         if not a.resume:
             shutil.rmtree(run, ignore_errors=True)
+        if a.base and not run.exists():
+            shutil.copytree(Path(a.base) / f"seed-{seed}", run, ignore=shutil.ignore_patterns("ray"))
         t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "digzsl_ray.cli", "run", "--config", a.config, "--out", str(run)]
-        for o in seed_overrides(seed):
+        for o in seed_overrides(seed) + a.sets:
             cmd += ["--set", o]
         subprocess.run(cmd, check=True)
         wall[seed] = round(time.perf_counter() - t0, 1)
@@ -100,7 +125,10 @@ def main() -> None:
     result = summarise(per_seed)
     result.update(config=a.config, wall_s=wall, seed_overrides="seed, tokens.seed, generate.seed = seed + 1, "
                                                               "data.val_seed")
-    save("ablation", result)
+    if a.sets:
+        result["settings"] = a.sets
+    result["validation"] = validation_summary(per_seed)
+    save(a.name, result)
     if not a.keep:
         shutil.rmtree(out, ignore_errors=True)
 

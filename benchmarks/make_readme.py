@@ -42,6 +42,10 @@ ABOUT = {
                 "oracle's accuracy on fresh generated images (plain prompt, learned token), the classifiers' "
                 "accuracy on held-out synthetic images and on real test images, and the CDM's on real test "
                 "images: why a variant wins or loses.",
+    "determinism": "Two runs of one seed (`python benchmarks/determinism.py --seed 0`, or `--compare A B` on two "
+                   "existing run directories): per stage output whether it is bit-identical and the largest "
+                   "absolute difference (prototypes, CDM scores and head, tokens, classifier weights and scores), "
+                   "the fraction of generated images with identical bytes, and every variant's metrics in both runs.",
     "gpu": "SD-1.5-sized UNet/VAE/text encoder (random weights) at 512x512, 30 steps, fp16: images per second "
            "with SDPA (and xformers), seconds per DCT update, and each as a fraction of the FLOP lower bound at "
            "the GPU's peak. Runs only where CUDA is present.",
@@ -57,7 +61,8 @@ def main() -> None:
              "Scripts in this folder print one JSON line each and save it to `results/<name>.json` with the "
              "machine they ran on. `make bench` runs the CPU ones and rewrites this file. They are never "
              "collected as tests.", ""]
-    for name in ("dct_step", "token_scaling", "generation", "serve", "pipeline", "ablation", "diagnose", "gpu"):
+    for name in ("dct_step", "token_scaling", "generation", "serve", "pipeline", "ablation", "determinism", "diagnose",
+                 "gpu"):
         p = HERE / "results" / f"{name}.json"
         lines += [f"## {name}", "", ABOUT[name], ""]
         if not p.is_file():

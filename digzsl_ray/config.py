@@ -89,9 +89,11 @@ class Section(BaseModel):
 
 # 1. Data -------------------------------------------------------------------------------------------
 class DataConfig(Section):
-    format: Literal["miniworld", "digzsl", "xlsa17", "coco", "nuswide", "nuswide-dualcoop"] = Field(
+    format: Literal["miniworld", "miniworld-multilabel", "digzsl", "xlsa17", "coco", "nuswide",
+                    "nuswide-dualcoop"] = Field(
         "miniworld",
-        description="'miniworld': render the built-in world into `root` when missing; 'digzsl': a dataset in "
+        description="'miniworld': render the built-in world into `root` when missing ('miniworld-multilabel': "
+        "its multi-label scenes); 'digzsl': a dataset in "
         "the project format at `root`; 'xlsa17': att_splits.mat from `splits_dir` with images under `root`; "
         "multi-label: 'coco' (instances JSONs in `annotations`, Bansal class lists, images under `root`), "
         "'nuswide' (the official release in `annotations`) or 'nuswide-dualcoop' (DualCoOp's formatted files "

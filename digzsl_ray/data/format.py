@@ -129,6 +129,5 @@ def read_dataset(root: str | Path, val_fraction: float = 0.1, seed: int = 0) -> 
         multi_label=multi,
         root=str(root),
     )
-    if not multi:
-        split.carve_val(val_fraction, seed)
+    split.carve_val(val_fraction, seed)  # multi-label: stratified by an image's first label
     return split

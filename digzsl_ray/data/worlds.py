@@ -17,7 +17,8 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-_BUILTIN = {"miniworld": "digzsl_ray.miniworld.provider"}
+_BUILTIN = {"miniworld": "digzsl_ray.miniworld.provider",
+            "miniworld-multilabel": "digzsl_ray.miniworld.provider:WORLD_MULTILABEL"}
 
 
 class Oracle(Protocol):
@@ -47,8 +48,11 @@ def registered() -> dict[str, str]:
 
 def get_world(name: str) -> World | None:
     """The world providing data format ``name``, or None (the format is a plain reader)."""
-    module = registered().get(name)
-    return importlib.import_module(module).WORLD if module else None
+    entry = registered().get(name)
+    if not entry:
+        return None
+    module, _, attr = entry.partition(":")  # "package.module" (its WORLD) or "package.module:ATTR"
+    return getattr(importlib.import_module(module), attr or "WORLD")
 
 
 def world_oracle(data_cfg) -> Oracle | None:

@@ -47,7 +47,8 @@ class WorldParams:
     test_seen_per_class: int = 15  # benchmark test images per seen class
     test_unseen_per_class: int = 30  # benchmark test images per unseen class
     multilabel_train: int = 600  # multi-label scenes of seen classes only
-    multilabel_test: int = 300  # multi-label scenes with at least one unseen class
+    multilabel_test: int = 300  # multi-label scenes with at least one unseen class (the ZSL test set)
+    multilabel_test_seen: int = 150  # multi-label test scenes of seen classes only (with the above: GZSL)
 
 
 def _png(im: Image.Image) -> bytes:
@@ -118,12 +119,14 @@ def make_world(out: str | Path, params: WorldParams, progress: bool = True,
     mrows: dict[str, list[tuple[str, list[str]]]] = {"trainval": [], "test_seen": [], "test_unseen": []}
     seen_idx = [names.index(n) for n in seen]
     unseen_idx = [names.index(n) for n in unseen]
-    total = params.multilabel_train + params.multilabel_test if "multilabel" in parts else 0
+    n_tr, n_te = params.multilabel_train, params.multilabel_test
+    total = n_tr + n_te + params.multilabel_test_seen if "multilabel" in parts else 0
     for k in tqdm(range(total), desc="multi-label", **bar):
         rng = np.random.default_rng(np.random.SeedSequence([params.seed, STREAM_MULTI, 1, k]))
         m = int(rng.integers(2, 4))
-        if k < params.multilabel_train:
-            split, pick = "trainval", list(rng.choice(seen_idx, size=m, replace=False))
+        if k < n_tr or k >= n_tr + n_te:  # seen classes only: training scenes, then seen test scenes
+            split = "trainval" if k < n_tr else "test_seen"
+            pick = list(rng.choice(seen_idx, size=m, replace=False))
         else:
             split = "test_unseen"
             pick = [int(rng.choice(unseen_idx))] + [int(x) for x in rng.choice(

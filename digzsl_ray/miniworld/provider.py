@@ -1,6 +1,8 @@
 """MiniWorld as a world of the data registry (:mod:`digzsl_ray.data.worlds`): ``data.format:
 miniworld`` renders the ZSL benchmark into the dataset root when missing and reads it in the project
-format; the shipped oracle is its measuring hook."""
+format; the shipped oracle is its measuring hook. ``data.format: miniworld-multilabel`` renders the
+multi-label scenes (2-3 objects on a 2 x 2 grid of cells, 64 px); the single-object oracle does not
+measure scenes, so that world has none."""
 
 from __future__ import annotations
 
@@ -21,6 +23,15 @@ def prepare(root: Path, data_cfg, progress: bool = True) -> Path:
 
         make_world(root, WorldParams(seed=data_cfg.miniworld_seed), progress=progress, parts=("zsl",))
     return zsl
+
+
+def prepare_multilabel(root: Path, data_cfg, progress: bool = True) -> Path:
+    ml = Path(root) / "zsl_multilabel"
+    if not (ml / "dataset.json").is_file():
+        from digzsl_ray.miniworld.make import WorldParams, make_world
+
+        make_world(root, WorldParams(seed=data_cfg.miniworld_seed), progress=progress, parts=("multilabel",))
+    return ml
 
 
 class MiniWorldOracle:
@@ -44,3 +55,4 @@ def load_oracle() -> MiniWorldOracle | None:
 
 
 WORLD = World(name="miniworld", prepare=prepare, load_oracle=load_oracle, oracle_available=oracle_available)
+WORLD_MULTILABEL = World(name="miniworld-multilabel", prepare=prepare_multilabel)

@@ -101,6 +101,10 @@ def test_written_formats_load_and_validate(small_world):
     assert ml.multi_label and all(2 <= len(it.labels) <= 3 for it in ml.items["trainval"])
     assert all(set(it.labels) <= set(ml.seen) for it in ml.items["trainval"])
     assert all(set(it.labels) & set(ml.unseen) for it in ml.items["test_unseen"])
+    # GZSL: seen-only test scenes beside the ZSL test scenes; validation scenes carved from trainval
+    assert len(ml.items["test_seen"]) == 150 and all(set(it.labels) <= set(ml.seen) for it in ml.items["test_seen"])
+    assert ml.val and {it.path for it in ml.val} <= {it.path for it in ml.items["trainval"]}
+    validate_split(ml, progress=False)
     # benchmark images are disjoint from the corpus
     bench = {p.read_bytes() for p in (small_world / "zsl" / "images").rglob("*.png")}
     assert not bench & {p.read_bytes() for p in (small_world / "corpus" / "images").glob("*.png")}
@@ -155,3 +159,16 @@ def test_every_image_carries_nuisances_but_stays_in_its_class():
     assert ims.reshape(40, -1).mean(1).std() > 5  # brightness varies
     # rotation stays far from 45 degrees: a square never becomes a diamond
     assert world.MAX_ROTATION <= 15
+
+
+def test_multilabel_world_is_a_data_format_that_single_label_methods_refuse(small_world, tmp_path):
+    from digzsl_ray.config import ConfigError
+    from digzsl_ray.data import load_split
+    from digzsl_ray.methods import get_method, load_run_config
+    from digzsl_ray.stages.rundir import prepare
+
+    cfg = load_run_config(None, ["data.format=miniworld-multilabel", f"data.root={small_world}"])
+    split = load_split(cfg.data, progress=False)  # already rendered: read, not re-rendered
+    assert split.multi_label and split.name == "miniworld-multilabel" and len(split.classes) == 72
+    with pytest.raises(ConfigError, match="which method 'digzsl' does not take"):
+        prepare(cfg, tmp_path / "run", progress=False, method=get_method("digzsl"))
