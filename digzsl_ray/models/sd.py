@@ -2,6 +2,10 @@
 
 An image is a pure function of (pipeline, prompt, seed): each image gets its own
 ``torch.Generator`` seeded with its seed, so batching and retries never change a pixel.
+
+The differentiable pieces (:func:`encode_text`, :func:`denoise` with gradient through the last K
+steps, :func:`decode`, :func:`initial_latents`) serve every method that backpropagates a loss on
+generated images into the text side: DIG-ZSL's class tokens, the multi-label text-encoder tuning.
 """
 
 from __future__ import annotations
@@ -33,3 +37,44 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: f
         img = pipe(**kwargs).images
         out.append(img.float().cpu())
     return torch.cat(out).clamp(0, 1)
+
+
+def encode_text(text_encoder, tokenizer, prompts: list[str], device) -> torch.Tensor:
+    """SD's conditioning: last hidden states ``[B, 77, D]`` of prompts padded to model_max_length."""
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids.to(device)
+    return text_encoder(ids)[0]
+
+
+def denoise(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, steps: int,
+            guidance: float, grad_steps: int) -> torch.Tensor:
+    """DDIM sampling with classifier-free guidance; only the last ``grad_steps`` steps build a graph."""
+    scheduler.set_timesteps(steps, device=latents.device)
+    timesteps = scheduler.timesteps
+    emb = torch.cat([uncond, cond])
+    first_grad = len(timesteps) - min(grad_steps, len(timesteps))
+    for i, t in enumerate(timesteps):
+        with torch.set_grad_enabled(i >= first_grad and torch.is_grad_enabled()):
+            inp = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+            eps_u, eps_c = unet(inp, t, encoder_hidden_states=emb).sample.chunk(2)
+            eps = eps_u + guidance * (eps_c - eps_u)
+            latents = scheduler.step(eps, t, latents).prev_sample
+    return latents
+
+
+def decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """VAE decode to images in 0..1 ``[B, 3, H, W]`` (differentiable)."""
+    img = vae.decode(latents / vae.config.scaling_factor).sample
+    return (img.float() / 2 + 0.5).clamp(0, 1)
+
+
+def initial_latents(unet, seeds: list[int], device, dtype) -> torch.Tensor:
+    """One latent per seed, each from its own CPU generator (independent of batching and device)."""
+    c, s = unet.config.in_channels, unet.config.sample_size
+    lat = [torch.randn((c, s, s), generator=torch.Generator("cpu").manual_seed(int(sd))) for sd in seeds]
+    return torch.stack(lat).to(device, dtype)
+
+
+def scaled_latents(unet, scheduler, seeds: list[int], device, dtype) -> torch.Tensor:
+    """Initial latents scaled by the scheduler's ``init_noise_sigma`` (as the pipeline does)."""
+    return initial_latents(unet, seeds, device, dtype) * scheduler.init_noise_sigma
