@@ -40,7 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/gpu.py
 	$(BIN)/python benchmarks/make_readme.py
 
-# Reproduce the shipped MiniWorld foundation models from scratch (about 60 minutes on 2 CPU cores):
+# Reproduce the shipped MiniWorld foundation models from scratch (about 90 minutes on 2 CPU cores):
 # render the world, pretrain CLIP + SD on its captioned corpus (Ray Train), train the oracle, measure.
 # Results land in $(ASSETS_OUT); `make ship-assets` copies them into the package.
 WORLD ?= build/miniworld-world
