@@ -82,6 +82,18 @@ def edge_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (dx(a) - dx(b)).abs().mean() + (dy(a) - dy(b)).abs().mean()
 
 
+def optimise(opt, loss: torch.Tensor, params, max_norm: float | None = 1.0) -> float:
+    """One data-parallel step: backward, average gradients across workers, clip, apply; the loss value."""
+    params = list(params)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    allreduce_grads(params)
+    if max_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+    opt.step()
+    return float(loss.detach())
+
+
 def _loop(
     name: str,
     total_steps: int,
@@ -136,12 +148,7 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch: int, lr: float, kl_w
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(device)
             rec = vae.decode(z).sample.float()
             loss = (rec - x).abs().mean() + 0.5 * edge_l1(rec, x) + kl_weight * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        allreduce_grads(vae.parameters())
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        return float(loss.detach())
+        return optimise(opt, loss, vae.parameters())
 
     return _loop("vae", steps, state, step_fn, report, every, progress,
                  lambda: {"vae": vae.state_dict(), "vae_opt": opt.state_dict()})
@@ -173,12 +180,7 @@ def train_vae_decoder(vae, images: torch.Tensor, steps: int, batch: int, lr: flo
                 z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(device)
             rec = vae.decode(z).sample.float()
             loss = (rec - x).abs().mean() + 0.5 * edge_l1(rec, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        allreduce_grads(params)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        return float(loss.detach())
+        return optimise(opt, loss, params)
 
     out = _loop("vae_decoder", steps, state, step_fn, report, every, progress,
                 lambda: {"vae": vae.state_dict(), "vae_decoder_opt": opt.state_dict()})
@@ -231,12 +233,7 @@ def train_sd(unet, text_encoder, noise_scheduler, lat_mean: torch.Tensor, lat_st
             cond = text_encoder(ids).last_hidden_state
             pred = unet(zt, t, cond).sample.float()
         loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        allreduce_grads(params)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        return float(loss.detach())
+        return optimise(opt, loss, params)
 
     return _loop("sd", steps, state, step_fn, report, every, progress,
                  lambda: {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
@@ -273,13 +270,10 @@ def train_clip(clip, images: torch.Tensor, token_ids: torch.Tensor, steps: int, 
             logits = (scale * img @ txt.t()).float()
         labels = torch.arange(batch, device=device)
         loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        allreduce_grads(clip.parameters())
-        opt.step()
+        value = optimise(opt, loss, clip.parameters(), max_norm=None)
         with torch.no_grad():
             clip.logit_scale.clamp_(0, math.log(100))
-        return float(loss.detach())
+        return value
 
     return _loop("clip", steps, state, step_fn, report, every, progress,
                  lambda: {"clip": clip.state_dict(), "clip_opt": opt.state_dict()})
