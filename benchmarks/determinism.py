@@ -50,8 +50,29 @@ def compare_arrays(a: Path, b: Path) -> dict:
     diffs = {k: float(np.max(np.abs(x[k].astype(np.float64) - y[k].astype(np.float64)))) if x[k].size else 0.0
              for k in x if x[k].shape == y[k].shape}
     worst = max(diffs, key=diffs.get) if diffs else None
-    return {"identical": all(np.array_equal(x[k], y[k]) for k in x), "max_abs_diff": max(diffs.values(), default=0.0),
-            "worst_array": worst}
+    out = {"identical": all(np.array_equal(x[k], y[k]) for k in x), "max_abs_diff": max(diffs.values(), default=0.0),
+           "worst_array": worst}
+    if not out["identical"]:
+        # arrays whose rows are the same set in another order (e.g. a stream's row order), per prefix group
+        reordered = [k for k in x if not np.array_equal(x[k], y[k]) and _same_rows(x, y, k)]
+        out["differ"] = sorted(k for k in x if not np.array_equal(x[k], y[k]))
+        out["same_rows_other_order"] = sorted(reordered)
+    return out
+
+
+def _same_rows(x: dict, y: dict, key: str) -> bool:
+    """Whether the arrays sharing ``key``'s prefix (``val_scores``/``val_labels``) hold the same rows in
+    another order, rows matched jointly across those arrays."""
+    prefix = key.rsplit("_", 1)[0]
+    group = sorted(k for k in x if k.rsplit("_", 1)[0] == prefix and x[k].shape[:1] == x[key].shape[:1])
+
+    def rows(d):
+        cols = np.concatenate([d[k].reshape(len(d[k]), -1).astype(np.float64) for k in group], axis=1)
+        return cols[np.lexsort(cols.T[::-1])]
+
+    if any(x[k].shape != y[k].shape for k in group):
+        return False
+    return bool(np.array_equal(rows(x), rows(y)))
 
 
 def _image_hashes(folder: Path) -> dict[str, str]:
