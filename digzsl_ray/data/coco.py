@@ -79,13 +79,17 @@ def check_label_names(names: list[str], source: str) -> None:
         seen.add(n)
 
 
-def _read_instances(path: Path) -> _Instances:
+def _load_json(path: Path) -> dict:
     if not path.is_file():
         raise CocoFormatError(f"{path}: not found")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
         raise CocoFormatError(f"{path}: not valid JSON ({str(e)[:200]})") from None
+
+
+def _read_instances(path: Path, data: dict | None = None) -> _Instances:
+    data = _load_json(path) if data is None else data
     if not isinstance(data, dict) or not all(k in data for k in ("images", "annotations", "categories")):
         raise CocoFormatError(f"{path}: expected a COCO instances file with 'images', 'annotations' and 'categories'")
     try:
@@ -180,8 +184,8 @@ def write_split_jsons(annotations: str | Path, seen_file: str | Path, unseen_fil
     written = {}
     for src, which, names in ((train_json, "seen", seen_names), (val_json, "unseen", unseen_names),
                               (val_json, "gzsi", seen_names + unseen_names)):
-        data = json.loads((annotations / src).read_text(encoding="utf-8"))
-        inst = _read_instances(annotations / src)
+        data = _load_json(annotations / src)
+        inst = _read_instances(annotations / src, data)
         keep = set(_ids_of(names, inst, Path(unseen_file if which == "unseen" else seen_file)))
         anns = [a for a in data["annotations"] if int(a["category_id"]) in keep]
         imgs = {int(a["image_id"]) for a in anns}
