@@ -55,9 +55,9 @@ class LabelSetSampler:
         for attempt in range(self.max_redraws + 1):
             s = set(int(x) for x in self.rng.choice(pool, size=self.set_size))
             if self.redraw_single and len(s) == 1 and len(pool) > 1:
-                s.add(int(self.rng.choice(pool)))
-            if self.redraw_single and len(s) == 1 and len(pool) > 1:
-                continue
+                s.add(int(self.rng.choice(pool)))  # one more draw; still one label: draw the set again
+                if len(s) == 1:
+                    continue
             if self._confused(s):
                 continue
             return tuple(sorted(s))
