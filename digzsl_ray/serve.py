@@ -7,7 +7,10 @@ Two deployments: ``Ingress`` (FastAPI; parses and validates requests, decodes im
   ``{"image_base64": "...", "k": 5}``; answers ``{"predictions": [{"class", "score", "seen",
   "probability"}], "model_version"}``: the top k classes under GZSL calibrated stacking (``score`` =
   softmax probability minus the run's calibration lambda for seen classes, the ranking used by
-  the evaluation).
+  the evaluation). A multi-label run (``method: multilabel``) answers ``{"task": "multi_label",
+  "labels": [...], "predictions": [...], "threshold", "model_version"}``: ``labels`` are every label
+  whose probability exceeds the threshold chosen on validation data (``threshold`` in the JSON,
+  form or query overrides it, strictly between 0 and 1), ``predictions`` the top k by probability.
 * ``GET /v1/classes``: class names with a seen flag; ``GET /healthz``; ``GET /v1/stats``: the
   batching counters of one Classifier replica.
 
@@ -81,12 +84,42 @@ def load_run_meta(run_dir: str | Path) -> dict:
         metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
         names, seen, unseen = classes["classes"], classes["seen"], classes["unseen"]
         lam = float(metrics.get("calibration_lambda", 0.0))
+        task = str(metrics.get("task", "single_label"))
+        threshold = float(metrics.get("threshold", 0.5))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise MissingInputError(f"{run_dir}: classifier/classes.json or metrics.json is damaged "
                                 f"({type(e).__name__}: {str(e)[:120]}); rerun `digzsl evaluate` or `digzsl run`") from None
     digest = hashlib.sha256((cdir / "weights.safetensors").read_bytes()).hexdigest()[:12]
     return {"serve": cfg.serve.model_dump(), "classes": names, "seen": seen, "unseen": unseen, "lambda": lam,
-            "model_version": f"{cfg.name}-{digest}", "classifier_dir": str(cdir)}
+            "model_version": f"{cfg.name}-{digest}", "classifier_dir": str(cdir), "task": task,
+            "threshold": threshold, "method": cfg.method}
+
+
+def parse_threshold(raw, default: float) -> float:
+    """A request's ``threshold`` (multi-label runs): a number strictly between 0 and 1, else 400."""
+    if raw is None or raw == "":
+        return default
+    if isinstance(raw, bool):
+        raise RequestError(400, "bad threshold: expected a number between 0 and 1, got a boolean")
+    try:
+        t = float(raw)
+    except (TypeError, ValueError):
+        raise RequestError(400, f"bad threshold: got {_echo(raw)}, expected a number between 0 and 1") from None
+    if not 0.0 < t < 1.0:
+        raise RequestError(400, f"bad threshold: got {_echo(raw)}, expected a number between 0 and 1 (exclusive)")
+    return t
+
+
+def multi_label_answer(probs: np.ndarray, classes: list[str], seen: set[int], threshold: float, k: int) -> dict:
+    """Every label whose probability exceeds ``threshold`` (highest first) and the top ``k``."""
+    p = probs.astype(np.float64)
+    order = np.argsort(-p, kind="stable")
+
+    def row(i):
+        return {"class": classes[i], "probability": round(float(p[i]), 6), "seen": int(i) in seen}
+
+    return {"labels": [row(i) for i in order if p[i] > threshold], "predictions": [row(i) for i in order[:k]],
+            "threshold": threshold}
 
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # never EPS/PS (Ghostscript) or other exotica
@@ -204,7 +237,8 @@ def build_app(args: dict):
                       autoscaling_config={"min_replicas": sc["min_replicas"], "max_replicas": sc["max_replicas"],
                                           "target_ongoing_requests": sc["target_ongoing_requests"]})
     class Classifier:
-        def __init__(self, classifier_dir: str, max_batch_size: int, batch_wait_timeout_s: float, threads: int):
+        def __init__(self, classifier_dir: str, max_batch_size: int, batch_wait_timeout_s: float, threads: int,
+                     method: str = "", task: str = "single_label"):
             import torch
 
             from digzsl_ray.classifier import load_classifier
@@ -212,7 +246,13 @@ def build_app(args: dict):
 
             torch.set_num_threads(threads)
             self.device = pick_device("auto")
-            self.model, self.cfg, _ = load_classifier(classifier_dir, self.device)
+            self.multi_label = task == "multi_label"
+            if self.multi_label:  # the method's own model: per-label probabilities
+                from digzsl_ray.methods import get_method
+
+                self.model = get_method(method).serve_loader(classifier_dir, self.device)
+            else:
+                self.model, self.cfg, _ = load_classifier(classifier_dir, self.device)
             self.classify.set_max_batch_size(max_batch_size)
             self.classify.set_batch_wait_timeout_s(batch_wait_timeout_s)
             self.batches, self.images, self.largest = 0, 0, 0
@@ -231,7 +271,8 @@ def build_app(args: dict):
             self.largest = max(self.largest, len(images))
             x = torch.from_numpy(np.stack(images)).to(self.device)
             with torch.no_grad():
-                probs = self.model(x).float().softmax(-1).cpu().numpy()
+                out = self.model(x).float()
+                probs = (out if self.multi_label else out.softmax(-1)).cpu().numpy()
             return list(probs)
 
     # No /docs, /redoc, /openapi.json unless serve.docs (they describe the service to anyone who asks);
@@ -312,9 +353,10 @@ def build_app(args: dict):
             request._body = body  # starlette's body cache: lets request.form() parse what was read
             return body
 
-        async def _image_and_k(self, request: Request) -> tuple[bytes, object]:
+        async def _image_and_k(self, request: Request) -> tuple[bytes, object, object]:
             ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
             k = request.query_params.get("k")
+            threshold = request.query_params.get("threshold")
             if ctype == "multipart/form-data":
                 await self._body(request)  # enforce the size limit before parsing (starlette caches the body)
                 try:
@@ -328,7 +370,7 @@ def build_app(args: dict):
                     raise RequestError(400, f"{len(uploads)} form fields 'image'; send one image per request")
                 upload = uploads[0]
                 data = await upload.read() if hasattr(upload, "read") else str(upload).encode()
-                return data, form.get("k", k)
+                return data, form.get("k", k), form.get("threshold", threshold)
             if ctype == "application/json":
                 body = await self._body(request)
                 try:
@@ -345,7 +387,7 @@ def build_app(args: dict):
                     data = base64.b64decode(obj["image_base64"], validate=True)
                 except (binascii.Error, ValueError):
                     raise RequestError(400, "field 'image_base64' is not valid base64") from None
-                return data, obj.get("k", k)
+                return data, obj.get("k", k), obj.get("threshold", threshold)
             raise RequestError(415, f"unsupported content type {_echo(ctype) if ctype else '(none)'}: send multipart/form-data "
                                     f"with a field 'image', or application/json with 'image_base64'")
 
@@ -353,8 +395,10 @@ def build_app(args: dict):
         async def classify(self, request: Request):
             try:
                 self._check_headers(request)
-                data, raw_k = await self._image_and_k(request)
+                data, raw_k, raw_threshold = await self._image_and_k(request)
                 k = parse_k(raw_k, self.limits["default_k"], len(self.meta["classes"]))
+                multi = self.meta.get("task") == "multi_label"
+                threshold = parse_threshold(raw_threshold, self.meta.get("threshold", 0.5)) if multi else None
                 # decoding is CPU work: off the event loop, so one big image does not stall the replica
                 img = await asyncio.to_thread(decode_image, data, self.size, self.limits["max_pixels"],
                                               self.limits["max_jpeg_scans"])
@@ -366,6 +410,10 @@ def build_app(args: dict):
                 log.warning("classifier unavailable: %s", type(e).__name__)
                 return JSONResponse({"error": "the model replica was unavailable; retry the request"},
                                     status_code=503, headers={"Retry-After": "1"})
+            if multi:
+                return {"task": "multi_label", **multi_label_answer(np.asarray(probs), self.meta["classes"], self.seen,
+                                                                   threshold, k),
+                        "model_version": self.meta["model_version"]}
             preds = top_k(np.asarray(probs), self.meta["classes"], self.seen, self.meta["lambda"], k)
             return {"predictions": preds, "model_version": self.meta["model_version"]}
 
@@ -397,9 +445,11 @@ def build_app(args: dict):
 
     cfg_json = json.loads(Path(meta["classifier_dir"], "config.json").read_text())
     threads = max(1, int(sc["num_cpus"]))
-    classifier = Classifier.bind(meta["classifier_dir"], sc["max_batch_size"], sc["batch_wait_timeout_s"], threads)
+    classifier = Classifier.bind(meta["classifier_dir"], sc["max_batch_size"], sc["batch_wait_timeout_s"], threads,
+                                 meta["method"], meta["task"])
     limits = {k: sc[k] for k in LIMIT_KEYS}
-    return Ingress.bind(classifier, {k: meta[k] for k in ("classes", "seen", "lambda", "model_version")}, limits,
+    return Ingress.bind(classifier, {k: meta[k] for k in ("classes", "seen", "lambda", "model_version", "task",
+                                                          "threshold")}, limits,
                         int(cfg_json["image_size"]))
 
 

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_run_config(args.config, args.overrides)
         method = get_method(cfg.method)
         metrics = run_pipeline(cfg, method, args.out, progress=not args.no_progress)
-        print(format_headline(metrics, method.variants))
+        print((method.headline or format_headline)(metrics, method.variants))
         print(json.dumps({"out": args.out, "timing_s": metrics["timing_s"], "peak_rss_mb": metrics["peak_rss_mb"]}))
         return 0
 

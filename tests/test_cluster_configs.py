@@ -67,12 +67,16 @@ def _all_commands(cfg: dict) -> list[str]:
 
 
 def _gpu_requests(run_cfg) -> list[tuple[str, float, float]]:
-    """(what, CPUs, GPUs) of every GPU actor/worker a run config asks Ray for."""
-    reqs = [("tokens actor", run_cfg.tokens.num_cpus, run_cfg.tokens.num_gpus),
-            ("generation actor", run_cfg.generate.num_cpus, run_cfg.generate.num_gpus)]
-    for stage in ("cdm", "classifier"):
-        w = getattr(run_cfg, stage).workers
-        reqs.append((f"{stage} train worker", w.cpus_per_worker, 1.0 if w.use_gpu else 0.0))
+    """(what, CPUs, GPUs) of every GPU actor/worker a run config asks Ray for: every section with
+    ``num_gpus``/``num_cpus`` (an actor pool) and every ``workers`` block (Ray Train), any method."""
+    reqs = []
+    for name in type(run_cfg).model_fields:
+        sec = getattr(run_cfg, name)
+        if hasattr(sec, "num_gpus") and hasattr(sec, "num_cpus") and name != "serve":
+            reqs.append((f"{name} actor", sec.num_cpus, sec.num_gpus))
+        w = getattr(sec, "workers", None)
+        if w is not None:
+            reqs.append((f"{name} train worker", w.cpus_per_worker, 1.0 if w.use_gpu else 0.0))
     return [r for r in reqs if r[2] > 0]
 
 

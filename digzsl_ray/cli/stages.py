@@ -42,7 +42,7 @@ def cmd_run(args) -> int:
     cfg = load_run_config(args)
     method = _method(cfg)
     metrics = run_pipeline(cfg, method, args.out)
-    print(format_headline(metrics, method.variants))
+    print((method.headline or format_headline)(metrics, method.variants))
     print(f"time per stage (s): {json.dumps(metrics['timing_s'])}")
     print(f"peak resident memory of the process tree: {metrics['peak_rss_mb']:.0f} MB")
     print(f"metrics: {args.out}/metrics.json\nreport:  {args.out}/report.html")

@@ -19,7 +19,7 @@ from digzsl_ray.config import ConfigError, read_config_data, validate_config
 from digzsl_ray.errors import short
 
 DEFAULT_METHOD = "digzsl"
-_BUILTIN = {"digzsl": "digzsl_ray.methods.digzsl"}
+_BUILTIN = {"digzsl": "digzsl_ray.methods.digzsl", "multilabel": "digzsl_ray.methods.multilabel"}
 
 
 def registered() -> dict[str, str]:

@@ -177,3 +177,16 @@ def zsl_gzsl(scores: np.ndarray, labels: np.ndarray, unseen: list[int], proto: P
     lg = labels if labels_gzsl is None else labels_gzsl
     out.update(report(sg, lg, proto, ks, "gzsl_"))
     return out
+
+
+def format_headline(metrics: dict, variants) -> str:
+    """The results table `digzsl run` prints for a multi-label run, one row per variant."""
+    cols = ("zsl_mAP", "zsl_F1@3", "zsl_F1@5", "gzsl_mAP", "gzsl_F1@3", "gzsl_F1@5")
+    lines = [f"{'variant':<16}" + "".join(f"{c:>11}" for c in cols)]
+    for name in variants:
+        r = metrics.get("ablation", {}).get(name)
+        if r:
+            lines.append(f"{name:<16}" + "".join(f"{r[c]:>11.1f}" for c in cols))
+    lines.append(f"(percent; metric preset {metrics.get('metric_preset')!r}; main variant {metrics.get('variant')!r}, "
+                 f"served threshold {metrics.get('threshold')} chosen on validation data)")
+    return "\n".join(lines)

@@ -86,8 +86,11 @@ def torch_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 def load_sd_pipeline(name: str, device: str | torch.device = "cpu", precision: str = "fp32",
-                     attention: str = "sdpa", progress: bool = False):
+                     attention: str = "sdpa", progress: bool = False, text_encoder: str = ""):
     """``StableDiffusionPipeline.from_pretrained`` for a preset, folder or hub id, ready on ``device``.
+
+    ``text_encoder``: a diffusers ``text_encoder`` folder (``CLIPTextModel.save_pretrained``) that
+    replaces the pipeline's own, passed as ``from_pretrained(..., text_encoder=...)`` (a tuned one).
 
     Attention: PyTorch SDPA is diffusers' default processor; ``attention="xformers"`` switches to
     memory-efficient xformers kernels (CUDA + the ``gpu`` extra only).
@@ -104,8 +107,16 @@ def load_sd_pipeline(name: str, device: str | torch.device = "cpu", precision: s
 
         dlog.disable_progress_bar()
         tlog.disable_progress_bar()
+    extra = {}
+    if text_encoder:
+        from transformers import CLIPTextModel
+
+        if not (Path(text_encoder) / "config.json").is_file():
+            raise ModelLoadError(f"text encoder folder {text_encoder}: no config.json (expected a diffusers "
+                                 f"text_encoder folder)")
+        extra["text_encoder"] = CLIPTextModel.from_pretrained(text_encoder, dtype=dtype)
     pipe = StableDiffusionPipeline.from_pretrained(src, dtype=dtype, safety_checker=None,
-                                                   requires_safety_checker=False)
+                                                   requires_safety_checker=False, **extra)
     pipe.to(dev)
     if attention == "xformers":
         if dev.type != "cuda":

@@ -127,6 +127,9 @@ class Method:
     serve_model: str  # reference of the classifier folder the endpoint serves ("stage:output")
     report: Any = None  # (Context) -> Path: builds OUT/report.html (after `digzsl run` records its memory)
     multi_label: bool = False  # whether the method takes label sets (coco, nuswide, MiniWorld scenes)
+    headline: Any = None  # (metrics, variants) -> str: the table `digzsl run` prints (default: single-label ZSL)
+    serve_loader: Any = None  # (classifier_dir, device) -> module: uint8 images -> per-label probabilities
+    # (multi-label); None: the shared single-label classifier (softmax over classes)
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:

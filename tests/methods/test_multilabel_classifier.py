@@ -44,7 +44,10 @@ def test_only_contexts_and_branches_train(clip):
         p.requires_grad_(True)
     images = torch.rand(2, 3, 32, 32)
     regions = vit_regions(model.visual, images)
-    assert regions.shape == (2, 64, 64)  # (32/4)^2 patches, embed 64
+    assert regions.shape == (2, 65, 64)  # the class token + (32/4)^2 patches, embed 64
+    with torch.no_grad():  # region 0 is the image's CLIP embedding
+        assert torch.allclose(regions[:, 0], torch.nn.functional.normalize(model.encode_image(images), dim=-1),
+                              atol=1e-5)
     logits = region_scores(regions, *pc(model))
     assert logits.shape == (2, 2, 3)
     prob = positive_probability(logits)

@@ -75,3 +75,19 @@ def test_chat_backend_runs_a_tiny_random_model_offline(tmp_path):
     out = pr.diversify(["bus", "cat"], tmp_path / "llm", 3, chat)
     # random weights write no numbered lines: every phrase is the reference's fallback
     assert out[("bus", "cat")] == ["A photo of a bus next to a cat."] * 3
+
+
+def test_chat_actor_loads_a_model_folder_and_answers_every_pair(tmp_path):
+    import numpy as np
+
+    from digzsl_ray.methods.multilabel.stages.prompts import ChatPhrases
+
+    model, tok = _tiny_chat()
+    model.save_pretrained(tmp_path / "chat")
+    tok.save_pretrained(tmp_path / "chat")
+    actor = ChatPhrases(model=str(tmp_path / "chat"), n=3, temperature=0.6, top_p=0.9, max_new_tokens=16, seed=0,
+                        device="cpu", threads=1)
+    out = actor({"a": np.array(["bus", "cat"], dtype=object), "b": np.array(["cat", "cat"], dtype=object)})
+    lines = [str(x).splitlines() for x in out["phrases"]]
+    # random weights write no numbered lines: each pair gets N fallback phrases
+    assert lines == [["A photo of a bus next to a cat."] * 3, ["A photo of a cat next to a cat."] * 3]

@@ -7,59 +7,20 @@ accuracy of the three variants; t-SNE of the token embeddings (initial -> learne
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 
 from digzsl_ray.generation import read_manifest
+from digzsl_ray.htmlreport import fig_png as _fig_png
+from digzsl_ray.htmlreport import grid_b64 as _grid_b64
+from digzsl_ray.htmlreport import img_tag as _img
+from digzsl_ray.htmlreport import page as _page
 from digzsl_ray.io import write_text
 from digzsl_ray.methods.digzsl.variants import DCT, PLAIN_PROMPT, SYNTHETIC
 from digzsl_ray.metrics.zsl import format_headline
-
-THUMB_PX = 96  # display size of one generated image in the grids, whatever the model's resolution
-
-
-def _fig_png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _img(b64: str, alt: str, width: str = "100%") -> str:
-    return f'<img alt="{html.escape(alt)}" style="max-width:{width}" src="data:image/png;base64,{b64}">'
-
-
-def _thumb(png: bytes, px: int):
-    """One image at ``px`` x ``px``: small images are enlarged with visible pixels (nearest), large
-    ones reduced smoothly, so a 512-px model's grid weighs what a 32-px one's does."""
-    from PIL import Image
-
-    im = Image.open(io.BytesIO(png)).convert("RGB")
-    method = Image.Resampling.NEAREST if max(im.size) <= px else Image.Resampling.LANCZOS
-    return im.resize((px, px), method)
-
-
-def _grid_b64(pngs: list[bytes], cols: int, px: int = THUMB_PX) -> str:
-    from PIL import Image
-
-    ims = [_thumb(p, px) for p in pngs]
-    if not ims:
-        return ""
-    rows = (len(ims) + cols - 1) // cols
-    sheet = Image.new("RGB", (cols * (px + 4), rows * (px + 4)), (255, 255, 255))
-    for i, im in enumerate(ims):
-        sheet.paste(im, ((i % cols) * (px + 4), (i // cols) * (px + 4)))
-    buf = io.BytesIO()
-    sheet.save(buf, format="PNG", optimize=True)
-    return base64.b64encode(buf.getvalue()).decode()
-
 
 def _first_images(d: Path, per_class: int) -> dict[str, list[bytes]]:
     import pyarrow.parquet as pq
@@ -195,9 +156,6 @@ def build_report(ctx, per_class_images: int = 8) -> Path:
     timing = metrics.get("timing_s", {})
     parts.append("<h2>Time and memory</h2><pre>" + html.escape(json.dumps(
         {"timing_s": timing, "peak_rss_mb": metrics.get("peak_rss_mb")}, indent=2)) + "</pre>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>digzsl-ray report</title>"
-            "<style>body{font-family:sans-serif;margin:24px;max-width:1400px} td{vertical-align:top;padding:4px}"
-            "pre{background:#f4f4f4;padding:8px}</style></head><body>" + "\n".join(parts) + "</body></html>")
     out = ctx.path("evaluate:report")
-    write_text(out, page)
+    write_text(out, _page("digzsl-ray report", parts))
     return out

@@ -1,5 +1,36 @@
-"""Multi-label zero-shot classification by diverse, tailored generation (Diff-ZS-MLC; issue 14).
+"""Multi-label zero-shot classification by diverse, tailored generation (Diff-ZS-MLC; ``method: multilabel``).
 
-Being built: the maths lives here first (:mod:`.discriminator`, :mod:`.losses`, :mod:`.sampling`,
-:mod:`.prompts`); the method registers as ``method: multilabel`` once its stages exist.
+Stages in order: shared prototypes -> diversified prompts per pair of unseen labels -> text-encoder
+tuning (Ray Train) -> label-set generation with the untuned and the tuned encoder, filtered by the
+CLIP discriminator (Ray Data) -> the classifier of every variant (Ray Train) -> evaluation and
+report. Maths: :mod:`.discriminator`, :mod:`.losses`, :mod:`.sampling`, :mod:`.prompts`,
+:mod:`.tuning`, :mod:`.fusion`, :mod:`.classifier`; config: :mod:`.config`; variants: :mod:`.variants`.
 """
+
+from digzsl_ray.methods.multilabel.classifier import served_model
+from digzsl_ray.methods.multilabel.config import MultilabelRunConfig
+from digzsl_ray.methods.multilabel.report import build_report
+from digzsl_ray.methods.multilabel.stages.classifier import ClassifierStage
+from digzsl_ray.methods.multilabel.stages.evaluate import EvaluateStage
+from digzsl_ray.methods.multilabel.stages.generate import GenerateStage
+from digzsl_ray.methods.multilabel.stages.prompts import PromptsStage
+from digzsl_ray.methods.multilabel.stages.tune import TuneStage
+from digzsl_ray.methods.multilabel.variants import FILTERED_TUNED, VARIANTS
+from digzsl_ray.metrics.multilabel import format_headline
+from digzsl_ray.stages.contract import Method
+from digzsl_ray.stages.prototypes import PrototypesStage
+
+METHOD = Method(
+    name="multilabel",
+    description="multi-label ZSL: diversified prompts, a CLIP-filtered generator with a tuned text encoder, "
+                "a CLIP classifier with learned contexts and a feature-fusion branch",
+    config=MultilabelRunConfig,
+    stages=(PrototypesStage(), PromptsStage(), TuneStage(), GenerateStage(), ClassifierStage(), EvaluateStage()),
+    variants=VARIANTS,
+    main_variant=FILTERED_TUNED,
+    serve_model=f"train-classifier:{FILTERED_TUNED}",
+    report=build_report,
+    multi_label=True,
+    headline=format_headline,
+    serve_loader=served_model,
+)

@@ -155,3 +155,23 @@ class ChatBackend:
 
     def __call__(self, a: str, b: str, n: int) -> list[str]:
         return parse_phrases(self.reply(a, b, n), n)
+
+
+def read_phrases(cache: Path, index: dict) -> dict[tuple[str, str], list[str]]:
+    """Every pair's phrases from a prompt cache and its ``index.json`` content (the prompts stage's)."""
+    n = index["phrases_per_pair"]
+    out = {}
+    for a, b, f in index["pairs"]:
+        lines = [ln.strip() for ln in (Path(cache) / f).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        out[(a, b)] = lines[:n]
+    return out
+
+
+def phrase_for(phrases: dict, names: list[str], k: int) -> str:
+    """The ``k``-th phrase (cycling) of a target set of label names: its pair's (a set of one label:
+    the label with itself; a larger set: its first two labels, since phrases are made per pair)."""
+    a, b = (names[0], names[0]) if len(names) == 1 else (names[0], names[1])
+    got = phrases.get((a, b)) or phrases.get((b, a))
+    if not got:
+        return fallback(a, b)
+    return got[k % len(got)]

@@ -39,21 +39,25 @@ class TuningSettings:
     gamma_pos: float = 0.0
     clip: float = 0.05
     max_grad_norm: float = 1.0
+    latent_side: int = 0  # 0: the UNet's native sample_size
 
 
 class TextEncoderTuner:
     """Holds the pipeline, the frozen CLIP and the label text features; :meth:`step` does one update."""
 
     def __init__(self, pipe, clip_model, clip_tokenizer, labels: list[str], settings: TuningSettings,
-                 mean: tuple[float, ...], std: tuple[float, ...], image_size: int):
+                 mean: tuple[float, ...], std: tuple[float, ...], image_size: int, text: torch.Tensor | None = None):
         self.pipe, self.clip, self.s = pipe, clip_model.eval(), settings
         self.device = pipe.device
         for m in (pipe.unet, pipe.vae, clip_model):
             m.requires_grad_(False)
         pipe.text_encoder.requires_grad_(True)
         pipe.text_encoder.train()
-        with torch.no_grad():
-            self.text = F.normalize(clip_model.encode_text(clip_tokenizer(labels).to(self.device)).float(), dim=-1)
+        if text is not None:  # the run's prototypes (prompt ensemble), so tuning and filter agree
+            self.text = F.normalize(text.to(self.device).float(), dim=-1)
+        else:
+            with torch.no_grad():
+                self.text = F.normalize(clip_model.encode_text(clip_tokenizer(labels).to(self.device)).float(), dim=-1)
         self.logit_scale = float(clip_model.logit_scale.exp()) if hasattr(clip_model, "logit_scale") else 100.0
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
@@ -72,7 +76,7 @@ class TextEncoderTuner:
             cond = encode_text(p.text_encoder, p.tokenizer, prompts, self.device)
             uncond = encode_text(p.text_encoder, p.tokenizer, [""], self.device).expand(len(prompts), -1, -1)
             p.scheduler.set_timesteps(s.num_inference_steps, device=self.device)
-            lat = scaled_latents(p.unet, p.scheduler, seeds, self.device, p.unet.dtype)
+            lat = scaled_latents(p.unet, p.scheduler, seeds, self.device, p.unet.dtype, s.latent_side)
             lat = denoise(p.unet, p.scheduler, lat, cond, uncond, s.num_inference_steps, s.guidance_scale,
                           s.grad_steps if grad else 0)
             return decode(p.vae, lat)

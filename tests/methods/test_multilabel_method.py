@@ -1,0 +1,208 @@
+"""The multi-label method's pieces without Ray: resolution change, label-set plan, the filter's
+decisions, the classifier model and its saved form, threshold choice, serving answers, config."""
+
+from __future__ import annotations
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+
+from digzsl_ray.methods.multilabel.classifier import MultiLabelCLIP, load_multilabel
+from digzsl_ray.methods.multilabel.generation import Discriminator, draw_sets, plan_rows, shard_ids
+from digzsl_ray.methods.multilabel.stages.classifier import multi_hot, pick_columns
+from digzsl_ray.methods.multilabel.stages.evaluate import choose_threshold, f1_at_threshold
+from digzsl_ray.models.presets import ASSETS
+from digzsl_ray.models.vit import set_vit_resolution
+
+
+def _clip():
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{ASSETS / 'clip'}")
+    return model.float().eval(), open_clip.get_tokenizer(f"local-dir:{ASSETS / 'clip'}")
+
+
+def test_vit_resolution_resizes_the_positional_grid_and_keeps_the_native_size_exact():
+    model, _ = _clip()
+    x32 = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model.encode_image(x32)
+    assert set_vit_resolution(model.visual, 32) is False  # already 32: untouched
+    pe_cls = model.visual.positional_embedding[0].clone()
+    assert set_vit_resolution(model.visual, 64) is True
+    assert model.visual.positional_embedding.shape[0] == 1 + 16 * 16
+    assert torch.equal(model.visual.positional_embedding[0], pe_cls)  # the class token's vector is kept
+    with torch.no_grad():
+        assert model.encode_image(torch.rand(2, 3, 64, 64)).shape == before.shape
+    # back to 32: a bicubic down/up round trip is close to, not exactly, the original grid
+    set_vit_resolution(model.visual, 32)
+    with torch.no_grad():
+        assert torch.allclose(model.encode_image(x32), before, atol=0.15)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        set_vit_resolution(model.visual, 30)
+
+
+def test_label_sets_meet_the_quota_and_prompts_come_from_their_pair():
+    names = ["a", "b", "c", "d", "e"]
+    labels = [0, 1, 3, 4]  # split-wide indices of the labels to sample (not 2)
+    sets, notes = draw_sets(labels, names, quota=5, set_size=2, redraw_single=True, confusions=[["b", "d"]], seed=0)
+    held = {i: sum(i in s for s in sets) for i in labels}
+    assert all(n >= 5 for n in held.values())
+    # never the confusion; single-label sets only at the end, once one label is left in the pool
+    assert all(set(s) != {1, 3} for s in sets) and not notes
+    first_single = next(i for i, s in enumerate(sets) if len(s) == 1)
+    assert all(len(s) == 1 for s in sets[first_single:]) and first_single > len(sets) // 2
+    again, _ = draw_sets(labels, names, 5, 2, True, [["b", "d"]], seed=0)
+    assert again == sets
+    phrases = {("b", "e"): ["B and E one", "B and E two"], ("d", "e"): ["D and E"]}
+    rows = plan_rows(sets, names, phrases, seed=3, tag="generate")
+    for r in rows:
+        key = tuple(names[i] for i in r.targets)
+        if key in phrases:
+            assert r.prompt in phrases[key]
+        else:
+            a, b = key if len(key) == 2 else key * 2  # a single label is the pair (a, a)
+            assert r.prompt == f"A photo of a {a} next to a {b}."  # no phrases: the reference's fallback
+    # a pair's phrases are used in turn, and every image has its own seed
+    be = [r.prompt for r in rows if tuple(names[i] for i in r.targets) == ("b", "e")]
+    assert be[:2] == ["B and E one", "B and E two"]
+    assert len({r.seed for r in rows}) == len(rows)
+    a = shard_ids(rows, "base", 4, "settings-1")
+    b = shard_ids(rows, "base", 4, "settings-2")
+    assert [len(p) for _, p in a] == [len(p) for _, p in b] and all(x != y for (x, _), (y, _) in zip(a, b))
+
+
+def test_filter_decisions_map_back_to_dataset_labels(monkeypatch, tmp_path):
+    from digzsl_ray.prototypes import save_prototypes
+
+    model, tok = _clip()
+    names = ["s0", "u1", "s2", "u3", "u4"]
+    protos = torch.nn.functional.normalize(torch.randn(5, model.text_projection.shape[1]), dim=-1)
+    save_prototypes(tmp_path / "p.safetensors", protos, names)
+    d = Discriminator("miniworld", "", str(tmp_path / "p.safetensors"), [1, 3, 4], "exact", 0.5, 7, 0.1, {},
+                      0, "cpu")
+    # logits over the candidates (u1, u3, u4): image 0 shows u1 and u3, image 1 only u4
+    logits = torch.tensor([[10.0, 9.0, -5.0], [-5.0, -5.0, 10.0]])
+    monkeypatch.setattr(d, "logits", lambda images: logits)
+    ok, bad = d.decide(torch.zeros(2, 3, 32, 32), [[1, 3], [1, 4]])
+    assert ok.accepted and ok.labels == [1, 3] and ok.targets == [1, 3]
+    assert not bad.accepted and bad.labels == [] and "targets" in bad.reason
+    d.policy = "topk_extra"
+    d.top_k, d.extra = 2, 0.1
+    monkeypatch.setattr(d, "logits", lambda images: logits[1:])
+    one = d.decide(torch.zeros(1, 3, 32, 32), [[4]])[0]  # u4 is the target, nothing else confident
+    assert one.accepted and one.labels == [4] and one.added == []
+
+
+def test_classifier_starts_as_its_contexts_alone_and_saves_only_what_trains(tmp_path):
+    from safetensors.torch import save_file
+
+    from digzsl_ray.io import write_json
+
+    names = ["red circle", "blue square", "faramu", "goso"]
+    torch.manual_seed(0)
+    clip, tok = _clip()
+    net = MultiLabelCLIP(clip, tok, names, n_ctx=4, image_size=64, branch=True)
+    torch.manual_seed(0)
+    clip2, tok2 = _clip()
+    plain = MultiLabelCLIP(clip2, tok2, names, n_ctx=4, image_size=64, branch=False)
+    plain.contexts.load_state_dict(net.contexts.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        # the branch's output gain starts at ~1e-4: the model starts as the contexts without it
+        assert torch.allclose(net(x), plain(x), atol=1e-2)
+    state = net.trainable_state()
+    assert all(n.startswith("contexts.") or "global_branch" in n for n in state)
+    assert {"contexts.ctx_pos", "contexts.ctx_neg"} <= set(state) and len(state) > 2
+    assert all(not p.requires_grad for n, p in net.named_parameters() if n not in state)
+    # the subset text features are the full ones' columns (class subsampling)
+    with torch.no_grad():
+        pos, neg = net.text_features()
+        sp, sn = net.text_features(torch.tensor([1, 3]))
+    assert torch.allclose(sp, pos[[1, 3]], atol=1e-5) and torch.allclose(sn, neg[[1, 3]], atol=1e-5)
+    # saved as the stage saves it, loaded as serving loads it: the same probabilities
+    with torch.no_grad():
+        net.contexts.ctx_pos.add_(0.1)
+    save_file(net.trainable_state(), str(tmp_path / "weights.safetensors"))
+    write_json(tmp_path / "config.json", {"clip": "miniworld", "clip_pretrained": "", "n_ctx": 4, "image_size": 64,
+                                          "branch": True, "logit_scale": 20.0, "agg_scale": 5.0,
+                                          "mean": [0.5] * 3, "std": [0.25] * 3, "class_names": names})
+    served, _ = load_multilabel(tmp_path)
+    img = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        want = torch.softmax(net((img.float() / 255 - 0.5) / 0.25), 1)[:, 1]
+    assert torch.allclose(served(img), want, atol=1e-5)
+
+
+def test_class_subsampling_keeps_positives_and_respects_the_cap():
+    rng = np.random.default_rng(0)
+    cols = np.arange(10, 30)
+    y = multi_hot([[11, 12], [25]], 40)
+    got = pick_columns(y, cols, 6, rng)
+    assert len(got) == 6 and {11, 12, 25} <= set(got.tolist()) and set(got.tolist()) <= set(cols.tolist())
+    assert np.array_equal(pick_columns(y, cols, 0, rng), cols)
+
+
+def test_threshold_is_chosen_by_f1_on_the_validation_blocks():
+    s = np.array([[0.9, 0.2], [0.6, 0.4]])
+    y = np.array([[1, 0], [0, 1]])
+    # t=0.3: tp 2 (0.9, 0.4) fp 1 (0.6) fn 0 -> 80; t=0.5: tp 1 fp 1 fn 1 -> 50; t=0.7: tp 1 fn 1 -> 66.7
+    assert f1_at_threshold([(s, y)], 0.3) == pytest.approx(80.0)
+    assert f1_at_threshold([(s, y)], 0.5) == pytest.approx(50.0)
+    t, f1 = choose_threshold([(s, y)], 19)
+    assert f1 == 80.0 and 0.2 <= t < 0.4
+
+
+def test_multi_label_answer_and_threshold_parsing():
+    from digzsl_ray.serve import RequestError, multi_label_answer, parse_threshold
+
+    probs = np.array([0.1, 0.8, 0.55, 0.3])
+    a = multi_label_answer(probs, ["a", "b", "c", "d"], {0, 1}, 0.5, 3)
+    assert [r["class"] for r in a["labels"]] == ["b", "c"] and a["labels"][0]["seen"] and not a["labels"][1]["seen"]
+    assert [r["class"] for r in a["predictions"]] == ["b", "c", "d"] and a["threshold"] == 0.5
+    assert parse_threshold(None, 0.4) == 0.4 and parse_threshold("0.25", 0.4) == 0.25
+    for bad in ("0", "1", "x", True, -0.1):
+        with pytest.raises(RequestError):
+            parse_threshold(bad, 0.4)
+
+
+def test_multilabel_config_and_method_registration():
+    from digzsl_ray.config import ConfigError
+    from digzsl_ray.methods import get_method, load_run_config
+
+    cfg = load_run_config("miniworld_multilabel")
+    assert cfg.method == "multilabel" and cfg.data.format == "miniworld-multilabel"
+    m = get_method("multilabel")
+    assert m.multi_label and [s.name for s in m.stages] == ["prototypes", "prompts", "tune-text-encoder", "generate",
+                                                            "train-classifier", "evaluate"]
+    assert m.variants == ("no_synthetic", "unfiltered", "filtered", "filtered_tuned")
+    with pytest.raises(ConfigError, match="generate.confusions"):
+        load_run_config("miniworld_multilabel", ["generate.confusions=[[a, a]]"])
+    for name in ("coco", "nuswide"):
+        c = load_run_config(name)
+        assert c.method == "multilabel" and c.models.sd and c.prompts.backend == "chat"
+
+
+def test_a_tuned_text_encoder_folder_loads_into_a_stock_pipeline_and_scenes_render_at_64px(tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    from digzsl_ray.models.presets import load_sd_pipeline
+    from digzsl_ray.models.sd import generate
+
+    pipe = load_sd_pipeline("miniworld")
+    with torch.no_grad():
+        next(pipe.text_encoder.parameters()).add_(0.5)  # stands in for a tuned encoder
+    pipe.text_encoder.save_pretrained(str(tmp_path / "text_encoder"), safe_serialization=True)
+    stock = StableDiffusionPipeline.from_pretrained(str(ASSETS / "sd"), safety_checker=None,
+                                                    requires_safety_checker=False,
+                                                    text_encoder=CLIPTextModel.from_pretrained(str(tmp_path / "text_encoder")))
+    ours = load_sd_pipeline("miniworld", text_encoder=str(tmp_path / "text_encoder"))
+    want = pipe.text_encoder.state_dict()
+    for p in (stock, ours):
+        got = p.text_encoder.state_dict()
+        assert all(torch.equal(want[k], got[k]) for k in want)
+    ours.set_progress_bar_config(disable=True)
+    a = generate(ours, ["a red circle next to a blue square"] * 2, [1, 2], 3, 3.0, size=64)
+    b = generate(ours, ["a red circle next to a blue square"], [2], 3, 3.0, size=64)
+    assert a.shape == (2, 3, 64, 64) and torch.allclose(a[1], b[0], atol=1e-5)  # per-image seeds, any batching
+    assert generate(ours, ["x"], [1], 2, 3.0).shape[-1] == 32  # the UNet's native size by default
