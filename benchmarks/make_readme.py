@@ -46,6 +46,17 @@ ABOUT = {
                    "existing run directories): per stage output whether it is bit-identical and the largest "
                    "absolute difference (prototypes, CDM scores and head, tokens, classifier weights and scores), "
                    "the fraction of generated images with identical bytes, and every variant's metrics in both runs.",
+    "multilabel_ablation": "The multi-label method's four variants (`no_synthetic`, `unfiltered`, `filtered`, "
+                           "`filtered_tuned`) over several seeds of `digzsl run --config miniworld_multilabel` "
+                           "(`python benchmarks/multilabel_ablation.py --seeds 0 1 2`): each seed sets `seed`, "
+                           "`prompts.seed`, `tune.seed`, `generate.seed` and `data.val_seed`; ZSL/GZSL mAP and "
+                           "P/R/F1, per-label AP (mean over seeds), filter acceptance, the tuning's validation "
+                           "acceptance, each variant's validation selection score, wall time and peak memory.",
+    "multilabel_throughput": "The multi-label method's hot loops (`python benchmarks/multilabel_throughput.py`): "
+                             "prompt pairs per second (grammar; chat through a tiny random Llama-architecture "
+                             "model: the code path, not Llama-2's speed), discriminator images per second (CLIP "
+                             "at 64 px, grouping softmax, exact-set rule), and seconds per text-encoder tuning "
+                             "step in a bare single-process loop vs inside the Ray Train worker of the stage.",
     "gpu": "SD-1.5-sized UNet/VAE/text encoder (random weights) at 512x512, 30 steps, fp16: images per second "
            "with SDPA (and xformers), seconds per DCT update, and each as a fraction of the FLOP lower bound at "
            "the GPU's peak. Runs only where CUDA is present.",
@@ -62,7 +73,7 @@ def main() -> None:
              "machine they ran on. `make bench` runs the CPU ones and rewrites this file. They are never "
              "collected as tests.", ""]
     for name in ("dct_step", "token_scaling", "generation", "serve", "pipeline", "ablation", "determinism", "diagnose",
-                 "gpu"):
+                 "multilabel_ablation", "multilabel_throughput", "gpu"):
         p = HERE / "results" / f"{name}.json"
         lines += [f"## {name}", "", ABOUT[name], ""]
         if not p.is_file():

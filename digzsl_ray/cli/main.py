@@ -115,8 +115,10 @@ def cmd_data_check(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="digzsl",
-        description="Zero-shot learning by discriminative image generation (DIG-ZSL) on Ray. "
-                    "Run the whole method with `digzsl run --config C --out OUT`, or one stage at a time.")
+        description="Zero-shot learning by generating training data for unseen classes, on Ray: DIG-ZSL "
+                    "(`method: digzsl`, the default) and multi-label ZSL by diverse, tailored generation "
+                    "(`method: multilabel`, e.g. --config miniworld_multilabel). Run the whole method with "
+                    "`digzsl run --config C --out OUT`, or one stage at a time (the config's method picks the stage).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     # miniworld

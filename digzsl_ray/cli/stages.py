@@ -20,7 +20,13 @@ def cmd_stage(args) -> int:
     setup_logging()
     cfg = load_run_config(args)
     method = _method(cfg)
-    stage = method.stage(args.stage)
+    try:
+        stage = method.stage(args.stage)
+    except KeyError:
+        from digzsl_ray.config import ConfigError
+
+        raise ConfigError(f"method {method.name!r} (the config's `method:`) has no stage {args.stage!r}; its stages: "
+                          f"{', '.join(s.name for s in method.stages)}") from None
     ctx = context(cfg, method, args.out, args=args)
     check_inputs(stage, ctx)  # a missing earlier output is a one-line error before Ray starts
     if stage.needs_ray:
@@ -62,15 +68,28 @@ def _method(cfg):
     return get_method(cfg.method)
 
 
-def register(sub, method_name: str = "digzsl") -> None:
-    """Add one subcommand per stage of the method (the default method's list), then run and serve."""
-    from digzsl_ray.methods import get_method
+def register(sub) -> None:
+    """Add one subcommand per stage name of every registered method (the config's ``method:`` picks
+    whose stage runs), then run and serve."""
+    from digzsl_ray.methods import get_method, registered
 
-    for stage in get_method(method_name).stages:
-        p = sub.add_parser(stage.name, help=stage.help, description=stage.help[0].upper() + stage.help[1:] + ".")
+    by_name: dict[str, list] = {}
+    for name in registered():
+        for stage in get_method(name).stages:
+            by_name.setdefault(stage.name, []).append((name, stage))
+    for stage_name, owners in by_name.items():
+        if len({st.help for _, st in owners}) == 1:
+            text = owners[0][1].help + ("" if len(owners) > 1 or owners[0][0] == "digzsl" else f" (method {owners[0][0]})")
+        else:
+            text = "; ".join(f"{m}: {st.help}" for m, st in owners)
+        p = sub.add_parser(stage_name, help=text, description=text[0].upper() + text[1:] + ".")
         add_config_args(p)
-        stage.add_arguments(p)
-        p.set_defaults(func=cmd_stage, stage=stage.name)
+        seen_args: set = set()
+        for _, st in owners:
+            if type(st).add_arguments not in seen_args:
+                seen_args.add(type(st).add_arguments)
+                st.add_arguments(p)
+        p.set_defaults(func=cmd_stage, stage=stage_name)
     p = sub.add_parser("run", help="the whole pipeline, skipping complete stages",
                        description="Run every stage of the config's method in order, skipping complete ones.")
     add_config_args(p)

@@ -7,7 +7,6 @@ report. Maths: :mod:`.discriminator`, :mod:`.losses`, :mod:`.sampling`, :mod:`.p
 :mod:`.tuning`, :mod:`.fusion`, :mod:`.classifier`; config: :mod:`.config`; variants: :mod:`.variants`.
 """
 
-from digzsl_ray.methods.multilabel.classifier import served_model
 from digzsl_ray.methods.multilabel.config import MultilabelRunConfig
 from digzsl_ray.methods.multilabel.report import build_report
 from digzsl_ray.methods.multilabel.stages.classifier import ClassifierStage
@@ -19,6 +18,15 @@ from digzsl_ray.methods.multilabel.variants import FILTERED_TUNED, VARIANTS
 from digzsl_ray.metrics.multilabel import format_headline
 from digzsl_ray.stages.contract import Method
 from digzsl_ray.stages.prototypes import PrototypesStage
+
+
+
+def served_model(path, device="cpu"):
+    """The serving hook: the classifier of ``path`` (imported here, so the CLI stays torch-free)."""
+    from digzsl_ray.methods.multilabel.classifier import served_model as load
+
+    return load(path, device)
+
 
 METHOD = Method(
     name="multilabel",
