@@ -34,7 +34,7 @@ class PromptsConfig(Section):
 
 
 class GenerateConfig(Section):
-    images_per_label: int = Field(40, ge=1, le=10_000_000, description="quota: generated images whose target set "
+    images_per_label: int = Field(32, ge=1, le=10_000_000, description="quota: generated images whose target set "
                                   "holds each unseen label (the reference counts 200 *accepted* images per label)")
     set_size: int = Field(2, ge=1, le=16, description="labels drawn per target set (duplicates removed)")
     redraw_single: bool = Field(True, description="a set that collapsed to one label gets one more draw (COCO); "
@@ -90,7 +90,7 @@ class TuneConfig(Section):
     grad_steps: int = Field(2, ge=1, le=1000, description="K: gradient through the last K denoising steps and the "
                             "VAE decoder (the reference: all steps, UNet checkpointed)")
     guidance_scale: float = Field(3.0, ge=1.0, le=100.0, description="classifier-free guidance scale")
-    lr: float = Field(1e-5, gt=0.0, le=10.0, description="AdamW learning rate of the text encoder (the reference, "
+    lr: float = Field(1e-4, gt=0.0, le=10.0, description="AdamW learning rate of the text encoder (the reference, "
                       "for SD 2: 7e-8)")
     weight_decay: float = Field(1e-3, ge=0.0, le=10.0, description="AdamW weight decay")
     gamma_neg: float = Field(4.0, ge=0.0, le=100.0, description="asymmetric loss: negative focusing")
