@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 RUN ?= runs/miniworld
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test bench assets ship-assets clean-run
+.PHONY: install demo demo-multilabel test bench assets ship-assets clean-run
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/digzsl run --config miniworld --out $(RUN)
+
+# The multi-label method (docs/multilabel.md) on MiniWorld's scenes.
+RUN_ML ?= runs/miniworld-multilabel
+demo-multilabel: $(STAMP)
+	$(BIN)/digzsl run --config miniworld_multilabel --out $(RUN_ML)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -37,6 +42,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ablation.py
 	$(BIN)/python benchmarks/determinism.py
 	$(BIN)/python benchmarks/diagnose.py --run $(RUN)
+	$(BIN)/python benchmarks/multilabel_ablation.py
+	$(BIN)/python benchmarks/multilabel_throughput.py
 	$(BIN)/python benchmarks/gpu.py
 	$(BIN)/python benchmarks/make_readme.py
 

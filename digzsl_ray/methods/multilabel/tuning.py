@@ -73,8 +73,9 @@ class TextEncoderTuner:
     def images(self, prompts: list[str], seeds: list[int], grad: bool) -> torch.Tensor:
         p, s = self.pipe, self.s
         with torch.set_grad_enabled(grad):
-            cond = encode_text(p.text_encoder, p.tokenizer, prompts, self.device)
-            uncond = encode_text(p.text_encoder, p.tokenizer, [""], self.device).expand(len(prompts), -1, -1)
+            dt = p.unet.dtype  # a fp32 encoder (trained) feeding a half-precision UNet on GPU
+            cond = encode_text(p.text_encoder, p.tokenizer, prompts, self.device).to(dt)
+            uncond = encode_text(p.text_encoder, p.tokenizer, [""], self.device).to(dt).expand(len(prompts), -1, -1)
             p.scheduler.set_timesteps(s.num_inference_steps, device=self.device)
             lat = scaled_latents(p.unet, p.scheduler, seeds, self.device, p.unet.dtype, s.latent_side)
             lat = denoise(p.unet, p.scheduler, lat, cond, uncond, s.num_inference_steps, s.guidance_scale,

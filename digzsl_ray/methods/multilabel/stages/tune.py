@@ -107,6 +107,8 @@ def tune_worker(config: dict) -> None:
                               gamma_neg=t.gamma_neg, gamma_pos=t.gamma_pos, clip=t.clip,
                               latent_side=latent_side(pipe, g.image_size))
     encoder = pipe.text_encoder
+    if encoder.dtype != torch.float32:  # fp16/bf16 on GPU: the trained encoder keeps fp32 weights (AdamW on
+        encoder.to(torch.float32)       # half-precision weights loses small updates); UNet and VAE stay half
     tuner = TextEncoderTuner(pipe, disc.model, None, [names[i] for i in unseen], settings, disc.mean, disc.std,
                              disc.size, text=disc.text)
     if world > 1:  # gradients averaged across workers; the tuner steps the same parameters
