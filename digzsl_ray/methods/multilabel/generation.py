@@ -113,15 +113,13 @@ class Discriminator:
                  image_size: int, device: str):
         import torch
 
-        from digzsl_ray.models.presets import clip_norm, load_clip, pick_device
+        from digzsl_ray.models.presets import clip_image_size, clip_norm, load_clip, pick_device
         from digzsl_ray.models.vit import set_vit_resolution
         from digzsl_ray.prototypes import load_prototypes
 
         self.device = pick_device(device)
         self.model, _, _ = load_clip(clip, clip_pretrained, device=self.device)
         set_vit_resolution(self.model.visual, image_size)
-        from digzsl_ray.models.presets import clip_image_size
-
         self.size = clip_image_size(self.model)
         self.mean, self.std = clip_norm(self.model)
         protos, self.names, _ = load_prototypes(prototypes)
