@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import mean_std as _stats  # noqa: E402
 from common import save  # noqa: E402
 
 METRICS = ("zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H", "calibration_lambda", "ausuc")
@@ -41,11 +41,6 @@ METRICS = ("zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H", "calibration_lambda", "ausu
 
 def seed_overrides(seed: int) -> list[str]:
     return [f"seed={seed}", f"tokens.seed={seed}", f"generate.seed={seed + 1}", f"data.val_seed={seed}"]
-
-
-def _stats(values: list[float]) -> dict:
-    return {"mean": round(statistics.fmean(values), 3),
-            "std": round(statistics.stdev(values), 3) if len(values) > 1 else 0.0, "values": values}
 
 
 def summarise(per_seed: dict[int, dict]) -> dict:

@@ -7,6 +7,7 @@ benchmarks/results/<name>.json together with the machine it ran on.
 from __future__ import annotations
 
 import json
+import statistics
 import os
 import platform
 import resource
@@ -60,3 +61,9 @@ class Timer:
 
     def __exit__(self, *exc):
         self.s = time.perf_counter() - self.t0
+
+
+def mean_std(values: list[float]) -> dict:
+    """``{"mean", "std" (sample, ddof=1; 0 for one value), "values"}`` of a metric over seeds."""
+    return {"mean": round(statistics.fmean(values), 3),
+            "std": round(statistics.stdev(values), 3) if len(values) > 1 else 0.0, "values": values}

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import mean_std as _stats  # noqa: E402
 from common import save  # noqa: E402
 
 METRICS = ("zsl_mAP", "zsl_F1@3", "zsl_F1@5", "gzsl_mAP", "gzsl_F1@3", "gzsl_F1@5", "zsl_P@3", "zsl_R@3")
@@ -35,11 +36,6 @@ METRICS = ("zsl_mAP", "zsl_F1@3", "zsl_F1@5", "gzsl_mAP", "gzsl_F1@3", "gzsl_F1@
 def seed_overrides(seed: int) -> list[str]:
     return [f"seed={seed}", f"prompts.seed={seed}", f"tune.seed={seed}", f"generate.seed={seed + 1}",
             f"data.val_seed={seed}"]
-
-
-def _stats(values: list[float]) -> dict:
-    return {"mean": round(statistics.fmean(values), 3),
-            "std": round(statistics.stdev(values), 3) if len(values) > 1 else 0.0, "values": values}
 
 
 def summarise(per_seed: dict[int, dict], validation: dict[int, dict]) -> dict:
