@@ -247,10 +247,11 @@ def build_app(args: dict):
             torch.set_num_threads(threads)
             self.device = pick_device("auto")
             self.multi_label = task == "multi_label"
-            if self.multi_label:  # the method's own model: per-label probabilities
-                from digzsl_ray.methods import get_method
+            from digzsl_ray.methods import get_method
 
-                self.model = get_method(method).serve_loader(classifier_dir, self.device)
+            loader = get_method(method).serve_loader if method else None
+            if loader is not None:  # the method's own model: per-label probabilities (multi-label) or logits
+                self.model = loader(classifier_dir, self.device)
             else:
                 self.model, self.cfg, _ = load_classifier(classifier_dir, self.device)
             self.classify.set_max_batch_size(max_batch_size)

@@ -112,6 +112,18 @@ def cmd_data_check(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# digzsl compare
+def cmd_compare(args) -> int:
+    from digzsl_ray.compare import format_table, write_compare
+
+    result, written = write_compare(args.runs, args.out)
+    print(format_table(result))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="digzsl",
@@ -182,6 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
     from digzsl_ray.cli import stages
 
     stages.register(sub)
+
+    # compare
+    p = sub.add_parser("compare", help="compare finished runs side by side, mean ± std over seeds "
+                                       "-> DIR/compare.json, DIR/compare.html",
+                       description="Compare finished run directories of one class split: runs of one method whose "
+                                   "configs differ only in seed-like keys (and the ray/serve sections) are one group, "
+                                   "each run a seed; every group and ablation variant gets mean ± sample std of its "
+                                   "metrics, wall time and peak memory. Writes DIR/compare.json and DIR/compare.html "
+                                   "(docs/compare.md). Runs of different splits, or single- with multi-label runs, "
+                                   "are refused.")
+    p.add_argument("runs", nargs="+", metavar="OUT", help="finished run directories (`digzsl run --out OUT`)")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory (created if missing)")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

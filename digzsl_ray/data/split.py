@@ -117,3 +117,16 @@ def resolve(root: str | Path, rel: str) -> str:
     """Absolute path of ``rel`` under ``root`` (``rel`` may already be absolute)."""
     p = Path(rel)
     return str(p if p.is_absolute() else Path(root) / p)
+
+
+def validation_classes(split, seed: int) -> list[int]:
+    """The seen classes held out as pseudo-unseen by the validation-class protocol: the dataset's own
+    list (xlsa17 ``valclassesK``, MiniWorld's ``val_classes``), else a seeded third as many seen
+    classes as there are unseen ones (at least 1, and never all seen classes)."""
+    if split.val_classes:
+        return sorted(int(v) for v in split.val_classes)
+    n = min(max(1, -(-len(split.unseen) // 3)), len(split.seen) - 1)
+    if n <= 0:
+        return []
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 77]))
+    return sorted(int(v) for v in rng.choice(np.asarray(split.seen), size=n, replace=False))

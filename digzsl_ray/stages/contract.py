@@ -128,8 +128,8 @@ class Method:
     report: Any = None  # (Context) -> Path: builds OUT/report.html (after `digzsl run` records its memory)
     multi_label: bool = False  # whether the method takes label sets (coco, nuswide, MiniWorld scenes)
     headline: Any = None  # (metrics, variants) -> str: the table `digzsl run` prints (default: single-label ZSL)
-    serve_loader: Any = None  # (classifier_dir, device) -> module: uint8 images -> per-label probabilities
-    # (multi-label); None: the shared single-label classifier (softmax over classes)
+    serve_loader: Any = None  # (classifier_dir, device) -> module: uint8 images -> per-label probabilities (multi-label)
+    # or logits (single-label, softmaxed by serving); None: the shared single-label classifier
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:

@@ -37,7 +37,7 @@ def test_valclass_lambda_is_chosen_on_pseudo_unseen_real_images(tmp_path):
 
 def test_validation_classes_come_from_the_dataset_or_a_seeded_draw():
     from digzsl_ray.data.split import ZSLSplit
-    from digzsl_ray.methods.digzsl.stages.cdm import validation_classes
+    from digzsl_ray.data.split import validation_classes
 
     listed = ZSLSplit("x", [str(i) for i in range(10)], list(range(7)), [7, 8, 9], {}, val_classes=[5, 2])
     assert validation_classes(listed, 0) == [2, 5]

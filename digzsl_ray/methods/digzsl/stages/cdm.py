@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from digzsl_ray.data.split import validation_classes
 from digzsl_ray.distributed.faults import current_spec
 from digzsl_ray.io import write_json
 from digzsl_ray.metrics.zsl import gzsl, zsl_top1
@@ -192,19 +193,6 @@ def cdm_worker(config: dict) -> None:
             "class_names": names, "seen": seen.tolist(), "best_val_acc": best_acc, "history": history,
             "fingerprint": config["fingerprint"],
         })
-
-
-def validation_classes(split, seed: int) -> list[int]:
-    """The seen classes held out as pseudo-unseen by the validation-class protocol: the dataset's own
-    list (xlsa17 ``valclassesK``, MiniWorld's ``val_classes``), else a seeded third as many seen
-    classes as there are unseen ones (at least 1, and never all seen classes)."""
-    if split.val_classes:
-        return sorted(int(v) for v in split.val_classes)
-    n = min(max(1, -(-len(split.unseen) // 3)), len(split.seen) - 1)
-    if n <= 0:
-        return []
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 77]))
-    return sorted(int(v) for v in rng.choice(np.asarray(split.seen), size=n, replace=False))
 
 
 def cdm_metrics(scores_file: Path, config_file: Path, split) -> dict:

@@ -1,0 +1,92 @@
+"""Evaluation of ZeroDiff's variants (plain numpy/torch; the stage module wires files).
+
+Variants: ``base`` (ZeroDiff: DRG -> DFG one-step features), ``diffgen`` (+ our DiffGen partial
+features), ``difftta`` (our DiffTTA-adapted generator), ``full`` (ZeroDiff++: both). For each fold a
+softmax classifier is trained on real seen + synthetic unseen features (10% of the synthetic rows
+of each class held out as validation data) and scored every epoch.
+
+Choices (classifier epoch, lambda), by ``evaluate.calibration``:
+* ``valclass`` (default): on the validation fold, the epoch and lambda with the best GZSL H on its
+  real data (held-out seen images of seen \\ V, real images of V); the final fold's classifier is
+  read at that epoch with that lambda;
+* ``synthetic``: on the final fold's held-out real seen + held-out synthetic unseen features.
+* ``evaluate.select_on_test: true``: the reference protocol, best test H (labelled test-selected).
+The transductive variants pseudo-label a fold's unlabelled test pool with its base classifier at
+the chosen epoch and lambda.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from digzsl_ray.methods.zerodiff.classify import fit_softmax
+from digzsl_ray.methods.zerodiff.transduct import diffgen, difftta, pseudo_labels
+from digzsl_ray.metrics.zsl import choose_lambda
+
+BASE, DIFFGEN, DIFFTTA, FULL = "base", "diffgen", "difftta", "full"
+VARIANTS = (BASE, DIFFGEN, DIFFTTA, FULL)
+
+
+def _hold_out(y: np.ndarray, every: int = 10) -> np.ndarray:
+    """Every ``every``-th synthetic row of each class (validation); the rest trains."""
+    mask = np.zeros(len(y), bool)
+    for c in np.unique(y):
+        rows = np.where(y == c)[0]
+        mask[rows[::every]] = True
+    return mask
+
+
+def _inputs(cfg, x: np.ndarray, r: np.ndarray) -> np.ndarray:
+    return np.concatenate([x, r], 1) if cfg.softmax.input == "xr" else x
+
+
+def fit_variant(cfg, p, drg, dfg, variant: str, pseudo: tuple | None, n_classes: int) -> dict:
+    """Train one variant's classifier on fold ``p``; every epoch's probabilities and weights."""
+    from digzsl_ray.methods.zerodiff.stages.generators import generated_unseen
+
+    t = cfg.transduct
+    att = torch.from_numpy(p.att)
+    gen_model, info = dfg, {}
+    pool_x = np.concatenate([p.x["test_seen"], p.x["test_unseen"]])
+    pool_r = np.concatenate([p.r["test_seen"], p.r["test_unseen"]])
+    if variant in (DIFFTTA, FULL) and pseudo is not None and len(pseudo[0]):
+        rows, labels = pseudo
+        gen_model, curve = difftta(dfg, pool_x[rows], pool_r[rows], labels, att, t.tta_steps, t.tta_lr,
+                                   t.tta_batch_size, cfg.synthetic.seed + 7)
+        info["tta_loss"] = curve[:: max(1, len(curve) // 20)] + curve[-1:]
+    sx, sy, sr = generated_unseen(drg, gen_model, att, p.fold.unseen, cfg.synthetic.per_class, cfg.synthetic.seed,
+                                  cfg.synthetic.progressive, with_r=True)
+    if variant in (DIFFGEN, FULL) and pseudo is not None and len(pseudo[0]):
+        rows, labels = pseudo
+        gx, gy = diffgen(gen_model, pool_x[rows], pool_r[rows], labels, att, min(t.diffgen_t_start, cfg.dfg.n_t - 1),
+                         t.diffgen_copies, cfg.synthetic.seed + 11)
+        sx, sy, sr = np.concatenate([sx, gx]), np.concatenate([sy, gy]), np.concatenate([sr, np.repeat(pool_r[rows], t.diffgen_copies, 0)])
+        info["diffgen_features"] = int(len(gy))
+    held = _hold_out(sy)
+    x = np.concatenate([_inputs(cfg, p.x["train"], p.r["train"]), _inputs(cfg, sx[~held], sr[~held])])
+    y = np.concatenate([p.y["train"], sy[~held]])
+    evals = {k: _inputs(cfg, p.x[k], p.r[k]) for k in ("test_seen", "test_unseen", "heldout")}
+    evals["syn_val"] = _inputs(cfg, sx[held], sr[held])
+    columns = None if len(p.fold.seen) + len(p.fold.unseen) == n_classes else sorted(p.fold.seen + p.fold.unseen)
+    probs, states = fit_softmax(x, y, n_classes, evals, cfg.softmax, cfg.softmax.seed, columns)
+    info["synthetic_rows"] = int(len(sy))
+    return {"probs": probs, "states": states, "syn_val_labels": sy[held], "info": info,
+            "generated": (sx[:2000], sy[:2000])}
+
+
+def select(fit: dict, p, grid: np.ndarray, on: str) -> dict:
+    """The epoch and lambda with the best GZSL H on ``on``: 'fold' (the fold's own test arrays: the
+    validation fold's real data, or the final fold's TEST data for select_on_test) or 'synthetic'
+    (held-out real seen + held-out synthetic unseen)."""
+    best = None
+    seen, unseen = p.fold.seen, p.fold.unseen
+    for e, pr in enumerate(fit["probs"]):
+        if on == "synthetic":
+            args = (pr["heldout"], p.y["heldout"], pr["syn_val"], fit["syn_val_labels"])
+        else:
+            args = (pr["test_seen"], p.y["test_seen"], pr["test_unseen"], p.y["test_unseen"])
+        lam, g = choose_lambda(*args, seen, unseen, grid)
+        if best is None or g["H"] > best["H"]:
+            best = {"epoch": e, "lambda": float(lam), "U": g["U"], "S": g["S"], "H": g["H"]}
+    return best

@@ -1,0 +1,1 @@
+"""ZeroDiff++'s stages (Ray wiring); the maths is in the package's plain-torch modules."""

@@ -1,0 +1,208 @@
+"""Stage: train the DRG then the DFG of each fold on Ray Train -> ``OUT/generators/<fold>/``.
+
+With ``generators.workers.num_workers: 2`` the validation fold and the final fold train side by
+side, one per worker (independent models: no gradient all-reduce); with 1 they train one after
+the other. Every epoch each worker checkpoints its folds' whole state (networks, optimisers, the
+adaptive penalty weight, RNG states, history) as ``state-<fold>.pt``; Ray Train merges the
+workers' files into one checkpoint and restarts failed workers from it (``max_failures``), so a
+lost worker resumes at its last epoch. Every ``generators.spurious_every`` DFG epochs the
+spuriousness metrics are logged (:mod:`..spurious`).
+
+Outputs per fold: ``drg.safetensors``, ``dfg.safetensors`` and ``history.json`` (per-epoch losses,
+Wasserstein estimates, lambda, spuriousness; the fingerprint).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from digzsl_ray.io import read_json
+from digzsl_ray.methods.zerodiff.folds import FOLDS
+from digzsl_ray.stages.contract import Stage
+from digzsl_ray.stages.rundir import stage_timing
+
+log = logging.getLogger("digzsl")
+
+
+def generated_unseen(drg, dfg, att, classes: list[int], per_class: int, seed: int, progressive: bool = False,
+                     with_r: bool = False):
+    """(features, labels[, representations]) of ``per_class`` DRG -> DFG samples of every class in ``classes``."""
+    import numpy as np
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    y = np.repeat(np.asarray(classes, np.int64), per_class)
+    xs, rs = [np.zeros((0, dfg.G.net[-2].out_features), np.float32)], [np.zeros((0, drg.G.net[-2].out_features), np.float32)]
+    for i in range(0, len(y), 4096):
+        a = att[torch.from_numpy(y[i:i + 4096])]
+        r = drg.sample(a, gen=gen)
+        xs.append(dfg.sample(a, r, progressive=progressive, gen=gen).cpu().numpy())
+        rs.append(r.cpu().numpy())
+    x = np.concatenate(xs).astype(np.float32)
+    return (x, y, np.concatenate(rs).astype(np.float32)) if with_r else (x, y)
+
+
+def build_gans(cfg, p, device):
+    from digzsl_ray.methods.zerodiff.gan import DFG, DRG
+
+    a_dim, x_dim, r_dim = p.att.shape[1], p.x["train"].shape[1], p.r["train"].shape[1]
+    return DRG(a_dim, r_dim, cfg.drg, device), DFG(a_dim, x_dim, r_dim, cfg.dfg, device)
+
+
+def generators_worker(config: dict) -> None:
+    import numpy as np
+    import ray.train
+    import ray.train.torch
+    import torch
+    from safetensors.torch import save_file
+
+    from digzsl_ray.distributed.cluster import quiet_train_worker_logs
+    from digzsl_ray.distributed.faults import maybe_fail
+    from digzsl_ray.io import atomic_path, write_json
+    from digzsl_ray.methods.zerodiff.config import ZerodiffRunConfig
+    from digzsl_ray.methods.zerodiff.folds import folds_from, load_features, prepare
+    from digzsl_ray.methods.zerodiff.spurious import spuriousness
+    from digzsl_ray.methods.zerodiff.stages.represent import load_representation
+
+    quiet_train_worker_logs()
+    cfg = ZerodiffRunConfig.model_validate(config["cfg"])
+    torch.set_num_threads(cfg.models.torch_threads)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    mine = [f for i, f in enumerate(FOLDS) if i % world == rank]
+    folds = folds_from(load_features(Path(config["features"])), config["plan"])
+    att_np = np.asarray(config["att"], np.float32)
+    att = torch.from_numpy(att_np)
+    rep = Path(config["represent"])
+    prepared = {f: prepare(folds[f], load_representation(rep, f, folds[f].x["train"].shape[1], config["represent_cfg"]),
+                           att_np) for f in mine}
+    ckpt = ray.train.get_checkpoint()
+    saved = {}
+    if ckpt:
+        with ckpt.as_directory() as d:
+            for f in mine:
+                if (Path(d) / f"state-{f}.pt").is_file():
+                    saved[f] = torch.load(Path(d) / f"state-{f}.pt", map_location="cpu", weights_only=True)
+    state = {}
+    for f in mine:
+        drg, dfg = build_gans(cfg, prepared[f], device)
+        st = {"phase": "drg", "epoch": -1, "history": [],
+              "gen": torch.Generator().manual_seed(cfg.dfg.seed + FOLDS.index(f)).get_state()}
+        torch.manual_seed(cfg.dfg.seed + FOLDS.index(f))
+        if f in saved:
+            st = saved[f]
+            drg.load_state_dict(st["drg"])
+            dfg.load_state_dict(st["dfg"])
+            torch.set_rng_state(st["torch_rng"])
+            st["history"].append({"resumed_at": {"phase": st["phase"], "epoch": st["epoch"] + 1}})
+        state[f] = (drg, dfg, st)
+
+    def checkpoint(metrics: dict) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            for f in mine:
+                drg, dfg, st = state[f]
+                torch.save({**st, "drg": drg.state_dict(), "dfg": dfg.state_dict(), "torch_rng": torch.get_rng_state()},
+                           Path(d) / f"state-{f}.pt")
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    step = 0
+    for f in mine:
+        drg, dfg, st = state[f]
+        p = prepared[f]
+        yt = torch.from_numpy(p.y["train"])
+        xt, rt = torch.from_numpy(p.x["train"]), torch.from_numpy(p.r["train"])
+        gen = torch.Generator()
+        gen.set_state(st["gen"])
+        order = {"drg": 0, "dfg": 1, "done": 2}
+        for phase, model, c in (("drg", drg, cfg.drg), ("dfg", dfg, cfg.dfg)):
+            if order[st["phase"]] > order[phase]:  # finished before a restart
+                step += c.epochs
+                continue
+            first = st["epoch"] + 1 if st["phase"] == phase else 0
+            step += first
+            for epoch in range(first, c.epochs):
+                maybe_fail("generators", spec=config.get("fault", ""), epoch=step)
+                t0 = time.time()
+                if phase == "drg":
+                    m = model.train_epoch(rt, yt, att, None, gen)
+                else:
+                    m = model.train_epoch(xt, yt, att, rt, gen)
+                m = {k: round(float(v), 5) for k, v in m.items()}
+                rec = {"fold": f, "phase": phase, "epoch": epoch, **m, "seconds": round(time.time() - t0, 3)}
+                last = epoch == c.epochs - 1
+                if phase == "dfg" and ((epoch + 1) % cfg.generators.spurious_every == 0 or last):
+                    gx, gy = generated_unseen(drg, dfg, att, p.fold.unseen, 100, cfg.synthetic.seed + epoch)
+                    rec["spurious"] = spuriousness(dfg, att, (p.x["train"], p.y["train"]),
+                                                   (p.x["heldout"], p.y["heldout"]), (gx, gy),
+                                                   (p.x["test_unseen"], p.y["test_unseen"]))
+                st["history"].append(rec)
+                st["phase"], st["epoch"], st["gen"] = phase, epoch, gen.get_state()
+                if last:
+                    st["phase"], st["epoch"] = ("dfg" if phase == "drg" else "done"), -1
+                checkpoint({"fold": f, "phase": phase, "epoch": epoch, "wasserstein": m["wasserstein"]})
+                step += 1
+        out = Path(config["out"]) / f
+        out.mkdir(parents=True, exist_ok=True)
+        for name, model in (("drg", drg), ("dfg", dfg)):
+            with atomic_path(out / f"{name}.safetensors") as tmp:
+                save_file(model.weights(), str(tmp))
+        write_json(out / "history.json", {"fingerprint": config["fingerprint"], "fold": f, "seen": p.fold.seen,
+                                          "unseen": p.fold.unseen, "train_rows": int(len(yt)),
+                                          "lambda_gp": {"drg": drg.lam, "dfg": dfg.lam}, "history": st["history"]})
+
+
+class GeneratorsStage(Stage):
+    name = "train-generators"
+    help = "train the DRG and DFG of the validation and final folds (Ray Train) -> OUT/generators/"
+    writes = {"dir": "generators", "val": "generators/val/history.json", "final": "generators/final/history.json"}
+    reads = ("extract-features:meta", "train-representation:meta", "prototypes:prototypes")
+    depends_on = ("drg", "dfg", "semantics", "features.train_fraction", "features.train_split_file",
+                  "features.fraction_seed", "generators.spurious_every", "synthetic.seed", "data.val_seed", "seed")
+
+    def complete(self, ctx) -> bool:
+        fp = self.fingerprint(ctx)
+        return all(ctx.path(f"train-generators:{f}").is_file()
+                   and read_json(ctx.path(f"train-generators:{f}")).get("fingerprint") == fp for f in FOLDS)
+
+    def cached(self, ctx) -> dict:
+        return {f: _summary(read_json(ctx.path(f"train-generators:{f}"))) for f in FOLDS}
+
+    def run(self, ctx) -> dict:
+        from digzsl_ray.distributed.faults import current_spec
+        from digzsl_ray.distributed.trainloop import make_trainer
+        from digzsl_ray.methods.zerodiff.features import read_features
+        from digzsl_ray.methods.zerodiff.folds import fold_plan
+        from digzsl_ray.methods.zerodiff.semantics import class_semantics
+
+        cfg, split = ctx.cfg, ctx.split
+        t0 = time.time()
+        fp = self.fingerprint(ctx)
+        for f in FOLDS:
+            ctx.path(f"train-generators:{f}").unlink(missing_ok=True)
+        _, ytv = read_features(ctx.path("extract-features:dir") / "trainval")
+        att = class_semantics(cfg, split, ctx.require("prototypes:prototypes"))
+        w = cfg.generators.workers
+        make_trainer(generators_worker, {
+            "cfg": cfg.model_dump(mode="json"), "plan": fold_plan(cfg, split, ytv), "att": att.tolist(),
+            "features": str(ctx.path("extract-features:dir")), "represent": str(ctx.path("train-representation:dir")),
+            "represent_cfg": cfg.represent.model_dump(), "out": str(ctx.path("train-generators:dir")),
+            "fingerprint": fp, "fault": current_spec()},
+            name=f"generators-{fp}", storage=ctx.rd.ray_storage, num_workers=w.num_workers, use_gpu=w.use_gpu,
+            cpus_per_worker=w.cpus_per_worker, max_failures=w.max_failures).fit()
+        stage_timing(ctx.rd, "generators", time.time() - t0)
+        out = self.cached(ctx)
+        log.info("generators: %s", out)
+        return out
+
+
+def _summary(h: dict) -> dict:
+    recs = [r for r in h["history"] if "phase" in r]
+    last = {ph: next((r for r in reversed(recs) if r["phase"] == ph), {}) for ph in ("drg", "dfg")}
+    spur = next((r["spurious"] for r in reversed(recs) if "spurious" in r), {})
+    return {"train_rows": h["train_rows"], "drg_wasserstein": last["drg"].get("wasserstein"),
+            "dfg_wasserstein": last["dfg"].get("wasserstein"), "spurious_seen": spur.get("spurious_seen"),
+            "spurious_unseen": spur.get("spurious_unseen")}

@@ -1,0 +1,273 @@
+"""ZeroDiff's maths without Ray: schedule, penalties, mutual learning, SupCon, scaling, generators,
+DiffGen/DiffTTA (ours), pseudo-labels, the masked softmax classifier, folds, semantics, res101.mat."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace as NS
+
+import numpy as np
+import pytest
+import torch
+
+from digzsl_ray.methods.zerodiff.config import ZerodiffRunConfig
+
+
+def test_vp_schedule_matches_the_reference_values():
+    from digzsl_ray.methods.zerodiff.schedule import vp_schedule
+
+    s = vp_schedule(4, 0.1, 20.0)
+    assert np.allclose(s.a_s_cum.numpy(), [1, .722, .281, .059, .007], atol=2e-3)
+    assert np.allclose(s.sigmas_cum.numpy(), [0, .692, .960, .998, 1.0], atol=2e-3)
+    assert np.allclose((s.sigmas ** 2).numpy(), [0, .478, .849, .956, .987], atol=2e-3)
+
+
+def test_q_sample_pairs_has_the_schedule_variances_and_posterior_is_exact_at_zero():
+    from digzsl_ray.methods.zerodiff.schedule import q_sample_pairs, sample_posterior, vp_schedule
+
+    s = vp_schedule()
+    torch.manual_seed(0)
+    x0 = torch.full((20000, 4), 0.5)
+    t = torch.full((20000,), 1)
+    x_t, x_tp1 = q_sample_pairs(s, x0, t)
+    assert abs(float(x_t.mean()) - 0.5 * float(s.a_s_cum[1])) < 0.02
+    assert abs(float(x_t.std()) - float(s.sigmas_cum[1])) < 0.02
+    # x_{t+1} = sqrt(1-b) x_t + sqrt(b) eps: its total variance is 1 - alpha_bar_{t+1}
+    assert abs(float(x_tp1.std()) - float(s.sigmas_cum[2])) < 0.02
+    z = torch.zeros(3, 4)
+    a = sample_posterior(s, z + 1, z, torch.zeros(3, dtype=torch.long))
+    b = sample_posterior(s, z + 1, z, torch.zeros(3, dtype=torch.long))
+    assert torch.equal(a, b)  # no noise at t = 0
+    assert torch.allclose(a, s.post_coef1[0] * (z + 1))
+
+
+def test_gradient_penalty_of_linear_critics():
+    from digzsl_ray.methods.zerodiff.gan import gradient_penalty
+
+    for scale, want in ((1.0, 0.0), (2.0, 1.0), (3.0, 4.0)):
+        w = torch.tensor([0.6, 0.8]) * scale
+        crit = lambda x, a: (x * w).sum(1) + a.sum(1)  # noqa: E731
+        real, fake, a = torch.randn(8, 2), torch.randn(8, 2), torch.randn(8, 3)
+        assert float(gradient_penalty(crit, [real, a], [fake, a])) == pytest.approx(want, abs=1e-5)
+
+
+def test_mutual_learning_and_adaptive_lambda_hand_cases():
+    from digzsl_ray.methods.zerodiff.gan import DFG_PAIRS, adapt_lambda, mutual_learning
+
+    w = {"x0": torch.tensor([1.0, 2.0]), "xt": torch.tensor([0.0, 2.0]), "xc": torch.tensor([1.0, 0.0])}
+    f = torch.tensor([0.5, 1.0])
+    # sample 0: f(1 + 1 + 1 + 1) + 0 + 0 = 2; sample 1: f(0 + 0 + 4 + 4) + 4 + 4 = 16 -> mean 9
+    assert float(mutual_learning(w, f, DFG_PAIRS)) == pytest.approx(9.0)
+    x0 = w["x0"].clone().requires_grad_(True)
+    mutual_learning({**w, "x0": x0}, f, DFG_PAIRS).backward()
+    assert x0.grad is not None and w["xt"].grad is None  # the targets are stop-gradient
+    assert adapt_lambda(10.0, 1.2) == pytest.approx(11.0)
+    assert adapt_lambda(10.0, 0.5) == pytest.approx(10.0 / 1.1)
+    assert adapt_lambda(10.0, 1.02) == 10.0
+
+
+def test_weighted_l1_and_supcon_hand_cases():
+    from digzsl_ray.methods.zerodiff.nets import weighted_l1
+    from digzsl_ray.methods.zerodiff.represent import supcon_loss
+
+    pred, tgt = torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([[0.0, 0.0], [0.0, 2.0]])
+    # row 0: weights (1, 0) -> 1; row 1: weights (0, 1) -> 2; mean over rows 1.5
+    assert float(weighted_l1(pred, tgt)) == pytest.approx(1.5)
+    z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    assert float(supcon_loss(z, y, 1.0)) == pytest.approx(math.log(math.e + 2) - 1, abs=1e-6)
+    assert float(supcon_loss(z, torch.tensor([0, 1, 0, 1]), 1.0)) > float(supcon_loss(z, y, 1.0))
+    assert float(supcon_loss(z, torch.tensor([0, 1, 2, 3]), 1.0)) == 0.0  # no positives
+
+
+def test_minmax_is_fit_on_train_only():
+    from digzsl_ray.methods.zerodiff.represent import MinMax
+
+    tr = np.array([[0.0, 10.0], [2.0, 20.0]])
+    m = MinMax(tr)
+    assert m(tr).min() == 0.0 and m(tr).max() == 1.0
+    assert m(np.array([[4.0, 30.0]])).tolist() == [[2.0, 2.0]]  # test values may leave [0, 1]
+
+
+def _gan_cfg(**kw):
+    c = ZerodiffRunConfig().dfg.model_copy(update={"hidden": 64, "critic_hidden": 64, "batch_size": 32,
+                                                   "critic_iter": 2, **kw})
+    return c
+
+
+def test_dfg_learns_class_conditional_features_and_checkpoints_exactly():
+    from digzsl_ray.methods.zerodiff.gan import DFG
+
+    torch.manual_seed(0)
+    n = 256
+    y = torch.arange(n) % 2
+    centres = torch.tensor([[0.2] * 4 + [0.8] * 4, [0.8] * 4 + [0.2] * 4])
+    x = (centres[y] + 0.05 * torch.randn(n, 8)).clamp(0, 1)
+    r = x[:, :4].clone()
+    att = torch.eye(2)
+    d = DFG(2, 8, 4, _gan_cfg(lr=2e-3), "cpu")
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(25):
+        m = d.train_epoch(x, y, att, r, gen)
+    assert set(m) >= {"loss_d", "loss_g", "wasserstein", "lambda_gp"}
+    ys = torch.tensor([0] * 50 + [1] * 50)
+    out = d.sample(att[ys], centres[ys][:, :4], gen=torch.Generator().manual_seed(1))
+    pred = ((out[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+    assert float((pred == ys).float().mean()) > 0.9
+    # state round trip: the same weights give the same samples
+    e = DFG(2, 8, 4, _gan_cfg(lr=2e-3), "cpu")
+    e.load_state_dict(d.state_dict())
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(d.sample(att[ys], r[:100], gen=g1), e.sample(att[ys], r[:100], gen=g2))
+    f = DFG(2, 8, 4, _gan_cfg(), "cpu")
+    f.load_weights(d.weights())
+    assert torch.equal(d.sample(att[ys], r[:100], gen=torch.Generator().manual_seed(4)),
+                       f.sample(att[ys], r[:100], gen=torch.Generator().manual_seed(4)))
+
+
+def test_drg_and_progressive_and_diffgen_shapes():
+    from digzsl_ray.methods.zerodiff.gan import DFG, DRG
+    from digzsl_ray.methods.zerodiff.transduct import diffgen, difftta
+
+    cfg = ZerodiffRunConfig()
+    drg = DRG(3, 5, cfg.drg.model_copy(update={"hidden": 16, "critic_hidden": 16, "batch_size": 8, "critic_iter": 1}))
+    dfg = DFG(3, 6, 5, _gan_cfg(batch_size=8, critic_iter=1))
+    att = torch.eye(3)
+    x, y, r = torch.rand(16, 6), torch.arange(16) % 3, torch.rand(16, 5)
+    gen = torch.Generator().manual_seed(0)
+    drg.train_epoch(r, y, att, None, gen)
+    dfg.train_epoch(x, y, att, r, gen)
+    rh = drg.sample(att[y])
+    assert rh.shape == (16, 5) and float(rh.min()) >= 0 and float(rh.max()) <= 1
+    assert dfg.sample(att[y], rh, progressive=True).shape == (16, 6)
+    gx, gy = diffgen(dfg, x.numpy()[:4], r.numpy()[:4], np.array([0, 1, 2, 0]), att, 1, 3, 0)
+    assert gx.shape == (12, 6) and gy.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 0, 0, 0]
+    adapted, curve = difftta(dfg, x.numpy(), r.numpy(), y.numpy(), att, 5, 1e-3, 8, 0)
+    assert len(curve) == 5 and adapted is not dfg
+    assert any(not torch.equal(a, b) for a, b in zip(adapted.G.parameters(), dfg.G.parameters()))
+
+
+def test_pseudo_labels_threshold_cap_and_calibration():
+    from digzsl_ray.methods.zerodiff.transduct import pseudo_labels
+
+    probs = np.array([[0.1, 0.8, 0.1], [0.3, 0.6, 0.1], [0.2, 0.1, 0.7], [0.9, 0.05, 0.05], [0.45, 0.55, 0.0]])
+    # confidence = probability among the unseen classes: rows 0, 1, 4 -> class 1 (.89, .86, 1.0), row 2 -> 2 (.875)
+    rows, labels = pseudo_labels(probs, seen=[0], unseen=[1, 2], lam=0.0, threshold=0.87, per_class=2)
+    assert rows.tolist() == [4, 0, 2] and labels.tolist() == [1, 1, 2]
+    rows, _ = pseudo_labels(probs, seen=[0], unseen=[1, 2], lam=0.0, threshold=0.5, per_class=1)
+    assert rows.tolist() == [4, 2]  # the most confident per class
+    rows, labels = pseudo_labels(probs, seen=[0], unseen=[1, 2], lam=0.9, threshold=0.0, per_class=10)
+    assert 3 in rows.tolist()  # calibration moves the seen-looking row to an unseen class
+
+
+def test_softmax_classifier_masks_classes_outside_the_fold():
+    from digzsl_ray.metrics.zsl import calibrate
+    from digzsl_ray.methods.zerodiff.classify import fit_softmax
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    y = np.repeat([0, 2], 30)
+    x[y == 2] += 3
+    c = NS(epochs=3, batch_size=16, lr=1e-2)
+    probs, states = fit_softmax(x, y, 4, {"t": x}, c, 0, columns=[0, 2])
+    assert len(probs) == 3 and len(states) == 3 and states[0]["weight"].shape == (4, 4)
+    p = probs[-1]["t"]
+    assert np.isneginf(p[:, [1, 3]]).all()
+    assert np.allclose(p[:, [0, 2]].sum(1), 1.0, atol=1e-5)
+    assert set(calibrate(p, [0], 1.0).argmax(1)) <= {0, 2}  # masked columns never win
+
+
+def _toy_split():
+    from digzsl_ray.data.split import Item, ZSLSplit
+
+    items = {"trainval": [Item(f"/tv/{c}_{i}.png", (c,)) for c in range(4) for i in range(10)],
+             "test_seen": [Item(f"/ts/{c}_{i}.png", (c,)) for c in range(4) for i in range(2)],
+             "test_unseen": [Item(f"/tu/{c}_{i}.png", (c,)) for c in (4, 5) for i in range(3)]}
+    s = ZSLSplit("toy", [f"c{i}" for i in range(6)], [0, 1, 2, 3], [4, 5], items, val_classes=[3])
+    s.carve_val(0.2, 0)
+    return s
+
+
+def test_folds_hold_out_validation_classes_and_thin_training_rows():
+    from digzsl_ray.methods.zerodiff.folds import build_folds
+
+    split = _toy_split()
+    feats = {k: (np.arange(len(v), dtype=np.float32)[:, None] + 0, np.array([it.label for it in v]))
+             for k, v in split.items.items()}
+    cfg = ZerodiffRunConfig()
+    f = build_folds(cfg, split, feats)
+    assert f["final"].seen == [0, 1, 2, 3] and f["final"].unseen == [4, 5]
+    assert len(f["final"].y["train"]) == 32 and len(f["final"].y["heldout"]) == 8
+    v = f["val"]
+    assert v.seen == [0, 1, 2] and v.unseen == [3]
+    assert 3 not in v.y["train"] and set(v.y["test_unseen"]) == {3} and len(v.y["test_unseen"]) == 10
+    assert 3 not in v.y["test_seen"]
+    held = {float(a) for a in f["final"].x["heldout"][:, 0]}
+    assert not held & {float(a) for a in f["final"].x["train"][:, 0]}
+    cfg.features.train_fraction = 0.25
+    g = build_folds(cfg, split, feats)
+    assert [int((g["final"].y["train"] == c).sum()) for c in range(4)] == [2, 2, 2, 2]
+    assert len(g["final"].y["heldout"]) == 8  # held-out rows are never thinned
+
+
+def test_miniworld_attribute_semantics(tmp_path):
+    import json
+
+    from digzsl_ray.methods.zerodiff.semantics import SemanticsError, miniworld_attributes
+
+    (tmp_path / "dataset.json").write_text(json.dumps({"attributes": {
+        "a": {"colour": "red", "shape": "circle"}, "b": {"colour": "blue", "shape": "circle"}}}))
+    a = miniworld_attributes(tmp_path / "dataset.json", ["b", "a"])
+    assert a.tolist() == [[1, 0, 1], [0, 1, 1]]  # colour blue/red, shape circle
+    with pytest.raises(SemanticsError, match="no attributes"):
+        miniworld_attributes(tmp_path / "dataset.json", ["c"])
+
+
+def test_res101_mat_and_scarce_split_files(tmp_path):
+    import scipy.io
+
+    from digzsl_ray.data.split import Item
+    from digzsl_ray.methods.zerodiff.features import res101_rows
+    from digzsl_ray.methods.zerodiff.folds import scarce_file_mask
+
+    n = 6
+    files = np.array([[np.array([f"/BS/xx/SUN/images/a/b/img{i}.jpg"])] for i in range(n)], dtype=object)
+    feats = np.arange(2048 * n, dtype=np.float32).reshape(2048, n)  # 2048 x N, as xlsa17 stores it
+    scipy.io.savemat(tmp_path / "res101.mat", {"features": feats, "image_files": files,
+                                                "labels": np.array([[1], [1], [2], [2], [3], [3]])})
+    items = [Item(str(tmp_path / "images" / "a" / "b" / f"img{i}.jpg"), (0,)) for i in (4, 1)]
+    x = res101_rows(tmp_path / "res101.mat", "SUN", tmp_path, 3, items)
+    assert x.shape == (2, 2048) and x[0, 0] == 4.0 and x[1, 1] == feats[1, 1]
+    scipy.io.savemat(tmp_path / "att_splits.mat", {"trainval_loc": np.array([[1], [2], [3], [4]])})
+    scipy.io.savemat(tmp_path / "split_10percent.mat", {"trainval_loc": np.array([[2], [4]])})
+    cfg = ZerodiffRunConfig()
+    cfg.data.splits_dir = str(tmp_path)
+    assert scarce_file_mask(cfg, str(tmp_path / "split_10percent.mat"), 4).tolist() == [False, True, False, True]
+    scipy.io.savemat(tmp_path / "bad.mat", {"trainval_loc": np.array([[9]])})
+    with pytest.raises(Exception, match="outside"):
+        scarce_file_mask(cfg, str(tmp_path / "bad.mat"), 4)
+
+
+def test_spuriousness_hand_case():
+    from digzsl_ray.methods.zerodiff.spurious import spuriousness
+
+    class Stub:
+        device = torch.device("cpu")
+
+        def critic_score(self, x, a):
+            return x[:, 0].float()
+
+        dec = torch.nn.Identity()
+
+    stub = Stub()
+    stub.dec = lambda x: (x[:, :2], None)
+    stub.dec.eval = lambda: None
+    att = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    train = (np.array([[1.0, 0.0], [3.0, 0.0]]), np.array([0, 0]))
+    held = (np.array([[1.0, 0.0]]), np.array([0]))
+    gen_u = (np.array([[5.0, 0.0]]), np.array([1]))
+    real_u = (np.array([[2.0, 1.0]]), np.array([1]))
+    s = spuriousness(stub, att, train, held, gen_u, real_u)
+    assert s["spurious_seen"] == 1.0 and s["spurious_unseen"] == 3.0
+    assert s["spurious_seen_z"] == pytest.approx(1.0 / np.std([1.0, 3.0], ddof=1), abs=1e-4)
+    assert s["semantic_error_unseen"] == pytest.approx(0.5)  # |2-1| and |1-1|
