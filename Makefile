@@ -44,6 +44,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/diagnose.py --run $(RUN)
 	$(BIN)/python benchmarks/multilabel_ablation.py
 	$(BIN)/python benchmarks/multilabel_throughput.py
+	$(BIN)/python benchmarks/zerodiff_ablation.py --keep
+	$(BIN)/python benchmarks/zerodiff_scale.py
 	$(BIN)/python benchmarks/gpu.py
 	$(BIN)/python benchmarks/make_readme.py
 

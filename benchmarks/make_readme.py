@@ -57,6 +57,22 @@ ABOUT = {
                              "model: the code path, not Llama-2's speed), discriminator images per second (CLIP "
                              "at 64 px, grouping softmax, exact-set rule), and seconds per text-encoder tuning "
                              "step in a bare single-process loop vs inside the Ray Train worker of the stage.",
+    "zerodiff_ablation": "ZeroDiff++'s four variants (`base` = ZeroDiff, `diffgen`, `difftta`, `full` = "
+                         "ZeroDiff++; the last three our reading) over several seeds of `digzsl run --config "
+                         "miniworld --set method=zerodiff` (`python benchmarks/zerodiff_ablation.py --seeds 0 1 2`): "
+                         "each seed sets `seed`, `drg.seed` = `dfg.seed` = 9182 + seed, `synthetic.seed`, "
+                         "`softmax.seed` and `data.val_seed`; ZSL/GZSL under both calibrations, the validation "
+                         "fold's figures (what the choices were made on), pseudo-label counts and accuracy "
+                         "(measurement only), the spuriousness metrics, wall time and peak memory.",
+    "zerodiff_scale": "ZeroDiff's throughput and memory (`python benchmarks/zerodiff_scale.py`): feature extraction "
+                      "(MiniWorld CLIP tower, bare in-process vs the stage's Ray Data actor pool, PNG decoding "
+                      "included), one DFG epoch as a bare single-process loop vs inside the stage's Ray Train "
+                      "workers, and SUN scale (717 classes, 14,340 x 2,048 features, reference widths 4096): "
+                      "peak memory of the Parquet round trip and of DFG training steps, an epoch's time "
+                      "extrapolated from the measured steps.",
+    "compare_miniworld": "`digzsl compare` of DIG-ZSL's and ZeroDiff's three-seed MiniWorld runs "
+                         "(`benchmarks/ablation.py` and `benchmarks/zerodiff_ablation.py` with `--keep`, then "
+                         "`digzsl compare <six run dirs> --out DIR`; DIR/compare.json copied here).",
     "gpu": "SD-1.5-sized UNet/VAE/text encoder (random weights) at 512x512, 30 steps, fp16: images per second "
            "with SDPA (and xformers), seconds per DCT update, and each as a fraction of the FLOP lower bound at "
            "the GPU's peak. Runs only where CUDA is present.",
@@ -73,7 +89,8 @@ def main() -> None:
              "machine they ran on. `make bench` runs the CPU ones and rewrites this file. They are never "
              "collected as tests.", ""]
     for name in ("dct_step", "token_scaling", "generation", "serve", "pipeline", "ablation", "determinism", "diagnose",
-                 "multilabel_ablation", "multilabel_throughput", "gpu"):
+                 "multilabel_ablation", "multilabel_throughput", "zerodiff_ablation", "zerodiff_scale",
+                 "compare_miniworld", "gpu"):
         p = HERE / "results" / f"{name}.json"
         lines += [f"## {name}", "", ABOUT[name], ""]
         if not p.is_file():

@@ -65,7 +65,7 @@ def train_representation(x: torch.Tensor, y: torch.Tensor, c, seed: int, progres
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total, k = total + float(loss), k + 1
+            total, k = total + float(loss.detach()), k + 1
         history.append(round(total / max(k, 1), 5))
     net.eval()
     return net, history
