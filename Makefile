@@ -29,7 +29,7 @@ demo-multilabel: $(STAMP)
 	$(BIN)/digzsl run --config miniworld_multilabel --out $(RUN_ML)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # CPU benchmarks (figures in benchmarks/results/*.json and benchmarks/README.md); serve needs a demo run.
 bench: $(STAMP)

@@ -67,3 +67,35 @@ def mean_std(values: list[float]) -> dict:
     """``{"mean", "std" (sample, ddof=1; 0 for one value), "values"}`` of a metric over seeds."""
     return {"mean": round(statistics.fmean(values), 3),
             "std": round(statistics.stdev(values), 3) if len(values) > 1 else 0.0, "values": values}
+
+
+def seed_parser(description: str, config: str, out: str, name: str):
+    """The command line every per-seed ablation script takes (seeds, config, out, keep, resume, set, name)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--config", default=config)
+    ap.add_argument("--out", default=out)
+    ap.add_argument("--keep", action="store_true", help="keep the run directories")
+    ap.add_argument("--resume", action="store_true", help="resume existing run directories")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--name", default=name)
+    return ap
+
+
+def run_seed(config: str, run: Path, overrides: list[str], resume: bool) -> tuple[float, dict]:
+    """``digzsl run --config CONFIG --out RUN --set ...`` in a subprocess (a fresh directory unless
+    ``resume``): (wall seconds, its metrics.json)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if not resume:
+        shutil.rmtree(run, ignore_errors=True)
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "digzsl_ray.cli", "run", "--config", config, "--out", str(run)]
+    for o in overrides:
+        cmd += ["--set", o]
+    subprocess.run(cmd, check=True)
+    return round(time.perf_counter() - t0, 1), json.loads((Path(run) / "metrics.json").read_text())

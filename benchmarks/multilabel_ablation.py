@@ -17,18 +17,15 @@ images) and `data.val_seed` (which trainval scenes are held out). Writes
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import mean_std as _stats  # noqa: E402
-from common import save  # noqa: E402
+from common import run_seed, save, seed_parser  # noqa: E402
 
 METRICS = ("zsl_mAP", "zsl_F1@3", "zsl_F1@5", "gzsl_mAP", "gzsl_F1@3", "gzsl_F1@5", "zsl_P@3", "zsl_R@3")
 
@@ -59,28 +56,13 @@ def summarise(per_seed: dict[int, dict], validation: dict[int, dict]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--config", default="miniworld_multilabel")
-    ap.add_argument("--out", default="/tmp/digzsl-ml-ablation")
-    ap.add_argument("--keep", action="store_true", help="keep the run directories")
-    ap.add_argument("--resume", action="store_true", help="resume existing run directories")
-    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--name", default="multilabel_ablation")
-    a = ap.parse_args()
+    a = seed_parser(__doc__.split("\n\n")[0], "miniworld_multilabel", "/tmp/digzsl-ml-ablation",
+                    "multilabel_ablation").parse_args()
     out = Path(a.out)
     per_seed, validation, wall, peak = {}, {}, {}, {}
     for seed in a.seeds:
         run = out / f"seed-{seed}"
-        if not a.resume:
-            shutil.rmtree(run, ignore_errors=True)
-        t0 = time.perf_counter()
-        cmd = [sys.executable, "-m", "digzsl_ray.cli", "run", "--config", a.config, "--out", str(run)]
-        for o in seed_overrides(seed) + a.sets:
-            cmd += ["--set", o]
-        subprocess.run(cmd, check=True)
-        wall[seed] = round(time.perf_counter() - t0, 1)
-        per_seed[seed] = json.loads((run / "metrics.json").read_text())
+        wall[seed], per_seed[seed] = run_seed(a.config, run, seed_overrides(seed) + a.sets, a.resume)
         peak[seed] = per_seed[seed].get("peak_rss_mb")
         validation[seed] = {v: json.loads((run / "classifier_ml" / v / "config.json").read_text())["best"]["selection"]
                             for v in per_seed[seed]["ablation"]}

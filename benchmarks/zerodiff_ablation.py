@@ -17,17 +17,14 @@ subprocess, the seed applied to everything a run draws at random but not to the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import mean_std as _stats  # noqa: E402
-from common import save  # noqa: E402
+from common import run_seed, save, seed_parser  # noqa: E402
 
 METRICS = ("zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H", "ausuc", "calibration_lambda")
 
@@ -57,29 +54,12 @@ def summarise(per_seed: dict[int, dict]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--config", default="miniworld")
-    ap.add_argument("--out", default="/tmp/digzsl-zd-ablation")
-    ap.add_argument("--keep", action="store_true", help="keep the run directories")
-    ap.add_argument("--resume", action="store_true", help="resume existing run directories")
-    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--name", default="zerodiff_ablation")
-    a = ap.parse_args()
+    a = seed_parser(__doc__.split("\n\n")[0], "miniworld", "/tmp/digzsl-zd-ablation", "zerodiff_ablation").parse_args()
     out = Path(a.out)
     per_seed, wall, peak, timing = {}, {}, {}, {}
     for seed in a.seeds:
-        run = out / f"seed-{seed}"
-        if not a.resume:
-            shutil.rmtree(run, ignore_errors=True)
-        t0 = time.perf_counter()
-        cmd = [sys.executable, "-m", "digzsl_ray.cli", "run", "--config", a.config, "--out", str(run),
-               "--set", "method=zerodiff"]
-        for o in seed_overrides(seed) + a.sets:
-            cmd += ["--set", o]
-        subprocess.run(cmd, check=True)
-        wall[seed] = round(time.perf_counter() - t0, 1)
-        per_seed[seed] = json.loads((run / "metrics.json").read_text())
+        wall[seed], per_seed[seed] = run_seed(a.config, out / f"seed-{seed}",
+                                              ["method=zerodiff"] + seed_overrides(seed) + a.sets, a.resume)
         peak[seed] = per_seed[seed].get("peak_rss_mb")
         timing[seed] = per_seed[seed].get("timing_s")
         print(json.dumps({"seed": seed, "wall_s": wall[seed],

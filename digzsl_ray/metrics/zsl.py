@@ -161,6 +161,18 @@ def full_report(test_s, y_s, test_u, y_u, val_s, yv_s, val_u, yv_u, seen, unseen
 HEADLINE = ("zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H")
 
 
+def calibration_summary(r: dict) -> dict:
+    """The figures of one variant under one calibration: test metrics (AUSUC when the report has it)
+    and the validation figures its lambda was chosen on (NaN -> JSON null)."""
+    def num(x):
+        return None if x is None or not np.isfinite(float(x)) else round(float(x), 3)
+
+    keys = HEADLINE + (("ausuc",) if "ausuc" in r else ())
+    return {"calibration_lambda": round(float(r["calibration_lambda"]), 4),
+            **{k: round(float(r[k]), 3) for k in keys},
+            "validation": {k: (x if isinstance(x, str) else num(x)) for k, x in r["validation"].items()}}
+
+
 def headline_metrics(reports: dict[str, dict], main: str, n_unseen: int, n_seen: int) -> dict:
     """metrics.json's figures (README, "What a run writes") from the variants' full reports: the ``main``
     variant's at the top level, every variant under ``ablation``."""

@@ -271,3 +271,66 @@ def test_spuriousness_hand_case():
     assert s["spurious_seen"] == 1.0 and s["spurious_unseen"] == 3.0
     assert s["spurious_seen_z"] == pytest.approx(1.0 / np.std([1.0, 3.0], ddof=1), abs=1e-4)
     assert s["semantic_error_unseen"] == pytest.approx(0.5)  # |2-1| and |1-1|
+
+
+def test_cnn_backbone_fine_tunes_saves_and_loads_without_ray(tmp_path):
+    from safetensors.torch import save_file
+
+    from digzsl_ray.methods.zerodiff.features import (
+        CNN_MEAN,
+        CNN_STD,
+        FeatureExtractor,
+        build_cnn,
+        cnn_epoch,
+        cnn_features,
+        cnn_loss,
+        load_cnn,
+        save_cnn,
+    )
+
+    torch.manual_seed(0)
+    imgs = torch.randint(0, 255, (16, 3, 32, 32), dtype=torch.uint8)
+    imgs[8:] //= 4  # two classes: bright and dark images
+    labels = torch.tensor([0] * 8 + [1] * 8)
+    net = build_cnn("resnet18", 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+    losses = [cnn_epoch(net, imgs, labels, opt, 8, 32, gen, "cpu") for _ in range(6)]
+    assert losses[-1] < losses[0] and np.isfinite(cnn_loss(net, imgs, labels, 32, "cpu"))
+    assert cnn_features(net, torch.rand(2, 3, 32, 32)).shape == (2, 512) and isinstance(net.fc, torch.nn.Linear)
+    save_cnn(tmp_path / "cnn", net, {"arch": "resnet18", "num_classes": 2, "image_size": 32, "mean": list(CNN_MEAN),
+                                     "std": list(CNN_STD)})
+    again, meta = load_cnn(tmp_path / "cnn")
+    net.eval()
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(cnn_features(again, x), cnn_features(net, x), atol=1e-6)
+    ex = FeatureExtractor({"backbone": "cnn", "cnn_dir": str(tmp_path / "cnn"), "device": "cpu"})
+    assert ex.features(imgs[:3]).shape == (3, 512)
+    # weights by path: a state_dict with another class count starts the trunk, the head is new
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    warm = build_cnn("resnet18", 5, str(tmp_path / "w.safetensors"))
+    assert warm.fc.out_features == 5 and torch.equal(warm.conv1.weight, net.conv1.weight)
+
+
+def test_xlsa17_semantics_are_class_major_and_normalised(tmp_path):
+    import scipy.io
+
+    from digzsl_ray.data.split import ZSLSplit
+    from digzsl_ray.methods.zerodiff.semantics import SemanticsError, class_semantics
+
+    att = np.arange(1, 13, dtype=np.float64).reshape(4, 3)  # 4 dims x 3 classes, as att_splits.mat stores it
+    scipy.io.savemat(tmp_path / "att_splits.mat", {"att": att, "original_att": att * 10})
+    scipy.io.savemat(tmp_path / "sent_splits.mat", {"att": np.ones((6, 3))})
+    split = ZSLSplit("x", ["a", "b", "c"], [0, 1], [2], {})
+    cfg = ZerodiffRunConfig()
+    cfg.data.splits_dir = str(tmp_path)
+    for source, dims in (("att", 4), ("original_att", 4), ("sent", 6)):
+        cfg.semantics.source = source
+        a = class_semantics(cfg, split, tmp_path / "none")
+        assert a.shape == (3, dims) and np.allclose(np.linalg.norm(a, axis=1), 1.0)
+    cfg.semantics.source = "att"
+    cfg.semantics.normalise = False
+    assert class_semantics(cfg, split, tmp_path / "none")[0].tolist() == [1, 4, 7, 10]
+    cfg.data.splits_dir = ""
+    with pytest.raises(SemanticsError, match="needs att_splits.mat"):
+        class_semantics(cfg, split, tmp_path / "none")

@@ -8,7 +8,7 @@ difftta / full and report. Maths: :mod:`.schedule`, :mod:`.nets`, :mod:`.gan`, :
 """
 
 from digzsl_ray.methods.zerodiff.config import ZerodiffRunConfig
-from digzsl_ray.methods.zerodiff.evaluate import FULL, VARIANTS
+from digzsl_ray.methods.zerodiff.variants import FULL, VARIANTS
 from digzsl_ray.methods.zerodiff.report import build_report
 from digzsl_ray.methods.zerodiff.stages.evaluate import EvaluateStage
 from digzsl_ray.methods.zerodiff.stages.features import FeaturesStage

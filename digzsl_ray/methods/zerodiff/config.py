@@ -107,7 +107,8 @@ class GeneratorWorkers(TrainWorkers):
 
 class GeneratorsConfig(Section):
     workers: GeneratorWorkers = runtime(default_factory=GeneratorWorkers, description="Ray Train scaling")
-    spurious_every: int = Field(5, ge=1, le=100_000, description="log the spuriousness metrics every this many DFG epochs")
+    spurious_every: int = Field(1, ge=1, le=100_000, description="log the spuriousness metrics every this many DFG epochs "
+                                "(their samples use their own seeds: training is the same whatever this is)")
 
 
 class SyntheticConfig(Section):
@@ -117,8 +118,9 @@ class SyntheticConfig(Section):
 
 
 class TransductConfig(Section):
-    threshold: float = Field(0.5, ge=0, le=1, description="ours: a test feature is pseudo-labelled when the base "
-                             "classifier gives its unseen class at least this probability")
+    threshold: float = Field(0.5, ge=0, le=1, description="ours: a test feature the base classifier assigns to an "
+                             "unseen class is pseudo-labelled when that class's probability among the unseen classes "
+                             "is at least this")
     per_class: int = Field(50, ge=1, le=10_000_000, description="ours: most pseudo-labelled features per unseen class")
     diffgen_t_start: int = Field(1, ge=0, le=999, description="ours (DiffGen): real features are noised to step "
                                  "t_start + 1 and denoised from t_start (0..n_T-1; n_T-1 = from almost pure noise)")

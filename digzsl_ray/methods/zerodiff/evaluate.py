@@ -21,11 +21,10 @@ import numpy as np
 import torch
 
 from digzsl_ray.methods.zerodiff.classify import fit_softmax
-from digzsl_ray.methods.zerodiff.transduct import diffgen, difftta, pseudo_labels
+from digzsl_ray.methods.zerodiff.transduct import diffgen, difftta
 from digzsl_ray.metrics.zsl import choose_lambda
 
-BASE, DIFFGEN, DIFFTTA, FULL = "base", "diffgen", "difftta", "full"
-VARIANTS = (BASE, DIFFGEN, DIFFTTA, FULL)
+from digzsl_ray.methods.zerodiff.variants import BASE, DIFFGEN, DIFFTTA, FULL, VARIANTS  # noqa: F401
 
 
 def _hold_out(y: np.ndarray, every: int = 10) -> np.ndarray:
@@ -43,7 +42,7 @@ def _inputs(cfg, x: np.ndarray, r: np.ndarray) -> np.ndarray:
 
 def fit_variant(cfg, p, drg, dfg, variant: str, pseudo: tuple | None, n_classes: int) -> dict:
     """Train one variant's classifier on fold ``p``; every epoch's probabilities and weights."""
-    from digzsl_ray.methods.zerodiff.stages.generators import generated_unseen
+    from digzsl_ray.methods.zerodiff.models import generated_unseen
 
     t = cfg.transduct
     att = torch.from_numpy(p.att)

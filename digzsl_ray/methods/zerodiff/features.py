@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-SPLIT_NAMES = ("trainval", "test_seen", "test_unseen")
+from digzsl_ray.methods.zerodiff.folds import SPLIT_NAMES  # noqa: F401
 
 
 # 1. Backbones --------------------------------------------------------------------------------------
@@ -184,6 +184,11 @@ def read_features(d: Path) -> tuple[np.ndarray, np.ndarray]:
     idx, lab, x = np.concatenate(idx), np.concatenate(lab), np.concatenate(feats).astype(np.float32)
     order = np.argsort(idx, kind="stable")
     return x[order], lab[order]
+
+
+def load_features(features_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{split: (features, labels)} of every split's shards."""
+    return {s: read_features(Path(features_dir) / s) for s in SPLIT_NAMES}
 
 
 # 3. xlsa17 res101.mat -----------------------------------------------------------------------------

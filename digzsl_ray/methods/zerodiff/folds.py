@@ -21,6 +21,7 @@ import numpy as np
 from digzsl_ray.data.split import validation_classes
 
 FOLDS = ("val", "final")
+SPLIT_NAMES = ("trainval", "test_seen", "test_unseen")
 
 
 @dataclass
@@ -112,12 +113,6 @@ class Prepared:
     att: np.ndarray
     x_scale: dict
     r_scale: dict
-
-
-def load_features(features_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    from digzsl_ray.methods.zerodiff.features import SPLIT_NAMES, read_features
-
-    return {s: read_features(Path(features_dir) / s) for s in SPLIT_NAMES}
 
 
 def prepare(fold: Fold, net, att: np.ndarray) -> Prepared:

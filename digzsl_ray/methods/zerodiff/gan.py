@@ -132,6 +132,15 @@ class _GAN:
         xb = x[idx].to(dev)
         return xb, att[y[idx]].to(dev), (r[idx].to(dev) if r is not None else None), t.to(dev)
 
+    def _critic_update(self, adv: torch.Tensor, gp: torch.Tensor, ml: torch.Tensor) -> dict:
+        """One optimiser step of the critics on gamma_adv (adv + lambda GP) + L_ML; the logged figures."""
+        loss = self.c.gamma_adv * adv + self.c.gamma_adv * self.lam * gp + ml
+        self.opts["d"].zero_grad(set_to_none=True)
+        loss.backward()
+        self.opts["d"].step()
+        return {"loss_d": float(loss.detach()), "wasserstein": float(-adv.detach()), "gp": float(gp.detach()),
+                "ml": float(ml.detach())}
+
     def _f(self, t):
         return self.s.a_s_cum[t] ** self.c.factor_dist
 
@@ -176,12 +185,7 @@ class DRG(_GAN):
               + c.gamma_xt * gradient_penalty(self.Dt, [r_t, r_tp1, a, t], [f_t, r_tp1, a, t], gen=gen))
         ml = c.gamma_dist * mutual_learning({"x0": d0r - d0f, "xt": dtr - dtf}, self._f(t), DRG_PAIRS) \
             if c.gamma_dist > 0 else torch.zeros((), device=self.device)
-        loss = c.gamma_adv * adv + c.gamma_adv * self.lam * gp + ml
-        self.opts["d"].zero_grad(set_to_none=True)
-        loss.backward()
-        self.opts["d"].step()
-        return {"loss_d": float(loss.detach()), "wasserstein": float(-adv.detach()), "gp": float(gp.detach()),
-                "ml": float(ml.detach())}
+        return self._critic_update(adv, gp, ml)
 
     def _generator_step(self, r, a, _unused, t) -> float:
         c = self.c
@@ -253,12 +257,7 @@ class DFG(_GAN):
               + gradient_penalty(self.Dc, [x, r], [f0, r], gen=gen))
         ml = c.gamma_dist * mutual_learning({"x0": d0r - d0f, "xt": dtr - dtf, "xc": dcr - dcf}, self._f(t),
                                             DFG_PAIRS) if c.gamma_dist > 0 else torch.zeros((), device=self.device)
-        loss = c.gamma_adv * adv + c.gamma_adv * self.lam * gp + ml
-        self.opts["d"].zero_grad(set_to_none=True)
-        loss.backward()
-        self.opts["d"].step()
-        return {"loss_d": float(loss.detach()), "wasserstein": float(-adv.detach()), "gp": float(gp.detach()),
-                "ml": float(ml.detach())}
+        return self._critic_update(adv, gp, ml)
 
     def _generator_step(self, x, a, r, t) -> float:
         c = self.c

@@ -57,10 +57,11 @@ def _tsne(ctx) -> str:
     import torch
     from sklearn.manifold import TSNE
 
-    from digzsl_ray.methods.zerodiff.folds import build_folds, load_features
+    from digzsl_ray.methods.zerodiff.features import load_features
+    from digzsl_ray.methods.zerodiff.folds import build_folds
     from digzsl_ray.methods.zerodiff.semantics import class_semantics
-    from digzsl_ray.methods.zerodiff.stages.evaluate import load_fold_models
-    from digzsl_ray.methods.zerodiff.stages.generators import generated_unseen
+    from digzsl_ray.methods.zerodiff.models import load_fold_models
+    from digzsl_ray.methods.zerodiff.models import generated_unseen
 
     cfg, split = ctx.cfg, ctx.split
     att = class_semantics(cfg, split, ctx.path("prototypes:prototypes"))

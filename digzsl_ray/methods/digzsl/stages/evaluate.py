@@ -27,7 +27,7 @@ from digzsl_ray.errors import MissingInputError
 from digzsl_ray.generation import is_validation_row, read_manifest
 from digzsl_ray.io import write_json
 from digzsl_ray.methods.digzsl.variants import DCT, NO_SYNTHETIC, PLAIN_PROMPT
-from digzsl_ray.metrics.zsl import format_headline, full_report, headline_metrics
+from digzsl_ray.metrics.zsl import calibration_summary, format_headline, full_report, headline_metrics
 from digzsl_ray.stages.contract import Stage
 from digzsl_ray.stages.rundir import stage_timing, write_metrics
 
@@ -146,21 +146,11 @@ def evaluate_variants(ctx) -> tuple[dict[str, dict], dict[str, dict]]:
         log.warning("evaluate: calibration %r needs the validation-class scores of the CDM stage (rerun "
                     "`digzsl train-cdm`); reporting 'synthetic'", chosen)
         chosen = "synthetic"
-    summary = {name: {cal: _calibration_summary(by_cal[cal][name]) for cal in CALIBRATIONS if name in by_cal[cal]}
+    summary = {name: {cal: calibration_summary(by_cal[cal][name]) for cal in CALIBRATIONS if name in by_cal[cal]}
                for name in by_cal["synthetic"]}
     for name in summary:
         summary[name]["headline"] = chosen
     return by_cal[chosen], summary
-
-
-def _calibration_summary(r: dict) -> dict:
-    """The figures of one variant under one calibration: test metrics and the validation U/S/H it was chosen on."""
-    def num(x):  # NaN (no validation data of a kind) is JSON null
-        return None if x is None or not np.isfinite(float(x)) else round(float(x), 3)
-
-    return {"calibration_lambda": round(float(r["calibration_lambda"]), 4),
-            **{k: round(float(r[k]), 3) for k in ("zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H")},
-            "validation": {k: (x if isinstance(x, str) else num(x)) for k, x in r["validation"].items()}}
 
 
 class EvaluateStage(Stage):

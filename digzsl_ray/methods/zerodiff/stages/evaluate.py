@@ -13,9 +13,10 @@ import time
 import numpy as np
 
 from digzsl_ray.io import write_json
-from digzsl_ray.methods.zerodiff.evaluate import BASE, FULL, VARIANTS, fit_variant, select
+from digzsl_ray.methods.zerodiff.variants import BASE, FULL, VARIANTS
 from digzsl_ray.methods.zerodiff.folds import FOLDS
-from digzsl_ray.metrics.zsl import format_headline, full_report, headline_metrics
+from digzsl_ray.methods.zerodiff.models import load_fold_models
+from digzsl_ray.metrics.zsl import calibration_summary, format_headline, full_report, headline_metrics
 from digzsl_ray.stages.contract import Stage
 from digzsl_ray.stages.rundir import stage_timing, write_metrics
 
@@ -29,28 +30,6 @@ def lambda_grid(cfg) -> np.ndarray:
     return np.linspace(-cfg.evaluate.lambda_max, cfg.evaluate.lambda_max, 2 * cfg.evaluate.lambda_grid - 1)
 
 
-def load_fold_models(ctx, folds, att):
-    """Prepared arrays and trained (DRG, DFG) of every fold."""
-    from safetensors.torch import load_file
-
-    from digzsl_ray.methods.zerodiff.folds import prepare
-    from digzsl_ray.methods.zerodiff.stages.generators import build_gans
-    from digzsl_ray.methods.zerodiff.stages.represent import load_representation
-
-    cfg = ctx.cfg
-    out = {}
-    for f in FOLDS:
-        net = load_representation(ctx.path("train-representation:dir"), f, folds[f].x["train"].shape[1],
-                                  cfg.represent.model_dump())
-        p = prepare(folds[f], net, att)
-        drg, dfg = build_gans(cfg, p, "cpu")
-        d = ctx.path("train-generators:dir") / f
-        drg.load_weights(load_file(str(d / "drg.safetensors")))
-        dfg.load_weights(load_file(str(d / "dfg.safetensors")))
-        out[f] = (p, drg, dfg, net)
-    return out
-
-
 def _pick(fit, sel):
     return fit["probs"][sel["epoch"]]
 
@@ -58,7 +37,9 @@ def _pick(fit, sel):
 def evaluate_all(ctx, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 
-    from digzsl_ray.methods.zerodiff.folds import build_folds, load_features
+    from digzsl_ray.methods.zerodiff.evaluate import fit_variant, select
+    from digzsl_ray.methods.zerodiff.features import load_features
+    from digzsl_ray.methods.zerodiff.folds import build_folds
     from digzsl_ray.methods.zerodiff.semantics import class_semantics
     from digzsl_ray.methods.zerodiff.transduct import pseudo_labels
 
@@ -123,15 +104,6 @@ def reports_of(ctx, ev: dict, how: str) -> dict:
     return out
 
 
-def _summ(r: dict) -> dict:
-    def num(x):
-        return None if x is None or not np.isfinite(float(x)) else round(float(x), 3)
-
-    return {"calibration_lambda": round(float(r["calibration_lambda"]), 4),
-            **{k: round(float(r[k]), 3) for k in ("zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H", "ausuc")},
-            "validation": {k: (x if isinstance(x, str) else num(x)) for k, x in r["validation"].items()}}
-
-
 class EvaluateStage(Stage):
     name = "evaluate"
     help = ("synthetic unseen features, softmax classifiers and ZSL/GZSL evaluation of base/diffgen/difftta/full "
@@ -163,7 +135,8 @@ class EvaluateStage(Stage):
             for v in metrics["ablation"].values():
                 v["test_selected"] = True
         others = {h: reports_of(ctx, ev, h) for h in ("val", "final_synthetic") if h != how}
-        metrics["calibrations"] = {v: {cal[how]: _summ(reports[v]), **{cal[h]: _summ(r[v]) for h, r in others.items()}}
+        metrics["calibrations"] = {v: {cal[how]: calibration_summary(reports[v]),
+                                       **{cal[h]: calibration_summary(r[v]) for h, r in others.items()}}
                                    for v in VARIANTS}
         metrics["validation_fold"] = {v: {k: round(float(x), 3) for k, x in ev["sel"][v]["val"].items()}
                                       for v in VARIANTS}

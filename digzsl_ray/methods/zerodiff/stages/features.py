@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from digzsl_ray.io import read_json, write_json
-from digzsl_ray.methods.zerodiff.features import SPLIT_NAMES
+from digzsl_ray.methods.zerodiff.folds import SPLIT_NAMES
 from digzsl_ray.stages.contract import Stage
 from digzsl_ray.stages.rundir import stage_timing
 

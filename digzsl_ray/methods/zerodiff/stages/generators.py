@@ -27,31 +27,6 @@ from digzsl_ray.stages.rundir import stage_timing
 log = logging.getLogger("digzsl")
 
 
-def generated_unseen(drg, dfg, att, classes: list[int], per_class: int, seed: int, progressive: bool = False,
-                     with_r: bool = False):
-    """(features, labels[, representations]) of ``per_class`` DRG -> DFG samples of every class in ``classes``."""
-    import numpy as np
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    y = np.repeat(np.asarray(classes, np.int64), per_class)
-    xs, rs = [np.zeros((0, dfg.G.net[-2].out_features), np.float32)], [np.zeros((0, drg.G.net[-2].out_features), np.float32)]
-    for i in range(0, len(y), 4096):
-        a = att[torch.from_numpy(y[i:i + 4096])]
-        r = drg.sample(a, gen=gen)
-        xs.append(dfg.sample(a, r, progressive=progressive, gen=gen).cpu().numpy())
-        rs.append(r.cpu().numpy())
-    x = np.concatenate(xs).astype(np.float32)
-    return (x, y, np.concatenate(rs).astype(np.float32)) if with_r else (x, y)
-
-
-def build_gans(cfg, p, device):
-    from digzsl_ray.methods.zerodiff.gan import DFG, DRG
-
-    a_dim, x_dim, r_dim = p.att.shape[1], p.x["train"].shape[1], p.r["train"].shape[1]
-    return DRG(a_dim, r_dim, cfg.drg, device), DFG(a_dim, x_dim, r_dim, cfg.dfg, device)
-
-
 def generators_worker(config: dict) -> None:
     import numpy as np
     import ray.train
@@ -63,9 +38,10 @@ def generators_worker(config: dict) -> None:
     from digzsl_ray.distributed.faults import maybe_fail
     from digzsl_ray.io import atomic_path, write_json
     from digzsl_ray.methods.zerodiff.config import ZerodiffRunConfig
-    from digzsl_ray.methods.zerodiff.folds import folds_from, load_features, prepare
+    from digzsl_ray.methods.zerodiff.features import load_features
+    from digzsl_ray.methods.zerodiff.folds import folds_from, prepare
     from digzsl_ray.methods.zerodiff.spurious import spuriousness
-    from digzsl_ray.methods.zerodiff.stages.represent import load_representation
+    from digzsl_ray.methods.zerodiff.models import build_gans, generated_unseen, load_representation
 
     quiet_train_worker_logs()
     cfg = ZerodiffRunConfig.model_validate(config["cfg"])

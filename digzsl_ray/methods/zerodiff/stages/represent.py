@@ -19,16 +19,6 @@ from digzsl_ray.stages.rundir import stage_timing
 log = logging.getLogger("digzsl")
 
 
-def load_representation(d, fold: str, in_dim: int, c):
-    from safetensors.torch import load_file
-
-    from digzsl_ray.methods.zerodiff.represent import RepresentationNet
-
-    net = RepresentationNet(in_dim, c["hidden"], c["r_dim"], c["proj_dim"])
-    net.load_state_dict(load_file(str(d / f"{fold}.safetensors")))
-    return net.eval()
-
-
 class RepresentStage(Stage):
     name = "train-representation"
     help = "supervised-contrastive representation r per fold (SupCon on seen training features) -> OUT/represent/"
@@ -50,7 +40,8 @@ class RepresentStage(Stage):
         from safetensors.torch import save_file
 
         from digzsl_ray.io import atomic_path
-        from digzsl_ray.methods.zerodiff.folds import build_folds, load_features
+        from digzsl_ray.methods.zerodiff.features import load_features
+        from digzsl_ray.methods.zerodiff.folds import build_folds
         from digzsl_ray.methods.zerodiff.represent import train_representation
 
         cfg = ctx.cfg

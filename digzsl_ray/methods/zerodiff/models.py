@@ -1,0 +1,61 @@
+"""Loading and sampling ZeroDiff's trained models (shared by the generator, evaluation and report
+stages, which never import each other)."""
+
+from __future__ import annotations
+
+from digzsl_ray.methods.zerodiff.folds import FOLDS
+
+
+def load_representation(d, fold: str, in_dim: int, c):
+    from safetensors.torch import load_file
+
+    from digzsl_ray.methods.zerodiff.represent import RepresentationNet
+
+    net = RepresentationNet(in_dim, c["hidden"], c["r_dim"], c["proj_dim"])
+    net.load_state_dict(load_file(str(d / f"{fold}.safetensors")))
+    return net.eval()
+
+
+def generated_unseen(drg, dfg, att, classes: list[int], per_class: int, seed: int, progressive: bool = False,
+                     with_r: bool = False):
+    """(features, labels[, representations]) of ``per_class`` DRG -> DFG samples of every class in ``classes``."""
+    import numpy as np
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    y = np.repeat(np.asarray(classes, np.int64), per_class)
+    xs, rs = [np.zeros((0, dfg.G.net[-2].out_features), np.float32)], [np.zeros((0, drg.G.net[-2].out_features), np.float32)]
+    for i in range(0, len(y), 4096):
+        a = att[torch.from_numpy(y[i:i + 4096])]
+        r = drg.sample(a, gen=gen)
+        xs.append(dfg.sample(a, r, progressive=progressive, gen=gen).cpu().numpy())
+        rs.append(r.cpu().numpy())
+    x = np.concatenate(xs).astype(np.float32)
+    return (x, y, np.concatenate(rs).astype(np.float32)) if with_r else (x, y)
+
+
+def build_gans(cfg, p, device):
+    from digzsl_ray.methods.zerodiff.gan import DFG, DRG
+
+    a_dim, x_dim, r_dim = p.att.shape[1], p.x["train"].shape[1], p.r["train"].shape[1]
+    return DRG(a_dim, r_dim, cfg.drg, device), DFG(a_dim, x_dim, r_dim, cfg.dfg, device)
+
+
+def load_fold_models(ctx, folds, att):
+    """Prepared arrays and trained (DRG, DFG) of every fold."""
+    from safetensors.torch import load_file
+
+    from digzsl_ray.methods.zerodiff.folds import prepare
+
+    cfg = ctx.cfg
+    out = {}
+    for f in FOLDS:
+        net = load_representation(ctx.path("train-representation:dir"), f, folds[f].x["train"].shape[1],
+                                  cfg.represent.model_dump())
+        p = prepare(folds[f], net, att)
+        drg, dfg = build_gans(cfg, p, "cpu")
+        d = ctx.path("train-generators:dir") / f
+        drg.load_weights(load_file(str(d / "drg.safetensors")))
+        dfg.load_weights(load_file(str(d / "dfg.safetensors")))
+        out[f] = (p, drg, dfg, net)
+    return out
