@@ -30,7 +30,10 @@ TINY_MINIWORLD = [
     "cdm.epochs=2", "tokens.max_updates=2", "tokens.min_updates=0", "tokens.eval_images=2",
     "tokens.batch_size=2", "tokens.num_inference_steps=4", "generate.images_per_class=4",
     "generate.rows_per_shard=4", "generate.batch_size=4", "generate.num_inference_steps=4",
-    "classifier.epochs=2", "classifier.synthetic_val_fraction=0.25",
+    "classifier.epochs=1", "classifier.synthetic_val_fraction=0.25",
+    # the plain-prompt set and its classifier are covered by tests/methods/digzsl/test_pipeline_ray.py;
+    # here they would add a generation pass and a Ray Train run to the suite's slowest test
+    "generate.plain_prompt=false",
 ]
 
 
@@ -148,7 +151,7 @@ def test_job_submit_pipeline_then_serve(cluster, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H", "calibration_lambda", "ausuc", "timing_s", "peak_rss_mb"):
         assert key in metrics
-    assert set(metrics["ablation"]) == {"no_synthetic", "plain_prompt", "dct"}
+    assert set(metrics["ablation"]) == {"no_synthetic", "dct"}
     assert len(list((out / "tokens").glob("*.safetensors"))) == 18
     assert (out / "report.html").stat().st_size > 10_000
     # 3. The endpoint from the run directory, deployed with `serve deploy`.

@@ -334,3 +334,42 @@ def test_xlsa17_semantics_are_class_major_and_normalised(tmp_path):
     cfg.data.splits_dir = ""
     with pytest.raises(SemanticsError, match="needs att_splits.mat"):
         class_semantics(cfg, split, tmp_path / "none")
+
+
+def test_res101_source_through_the_features_and_representation_stages(tmp_path):
+    """An xlsa17 run with ``features.source: res101``: no image is read, the Parquet shards hold the
+    mat's columns in split order, and the representation stage trains on them (no Ray needed)."""
+    import scipy.io
+
+    from digzsl_ray.methods import get_method, load_run_config
+    from digzsl_ray.methods.zerodiff.features import read_features
+    from digzsl_ray.stages.contract import execute
+    from digzsl_ray.stages.runner import context
+
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    labels = np.repeat([1, 2, 3, 4], 4)  # 1-based; class 4 unseen
+    n = len(labels)
+    files = np.array([[np.array([f"/BS/data/SUN/images/k/img{i}.jpg"])] for i in range(n)], dtype=object)
+    feats = np.random.default_rng(0).random((2048, n)).astype(np.float32)
+    scipy.io.savemat(splits / "res101.mat", {"features": feats, "image_files": files, "labels": labels[:, None]})
+    loc = lambda idx: np.asarray(idx, np.uint16).reshape(-1, 1) + 1  # noqa: E731
+    scipy.io.savemat(splits / "att_splits.mat", {
+        "trainval_loc": loc([0, 1, 2, 4, 5, 6, 8, 9, 10]), "test_seen_loc": loc([3, 7, 11]),
+        "test_unseen_loc": loc([12, 13, 14, 15]), "allclasses_names": np.array(
+            [["abbey"], ["beach"], ["canyon"], ["desert"]], dtype=object), "att": np.eye(4)})
+    (tmp_path / "img").mkdir()
+    cfg = load_run_config(None, ["method=zerodiff", "data.format=xlsa17", "data.dataset=SUN",
+                                 f"data.splits_dir={splits}", f"data.root={tmp_path / 'img'}", "data.check_images=false",
+                                 "data.val_fraction=0.34", "features.source=res101", "semantics.source=att",
+                                 "represent.epochs=1", "represent.hidden=8", "represent.r_dim=4", "represent.proj_dim=2",
+                                 "models.clip=miniworld"])
+    ctx = context(cfg, get_method("zerodiff"), tmp_path / "run", progress=False)
+    stage = ctx.method.stage("extract-features")
+    meta = execute(stage, ctx)
+    assert meta["dim"] == 2048 and meta["counts"] == {"trainval": 9, "test_seen": 3, "test_unseen": 4}
+    x, y = read_features(ctx.path("extract-features:dir") / "trainval")
+    assert np.array_equal(x, feats[:, [0, 1, 2, 4, 5, 6, 8, 9, 10]].T) and y.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert stage.complete(ctx)
+    rep = execute(ctx.method.stage("train-representation"), ctx)
+    assert set(rep) == {"val", "final"}
