@@ -70,8 +70,7 @@ def fit_variant(cfg, p, drg, dfg, variant: str, pseudo: tuple | None, n_classes:
     columns = None if len(p.fold.seen) + len(p.fold.unseen) == n_classes else sorted(p.fold.seen + p.fold.unseen)
     probs, states = fit_softmax(x, y, n_classes, evals, cfg.softmax, cfg.softmax.seed, columns)
     info["synthetic_rows"] = int(len(sy))
-    return {"probs": probs, "states": states, "syn_val_labels": sy[held], "info": info,
-            "generated": (sx[:2000], sy[:2000])}
+    return {"probs": probs, "states": states, "syn_val_labels": sy[held], "info": info}
 
 
 def select(fit: dict, p, grid: np.ndarray, on: str) -> dict:

@@ -3,8 +3,6 @@ stages, which never import each other)."""
 
 from __future__ import annotations
 
-from digzsl_ray.methods.zerodiff.folds import FOLDS
-
 
 def load_representation(d, fold: str, in_dim: int, c):
     from safetensors.torch import load_file
@@ -42,14 +40,14 @@ def build_gans(cfg, p, device):
 
 
 def load_fold_models(ctx, folds, att):
-    """Prepared arrays and trained (DRG, DFG) of every fold."""
+    """Prepared arrays, trained (DRG, DFG) and representation net of every fold in ``folds`` ({name: Fold})."""
     from safetensors.torch import load_file
 
     from digzsl_ray.methods.zerodiff.folds import prepare
 
     cfg = ctx.cfg
     out = {}
-    for f in FOLDS:
+    for f in folds:
         net = load_representation(ctx.path("train-representation:dir"), f, folds[f].x["train"].shape[1],
                                   cfg.represent.model_dump())
         p = prepare(folds[f], net, att)

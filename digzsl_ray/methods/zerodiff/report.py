@@ -66,7 +66,7 @@ def _tsne(ctx) -> str:
     cfg, split = ctx.cfg, ctx.split
     att = class_semantics(cfg, split, ctx.path("prototypes:prototypes"))
     folds = build_folds(cfg, split, load_features(ctx.path("extract-features:dir")))
-    p, drg, dfg, _ = load_fold_models(ctx, {"final": folds["final"], "val": folds["val"]}, att)["final"]
+    p, drg, dfg, _ = load_fold_models(ctx, {"final": folds["final"]}, att)["final"]
     classes = list(split.unseen)[:10]
     rng = np.random.default_rng(0)
     real_x, real_y = p.x["test_unseen"], p.y["test_unseen"]

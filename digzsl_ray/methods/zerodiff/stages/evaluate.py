@@ -73,7 +73,8 @@ def evaluate_all(ctx, progress: bool = True) -> dict:
                 sel[variant]["val"] = select(fit, p, grid, "fold")
             else:
                 sel[variant]["final_synthetic"] = select(fit, p, grid, "synthetic")
-                sel[variant]["final_test"] = select(fit, p, grid, "fold")  # select_on_test only
+                if cfg.evaluate.select_on_test:  # the reference's protocol, only when asked for (labelled)
+                    sel[variant]["final_test"] = select(fit, p, grid, "fold")
                 chosen = ("final_test" if cfg.evaluate.select_on_test else
                           "val" if cfg.evaluate.calibration == "valclass" else "final_synthetic")
                 sel[variant]["final"] = sel[variant][chosen]
@@ -158,7 +159,6 @@ class EvaluateStage(Stage):
                                                      "unseen": list(split.unseen), "variants": details,
                                                      "selection": ev["sel"], "metrics": metrics})
         stage_timing(ctx.rd, "evaluate", time.time() - t0)
-        ctx.state["zerodiff_eval"] = ev
         metrics = write_metrics(ctx.rd)
         if not ctx.state.get("pipeline"):
             ctx.method.report(ctx)
