@@ -1,8 +1,16 @@
 """serve: requests per second and p50/p99 latency of /v1/classify at 1, 8 and 32 concurrent
 clients (loopback, bounded request counts), with dynamic batching on and off, plus where the time
-goes: image decoding, the model per batch size, and the rest (proxy, routing, HTTP).
+goes: image decoding, the model per batch size, and the rest (proxy, routing, HTTP); and a baseline.
 
-    python benchmarks/serve.py [--run runs/miniworld] [--requests 400]
+    python benchmarks/serve.py [--run runs/miniworld] [--requests 400] [--only all|serve|bare]
+
+Baseline (``bare``): what a user would pick instead of Ray Serve, a single-process uvicorn + FastAPI
+app (benchmarks/bare_app.py, started as a subprocess) doing the same work per request: multipart
+upload, ``decode_image`` in a thread, an asyncio micro-batcher with the same batching (16 requests
+or 5 ms) and the model forward in a thread, measured with the same clients. ``--only bare`` runs
+just the baseline (no Ray) and saves it as ``serve_bare``; ``--only serve`` just the Ray Serve
+part; ``all`` (the default) both, and the saved ``serve`` result then also holds ``bare`` and the
+ratios ``serve_over_bare_rps`` / ``serve_over_bare_p99`` (batched Serve over bare, per client count).
 
 Needs a finished run directory (``make demo`` writes runs/miniworld).
 """
@@ -12,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -72,6 +81,45 @@ def load(url: str, clients: int, total: int, images: list[bytes]) -> dict:
             "requests": len(lat)}
 
 
+BARE = {"max_batch_size": 16, "batch_wait_timeout_s": 0.005, "threads": 1}
+
+
+def bare_baseline(run: Path, images: list[bytes], requests: int) -> dict:
+    """``{clients: load(...)}`` of benchmarks/bare_app.py (uvicorn + FastAPI, one process, no Ray)."""
+    import httpx
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / "bare_app.py"), "--run", str(run.resolve()),
+           "--port", str(port), "--max-batch-size", str(BARE["max_batch_size"]),
+           "--batch-wait-timeout-s", str(BARE["batch_wait_timeout_s"]), "--threads", str(BARE["threads"])]
+    proc = subprocess.Popen(cmd)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"bare_app.py exited with code {proc.returncode} before answering /healthz")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("bare_app.py did not answer /healthz within 120 s")
+            time.sleep(0.2)
+        warm = load(url, 4, 40, images)  # warm-up
+        if warm["errors"]:  # a broken baseline must not pass for a fast one
+            raise RuntimeError(f"bare_app.py answered {warm['errors']} of 40 warm-up requests with an error")
+        return {str(c): load(url, c, requests, images) for c in CLIENTS}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def breakdown(run: Path, images: list[bytes]) -> dict:
     """In-process costs: decode one image; model forward at batch 1 and 16 (per image)."""
     import torch
@@ -96,21 +144,14 @@ def breakdown(run: Path, images: list[bytes]) -> dict:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", default="runs/miniworld")
-    ap.add_argument("--requests", type=int, default=400, help="requests per client-count setting")
-    a = ap.parse_args()
-    run = Path(a.run)
-    if not (run / "classifier" / "weights.safetensors").is_file():
-        sys.exit(f"{run}: no finished run directory; run `make demo` first (or pass --run)")
+def serve_part(run: Path, images: list[bytes], requests: int) -> dict:
+    """The Ray Serve figures (batched, unbatched), the time breakdown and the settings."""
     import ray
     from ray import serve
 
     from digzsl_ray.distributed.cluster import init_ray
     from digzsl_ray.serve import build_app
 
-    images = _images(300)
     init_ray(num_cpus=4)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -120,7 +161,7 @@ def main() -> None:
         serve.run(build_app({"run_dir": str(run.resolve()), "max_batch_size": mbs, "batch_wait_timeout_s": 0.005}),
                   name="digzsl", route_prefix="/")
         load(url, 4, 40, images)  # warm-up
-        result[mode] = {str(c): load(url, c, a.requests, images) for c in CLIENTS}
+        result[mode] = {str(c): load(url, c, requests, images) for c in CLIENTS}
         serve.delete("digzsl")
     serve.shutdown()
     ray.shutdown()
@@ -128,9 +169,41 @@ def main() -> None:
     p50_1 = result["batched"]["1"]["p50_ms"]
     bd["other_ms_at_1_client"] = round(p50_1 - bd["decode_ms"] - bd["model_ms_per_image_batch1"], 2)
     gain = {c: round(result["batched"][c]["rps"] / result["unbatched"][c]["rps"], 3) for c in map(str, CLIENTS)}
-    save("serve", {**result, "batched_over_unbatched_rps": gain, "time_breakdown": bd,
-                   "settings": {"requests_per_setting": a.requests, "replicas": "autoscaling 1..2 (config)",
-                                "max_batch_size": 16, "batch_wait_timeout_s": 0.005}})
+    return {**result, "batched_over_unbatched_rps": gain, "time_breakdown": bd,
+            "settings": {"requests_per_setting": requests, "replicas": "autoscaling 1..2 (config)",
+                         "max_batch_size": 16, "batch_wait_timeout_s": 0.005}}
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", default="runs/miniworld")
+    ap.add_argument("--requests", type=int, default=400, help="requests per client-count setting")
+    ap.add_argument("--only", choices=("all", "serve", "bare"), default="all",
+                    help="serve: the Ray Serve endpoint only; bare: the uvicorn + FastAPI baseline only (no Ray); "
+                         "all: both, with the ratios")
+    a = ap.parse_args()
+    run = Path(a.run)
+    if not (run / "classifier" / "weights.safetensors").is_file():
+        sys.exit(f"{run}: no finished run directory; run `make demo` first (or pass --run)")
+    images = _images(300)
+    bare = None
+    if a.only in ("all", "bare"):  # before Ray starts, so no Ray process shares the CPUs with it
+        bare = bare_baseline(run, images, a.requests)
+        if a.only == "bare":
+            save("serve_bare", {"bare": bare, "settings": {"requests_per_setting": a.requests,
+                                                           "server": "uvicorn + FastAPI, one process", **BARE}})
+            return
+    out = serve_part(run, images, a.requests)
+    if bare is not None:
+        b = out["batched"]
+        out["bare"] = bare
+        out["serve_over_bare_rps"] = {c: _ratio(b[c]["rps"], bare[c]["rps"]) for c in map(str, CLIENTS)}
+        out["serve_over_bare_p99"] = {c: _ratio(b[c]["p99_ms"], bare[c]["p99_ms"]) for c in map(str, CLIENTS)}
+    save("serve", out)
 
 
 if __name__ == "__main__":

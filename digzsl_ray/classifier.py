@@ -149,8 +149,12 @@ def save_classifier(out: str | Path, model: ZSLClassifier, classes: list[str], s
                               **(extra or {})})
 
 
-def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[ZSLClassifier, dict, dict]:
-    """``(model in eval mode, config, classes)``. Reads safetensors and JSON only (nothing unpickled)."""
+def load_classifier(path: str | Path, device: str | torch.device = "cpu",
+                    clip_model: ZSLClassifier | None = None) -> tuple[ZSLClassifier, dict, dict]:
+    """``(model in eval mode, config, classes)``. Reads safetensors and JSON only (nothing unpickled).
+
+    ``clip_model``: an already loaded classifier with a frozen CLIP tower of the same reference;
+    its tower is shared instead of loaded again (serving several versions of one run)."""
     from safetensors.torch import load_file
 
     from digzsl_ray.models.presets import load_clip
@@ -158,8 +162,14 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
     path = Path(path)
     cfg = json.loads((path / CONFIG).read_text())
     classes = json.loads((path / CLASSES).read_text())
+    shared = clip_model
     clip_model = None
-    if cfg["backbone"].startswith("clip"):
+    if (shared is not None and cfg["backbone"] == "clip" and shared.kind == "clip"
+            and getattr(shared, "clip_ref", None) == (cfg["clip"], cfg.get("clip_pretrained", ""))):
+        import types
+
+        clip_model = types.SimpleNamespace(visual=shared.backbone)
+    elif cfg["backbone"].startswith("clip"):
         clip_model, _, _ = load_clip(cfg["clip"], cfg.get("clip_pretrained", ""), device=device)
     state = load_file(str(path / WEIGHTS))
     protos = state["head.weight"] if cfg["head"] == "prototypes" else None
@@ -169,4 +179,5 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
     if unexpected or (cfg["backbone"] != "clip" and missing) or any(k.startswith("head.") for k in missing):
         raise ModelLoadError(f"{path / WEIGHTS}: weights do not match config.json (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")
+    model.clip_ref = (cfg.get("clip"), cfg.get("clip_pretrained", ""))
     return model.to(device).eval(), cfg, classes

@@ -120,6 +120,9 @@ class DataConfig(Section):
     val_seed: int = Field(0, ge=0, description="seed of the validation draw (which trainval images are held out)")
     val_split: int = Field(1, ge=1, le=3, description="xlsa17 trainclassesK/valclassesK list to use as validation classes")
     check_images: bool = runtime(True, description="open every image once before any model work")
+    exclude_classes: list[str] = Field(default_factory=list, description="class names left out of the run entirely "
+                                       "(all splits; single-label data): e.g. a class to add later to the live "
+                                       "service with `digzsl add-class`")
     miniworld_seed: int = Field(0, ge=0, description="seed of the rendered MiniWorld (format miniworld)")
 
 
@@ -197,6 +200,40 @@ class ServeConfig(Section):
     request_timeout_s: float = Field(60.0, gt=0.0, le=86_400.0, description="end-to-end HTTP request timeout of "
                                      "the proxy started by `digzsl serve` (serve deploy: http_options in the Serve config)")
     docs: bool = Field(False, description="serve /docs, /redoc and /openapi.json (off: they describe the API to anyone)")
+    api_token_file: str = Field("", description="file holding the bearer token that the mutating routes (POST "
+                                "/v1/classes, /v1/models/{id}/activate) and /v1/generate require; the environment "
+                                "variable DIGZSL_API_TOKEN_FILE overrides it. Empty and unset: those routes answer 403")
+    protect_classify: bool = Field(False, description="also require the bearer token on /v1/classify and the read "
+                                   "routes (/v1/classes, /v1/models, /v1/jobs)")
+    generate_max_n: int = Field(8, ge=1, le=1024, description="most images one /v1/generate request may ask for")
+    generate_max_queued: int = Field(16, ge=1, le=100_000, description="/v1/generate requests queued per generation "
+                                     "replica before new ones get 429 with Retry-After")
+    generate_max_batch_size: int = Field(8, ge=1, le=1024, description="images per generation batch across requests")
+    generate_min_replicas: int = Field(0, ge=0, le=10_000, description="generation replicas kept when idle (0: "
+                                       "scale to zero; the first request starts one)")
+    generate_max_replicas: int = Field(1, ge=1, le=10_000, description="most generation replicas")
+    generate_num_gpus: float = Field(0.0, ge=0.0, le=64, description="GPUs per generation replica")
+    generate_num_cpus: float = Field(1.0, gt=0.0, le=1024, description="CPUs per generation replica")
+
+
+class LiveConfig(Section):
+    """Adding classes to a served run (`POST /v1/classes`, `digzsl add-class`): docs/live.md."""
+
+    classifier: Literal["retrain-head", "extend"] = Field(
+        "retrain-head", description="'retrain-head': the parent's head plus a row for the new class, trained on "
+        "frozen features of real seen + every synthetic unseen image (new class included); 'extend': the parent's "
+        "head plus the new class's prototype as its row, nothing trained (cheapest)")
+    images_per_class: int = Field(0, ge=0, le=1_000_000, description="synthetic images of the new class (0: "
+                                  "generate.images_per_class)")
+    epochs: int = Field(30, ge=1, le=100_000, description="retrain-head: epochs over the cached features")
+    lr: float = Field(5e-3, gt=0.0, le=10.0, description="retrain-head: AdamW learning rate")
+    batch_size: int = Field(256, ge=1, le=65536, description="retrain-head: features per step")
+    max_drop_points: float = Field(2.0, ge=0.0, le=100.0, description="the gate: a new version may lose at most "
+                                   "this many points of mean per-class validation accuracy on the existing classes; "
+                                   "otherwise it is rejected with its figures")
+    activate: bool = Field(True, description="switch the service to a version that passes the gate")
+    max_name_length: int = Field(64, ge=1, le=1000, description="longest accepted class name")
+    queue_size: int = Field(8, ge=1, le=10_000, description="add-class jobs waiting at most (more: 429)")
 
 
 class RayConfig(Section):
@@ -218,6 +255,7 @@ class RunConfig(Section):
     prototypes: PrototypesConfig = Field(default_factory=PrototypesConfig, description="class prototypes")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="evaluation")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="online endpoint")
+    live: LiveConfig = Field(default_factory=LiveConfig, description="adding classes to the served run")
     ray: RayConfig = runtime(default_factory=RayConfig, description="Ray cluster")
 
 

@@ -43,7 +43,9 @@ log = logging.getLogger("digzsl")
 # serve.* keys that build_app args may override (serve run / serve deploy / digzsl serve)
 OVERRIDABLE = ("max_batch_size", "batch_wait_timeout_s", "max_body_bytes", "max_pixels", "default_k", "min_replicas",
                "max_replicas", "num_cpus", "num_gpus", "body_timeout_s", "max_header_bytes", "max_jpeg_scans",
-               "docs")
+               "docs", "api_token_file", "protect_classify", "generate_max_n", "generate_max_queued",
+               "generate_max_batch_size", "generate_min_replicas", "generate_max_replicas", "generate_num_gpus",
+               "generate_num_cpus")
 LIMIT_KEYS = ("max_body_bytes", "max_pixels", "default_k", "body_timeout_s", "max_header_bytes", "max_jpeg_scans")
 MAX_ECHO = 80  # characters of a client's input that an error message may quote
 
@@ -206,6 +208,81 @@ def top_k(probs: np.ndarray, classes: list[str], seen: set[int], lam: float, k: 
              "probability": round(float(probs[i]), 6)} for i in order]
 
 
+def version_store(run_dir: str | Path, meta: dict | None = None):
+    """The run's :class:`~digzsl_ray.live.versions.VersionStore` (version 0: its own classifier)."""
+    from digzsl_ray.live.versions import VersionStore, base_from_meta
+
+    return VersionStore(run_dir, base_from_meta(run_dir, meta or load_run_meta(run_dir)))
+
+
+def add_class_fn(run_dir: str | Path, versions=None):
+    """``(run_dir, job_dir, name, reporter) -> result`` for the run's method, with the run config,
+    its data split and version store bound; ``(None, ())`` when the method cannot add classes."""
+    from digzsl_ray.data import load_split
+    from digzsl_ray.methods import get_method
+
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir)
+    method = get_method(cfg.method)
+    if method.add_class is None:
+        return None, ()
+    versions = versions or version_store(run_dir)
+    cache: dict = {}
+
+    def run(run_dir_, job_dir, name, rep):
+        if "split" not in cache:  # read once per process, when the first job runs
+            cache["split"] = load_split(cfg.data, run_dir, validate=False, progress=False)
+        return method.add_class(Path(run_dir_), Path(job_dir), name, rep, versions, cfg, cache["split"])
+
+    return run, tuple(method.add_class_stages)
+
+
+_METRICS: list = []
+
+
+def request_metrics():
+    """This process's :class:`~digzsl_ray.distributed.metrics.Metrics` (created on first use, in the replica)."""
+    if not _METRICS:
+        from digzsl_ray.distributed.metrics import Metrics
+
+        _METRICS.append(Metrics())
+    return _METRICS[0]
+
+
+class Scheduled:
+    """Reads the served version from ``models/active.json`` at most every ``interval`` seconds
+    (a stat call): every ingress replica follows an activation within that time."""
+
+    def __init__(self, versions, interval: float = 0.2):
+        import time
+
+        from digzsl_ray.live.versions import serving_meta
+
+        self.versions, self.interval, self._serving = versions, interval, serving_meta
+        self._clock = time.monotonic
+        self._checked, self._stamp = 0.0, None
+        self.meta = serving_meta(versions.active())
+
+    def current(self) -> dict:
+        now = self._clock()
+        if now - self._checked < self.interval:
+            return self.meta
+        self._checked = now
+        try:
+            st = self.versions.active_path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self.meta = self._serving(self.versions.active())
+            except Exception as e:  # a damaged active.json must not take the service down: keep answering
+                log.error("model versions: cannot read the active version (%s); still serving %s", e,
+                          self.meta["model_version"])
+        return self.meta
+
+
 def build_app(args: dict):
     """The Serve application for ``args["run_dir"]`` (see module docstring)."""
     from fastapi import FastAPI
@@ -214,10 +291,12 @@ def build_app(args: dict):
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
     UNAVAILABLE: tuple = (RayActorError, ActorDiedError, ActorUnavailableError)
+    BACKPRESSURE: tuple = ()
     try:
         from ray.serve.exceptions import BackPressureError
 
         UNAVAILABLE += (BackPressureError,)
+        BACKPRESSURE = (BackPressureError,)
     except ImportError:
         pass
     if "run_dir" not in args:
@@ -241,40 +320,71 @@ def build_app(args: dict):
                      method: str = "", task: str = "single_label"):
             import torch
 
-            from digzsl_ray.classifier import load_classifier
+            from digzsl_ray.distributed.metrics import Metrics
             from digzsl_ray.models.presets import pick_device
 
             torch.set_num_threads(threads)
             self.device = pick_device("auto")
             self.multi_label = task == "multi_label"
-            from digzsl_ray.methods import get_method
-
-            loader = get_method(method).serve_loader if method else None
-            if loader is not None:  # the method's own model: per-label probabilities (multi-label) or logits
-                self.model = loader(classifier_dir, self.device)
-            else:
-                self.model, self.cfg, _ = load_classifier(classifier_dir, self.device)
+            self.method = method
+            self.models: dict = {}  # classifier folder -> model (the versions in use; at most KEEP)
+            self._model(classifier_dir)  # the run's own classifier, loaded before the replica takes requests
             self.classify.set_max_batch_size(max_batch_size)
             self.classify.set_batch_wait_timeout_s(batch_wait_timeout_s)
             self.batches, self.images, self.largest = 0, 0, 0
+            self.metrics = Metrics()
+
+        KEEP = 4
+
+        def _model(self, classifier_dir: str):
+            """The model of one version's classifier folder, loaded once. A frozen CLIP tower is
+            shared by every version (only the head differs), so a new version costs its head."""
+            m = self.models.get(classifier_dir)
+            if m is not None:
+                return m
+            from digzsl_ray.classifier import load_classifier
+            from digzsl_ray.methods import get_method
+
+            loader = get_method(self.method).serve_loader if self.method else None
+            if loader is not None:  # the method's own model: per-label probabilities (multi-label) or logits
+                m = loader(classifier_dir, self.device)
+            else:
+                shared = next((x for x in self.models.values() if getattr(x, "kind", "") == "clip"), None)
+                m, _, _ = load_classifier(classifier_dir, self.device, clip_model=shared)
+            if len(self.models) >= self.KEEP:  # the oldest version other than the first goes
+                self.models.pop(next(k for k in list(self.models)[1:]))
+            self.models[classifier_dir] = m
+            return m
+
+        def preload(self, classifier_dir: str) -> bool:
+            self._model(classifier_dir)
+            return True
 
         def stats(self) -> dict:
             """Batching counters of this replica (what dynamic batching achieved)."""
             return {"batches": self.batches, "images": self.images, "largest_batch": self.largest,
-                    "mean_batch": round(self.images / self.batches, 3) if self.batches else 0.0}
+                    "mean_batch": round(self.images / self.batches, 3) if self.batches else 0.0,
+                    "versions_loaded": len(self.models)}
 
         @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-        async def classify(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        async def classify(self, images: list[np.ndarray], dirs: list[str]) -> list[np.ndarray]:
             import torch
 
             self.batches += 1
             self.images += len(images)
             self.largest = max(self.largest, len(images))
-            x = torch.from_numpy(np.stack(images)).to(self.device)
-            with torch.no_grad():
-                out = self.model(x).float()
-                probs = (out if self.multi_label else out.softmax(-1)).cpu().numpy()
-            return list(probs)
+            self.metrics.batch_size("classify", len(images))
+            out: list = [None] * len(images)
+            # a batch that spans an activation holds requests of two versions: one forward per version
+            for d in dict.fromkeys(dirs):
+                idx = [i for i, x in enumerate(dirs) if x == d]
+                x = torch.from_numpy(np.stack([images[i] for i in idx])).to(self.device)
+                with torch.no_grad():
+                    o = self._model(d)(x).float()
+                    probs = (o if self.multi_label else o.softmax(-1)).cpu().numpy()
+                for j, i in enumerate(idx):
+                    out[i] = probs[j]
+            return out
 
     # No /docs, /redoc, /openapi.json unless serve.docs (they describe the service to anyone who asks);
     # no slash redirects (/v1/classify/ is a JSON 404, not an empty 307).
@@ -284,6 +394,13 @@ def build_app(args: dict):
                   redirect_slashes=False)
 
     # Handlers must be registered before @serve.ingress(app), which pickles the app as it is then.
+    @app.middleware("http")
+    async def count_requests(request, call_next):
+        response = await call_next(request)
+        route = request.scope.get("route")
+        request_metrics().request(getattr(route, "path", "unrouted"), response.status_code)
+        return response
+
     @app.exception_handler(404)
     async def not_found(request, exc):
         return JSONResponse({"error": f"no route {request.method[:20]} {_echo(request.url.path)}; see "
@@ -310,9 +427,41 @@ def build_app(args: dict):
                       ray_actor_options={"num_cpus": 0.5})
     @serve.ingress(app)
     class Ingress:
-        def __init__(self, classifier, meta: dict, limits: dict, image_size: int):
-            self.classifier, self.meta, self.limits, self.size = classifier, meta, limits, image_size
-            self.seen = set(meta["seen"])
+        def __init__(self, classifier, run_dir: str, limits: dict, image_size: int, access: dict, jobs=None,
+                     generator=None):
+            from digzsl_ray.distributed.metrics import Metrics
+
+            self.classifier, self.limits, self.size = classifier, limits, image_size
+            self.versions = version_store(run_dir)
+            self.schedule = Scheduled(self.versions)
+            self.access, self.jobs, self.generator = access, jobs, generator
+            self.metrics = Metrics()
+            self._served = None
+
+        @property
+        def meta(self) -> dict:
+            m = self.schedule.current()
+            if m["model_version"] != self._served:
+                self.metrics.version(m["model_version"], self._served)
+                if self._served is not None:
+                    log.info("serving model version %s (was %s)", m["model_version"], self._served)
+                    # warm the new version's head on a replica before most requests need it
+                    self.classifier.preload.remote(m["classifier_dir"])
+                self._served = m["model_version"]
+            return m
+
+        def _denied(self, request: Request, protected: bool = True):
+            """A 401/403 JSON answer when the route needs the bearer token and the request lacks it."""
+            from digzsl_ray.live.auth import check
+
+            if not protected:
+                return None
+            refused = check(request.headers.get("authorization"), self.access.get("digest"))
+            if refused is None:
+                return None
+            status, message = refused
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return JSONResponse({"error": message}, status_code=status, headers=headers)
 
         def _check_headers(self, request: Request) -> None:
             size = sum(len(k) + len(v) + 4 for k, v in request.headers.raw)
@@ -394,29 +543,33 @@ def build_app(args: dict):
 
         @app.post("/v1/classify")
         async def classify(self, request: Request):
+            if (denied := self._denied(request, self.access.get("protect_classify", False))) is not None:
+                return denied
+            meta = self.meta  # one version for the whole request, whatever activations happen meanwhile
             try:
                 self._check_headers(request)
                 data, raw_k, raw_threshold = await self._image_and_k(request)
-                k = parse_k(raw_k, self.limits["default_k"], len(self.meta["classes"]))
-                multi = self.meta.get("task") == "multi_label"
-                threshold = parse_threshold(raw_threshold, self.meta.get("threshold", 0.5)) if multi else None
+                k = parse_k(raw_k, self.limits["default_k"], len(meta["classes"]))
+                multi = meta.get("task") == "multi_label"
+                threshold = parse_threshold(raw_threshold, meta.get("threshold", 0.5)) if multi else None
                 # decoding is CPU work: off the event loop, so one big image does not stall the replica
                 img = await asyncio.to_thread(decode_image, data, self.size, self.limits["max_pixels"],
                                               self.limits["max_jpeg_scans"])
             except RequestError as e:
                 return JSONResponse({"error": e.message}, status_code=e.status)
             try:
-                probs = await self.classifier.classify.remote(img)
+                probs = await self.classifier.classify.remote(img, meta["classifier_dir"])
             except UNAVAILABLE as e:  # a replica lost mid-request (node failure, restart): retryable
                 log.warning("classifier unavailable: %s", type(e).__name__)
                 return JSONResponse({"error": "the model replica was unavailable; retry the request"},
                                     status_code=503, headers={"Retry-After": "1"})
+            seen = set(meta["seen"])
             if multi:
-                return {"task": "multi_label", **multi_label_answer(np.asarray(probs), self.meta["classes"], self.seen,
+                return {"task": "multi_label", **multi_label_answer(np.asarray(probs), meta["classes"], seen,
                                                                    threshold, k),
-                        "model_version": self.meta["model_version"]}
-            preds = top_k(np.asarray(probs), self.meta["classes"], self.seen, self.meta["lambda"], k)
-            return {"predictions": preds, "model_version": self.meta["model_version"]}
+                        "model_version": meta["model_version"]}
+            preds = top_k(np.asarray(probs), meta["classes"], seen, meta["lambda"], k)
+            return {"predictions": preds, "model_version": meta["model_version"]}
 
         def _refused(self, request: Request):
             try:
@@ -429,8 +582,12 @@ def build_app(args: dict):
         async def classes(self, request: Request):
             if (refused := self._refused(request)) is not None:
                 return refused
-            return {"classes": [{"name": n, "seen": i in self.seen} for i, n in enumerate(self.meta["classes"])],
-                    "model_version": self.meta["model_version"]}
+            if (denied := self._denied(request, self.access.get("protect_classify", False))) is not None:
+                return denied
+            meta = self.meta
+            seen = set(meta["seen"])
+            return {"classes": [{"name": n, "seen": i in seen} for i, n in enumerate(meta["classes"])],
+                    "model_version": meta["model_version"]}
 
         @app.get("/v1/stats")
         async def stats(self, request: Request):
@@ -444,14 +601,250 @@ def build_app(args: dict):
                 return refused
             return {"status": "ok", "model_version": self.meta["model_version"]}
 
+        # The live service: classes added from their names, versions, generation ------------------
+        async def _json_body(self, request: Request) -> dict:
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                raise RequestError(415, f"unsupported content type {_echo(ctype) if ctype else '(none)'}: send "
+                                        f"application/json")
+            try:
+                obj = json.loads(await self._body(request))
+            except (ValueError, RecursionError):
+                raise RequestError(400, "body is not valid JSON") from None
+            if not isinstance(obj, dict):
+                raise RequestError(400, "the JSON body must be an object")
+            return obj
+
+        def _no_jobs(self):
+            return JSONResponse({"error": f"the {self.access.get('method', '')!r} method cannot add classes to its "
+                                          f"runs"}, status_code=501)
+
+        @app.post("/v1/classes")
+        async def add_class(self, request: Request):
+            if (denied := self._denied(request)) is not None:
+                return denied
+            if self.jobs is None:
+                return self._no_jobs()
+            try:
+                self._check_headers(request)
+                obj = await self._json_body(request)
+                if "name" not in obj:
+                    raise RequestError(400, "missing field 'name' (the class name to add)")
+            except RequestError as e:
+                return JSONResponse({"error": e.message}, status_code=e.status)
+            out = await self.jobs.submit.remote(obj["name"])
+            if "error" in out:
+                headers = {"Retry-After": "60"} if out["status"] == 429 else None
+                return JSONResponse({"error": out["error"]}, status_code=out["status"], headers=headers)
+            return JSONResponse(out, status_code=202, headers={"Location": f"/v1/jobs/{out['id']}"})
+
+        @app.get("/v1/jobs")
+        async def list_jobs(self, request: Request):
+            if (denied := self._denied(request, self.access.get("protect_classify", False))) is not None:
+                return denied
+            if self.jobs is None:
+                return self._no_jobs()
+            return {"jobs": await self.jobs.list.remote()}
+
+        @app.get("/v1/jobs/{job_id}")
+        async def get_job(self, job_id: str, request: Request):
+            if (denied := self._denied(request, self.access.get("protect_classify", False))) is not None:
+                return denied
+            if self.jobs is None:
+                return self._no_jobs()
+            out = await self.jobs.get.remote(job_id)
+            if "error" in out:
+                return JSONResponse({"error": out["error"]}, status_code=out["status"])
+            return out
+
+        @app.get("/v1/models")
+        async def models(self, request: Request):
+            from digzsl_ray.live.versions import public
+
+            if (denied := self._denied(request, self.access.get("protect_classify", False))) is not None:
+                return denied
+            versions = await asyncio.to_thread(self.versions.list)
+            return {"models": [public(v) for v in versions], "active": self.meta["model_version"]}
+
+        @app.post("/v1/models/{version}/activate")
+        async def activate(self, version: str, request: Request):
+            from digzsl_ray.live.versions import VersionError, public
+
+            if (denied := self._denied(request)) is not None:
+                return denied
+            try:
+                v = await asyncio.to_thread(self.versions.activate, version)
+            except VersionError as e:
+                return JSONResponse({"error": str(e)}, status_code=404)
+            self.schedule._checked = 0.0  # this replica follows at once; the others within 0.2 s
+            log.info("model version %s activated", v["id"])
+            return {"active": v["id"], "model": public(v)}
+
+        @app.post("/v1/generate")
+        async def generate(self, request: Request):
+            if (denied := self._denied(request)) is not None:
+                return denied
+            if self.generator is None:
+                return JSONResponse({"error": "generation is not available for this run's method"}, status_code=501)
+            meta = self.meta
+            try:
+                self._check_headers(request)
+                obj = await self._json_body(request)
+                name, n, seed = obj.get("class"), obj.get("n", 4), obj.get("seed", 0)
+                if not isinstance(name, str) or not name:
+                    raise RequestError(400, "missing field 'class' (a class name the model knows)")
+                if name not in meta["classes"]:
+                    raise RequestError(404, f"unknown class {_echo(name)}; GET /v1/classes lists them")
+                limit = self.access["generate_max_n"]
+                if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
+                    raise RequestError(400, f"bad n: got {_echo(n)}, expected an integer from 1 to {limit}")
+                if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+                    raise RequestError(400, f"bad seed: got {_echo(seed)}, expected an integer from 0 to 2**31-1")
+            except RequestError as e:
+                return JSONResponse({"error": e.message}, status_code=e.status)
+            version = await asyncio.to_thread(self.versions.get, meta["model_version"])
+            token = version.get("tokens", {}).get(name)
+            try:
+                pngs = await self.generator.generate.remote({"class": name, "n": n, "seed": seed, "token": token})
+            except BACKPRESSURE:
+                return JSONResponse({"error": "the generation queue is full; retry later"}, status_code=429,
+                                    headers={"Retry-After": "5"})
+            except UNAVAILABLE as e:
+                log.warning("generator unavailable: %s", type(e).__name__)
+                return JSONResponse({"error": "the generation replica was unavailable; retry the request"},
+                                    status_code=503, headers={"Retry-After": "1"})
+            if "multipart/mixed" in request.headers.get("accept", ""):
+                from fastapi.responses import Response
+
+                boundary = hashlib.sha256(b"".join(pngs)).hexdigest()[:24]
+                parts = [f"--{boundary}\r\nContent-Type: image/png\r\nContent-Disposition: attachment; "
+                         f"filename=\"{i}.png\"\r\n\r\n".encode() + b + b"\r\n" for i, b in enumerate(pngs)]
+                return Response(b"".join(parts) + f"--{boundary}--\r\n".encode(),
+                                media_type=f"multipart/mixed; boundary={boundary}",
+                                headers={"X-Model-Version": meta["model_version"], "X-Seed": str(seed)})
+            return {"images": [base64.b64encode(b).decode() for b in pngs], "class": name, "seed": seed,
+                    "model_version": meta["model_version"], "token": token is not None}
+
+    @serve.deployment(name="Jobs", num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
+    class Jobs:
+        """The add-class job queue of the run directory: one job at a time, resumed after a restart."""
+
+        def __init__(self, run_dir: str, queue_size: int, max_name_length: int):
+            from digzsl_ray.distributed.metrics import Metrics
+            from digzsl_ray.live.jobs import JobRunner
+
+            self.versions = version_store(run_dir)
+            fn, stages = add_class_fn(run_dir, self.versions)
+            self.max_name_length = max_name_length
+            self.runner = JobRunner(run_dir, fn, stages, lambda: self.versions.active()["classes"],
+                                    queue_size=queue_size, metrics=Metrics())
+
+        def submit(self, name) -> dict:
+            from digzsl_ray.live.jobs import JobError
+            from digzsl_ray.live.names import name_problem
+
+            try:
+                return self.runner.submit(name, lambda n: name_problem(n, self.max_name_length))
+            except JobError as e:
+                return {"error": e.message, "status": e.status}
+
+        def get(self, job_id: str) -> dict:
+            from digzsl_ray.live.jobs import JobError
+
+            try:
+                return self.runner.store.get(job_id)
+            except JobError as e:
+                return {"error": e.message, "status": e.status}
+
+        def list(self) -> list:
+            return self.runner.store.all()
+
+    @serve.deployment(name="Generator", max_ongoing_requests=max(2, sc["generate_max_batch_size"]),
+                      max_queued_requests=sc["generate_max_queued"],
+                      ray_actor_options={"num_cpus": sc["generate_num_cpus"], "num_gpus": sc["generate_num_gpus"]},
+                      autoscaling_config={"min_replicas": sc["generate_min_replicas"],
+                                          "initial_replicas": sc["generate_min_replicas"],
+                                          "max_replicas": sc["generate_max_replicas"],
+                                          "target_ongoing_requests": 2})
+    class Generator:
+        """Stable Diffusion with the learned tokens: images of a known class, batched across requests."""
+
+        def __init__(self, run_dir: str, max_batch_size: int):
+            from digzsl_ray.distributed.metrics import Metrics
+
+            cfg = run_config(Path(run_dir))
+            self.generation = make_generation(cfg)
+            self.generate.set_max_batch_size(max_batch_size)
+            self.metrics = Metrics()
+
+        @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+        async def generate(self, requests: list[dict]) -> list[list[bytes]]:
+            self.metrics.batch_size("generate", sum(r["n"] for r in requests))
+            return await asyncio.to_thread(self.generation, requests)
+
     cfg_json = json.loads(Path(meta["classifier_dir"], "config.json").read_text())
     threads = max(1, int(sc["num_cpus"]))
     classifier = Classifier.bind(meta["classifier_dir"], sc["max_batch_size"], sc["batch_wait_timeout_s"], threads,
                                  meta["method"], meta["task"])
     limits = {k: sc[k] for k in LIMIT_KEYS}
-    return Ingress.bind(classifier, {k: meta[k] for k in ("classes", "seen", "lambda", "model_version", "task",
-                                                          "threshold")}, limits,
-                        int(cfg_json["image_size"]))
+    from digzsl_ray.live.auth import token_digest
+    from digzsl_ray.methods import get_method
+
+    run_dir = str(Path(args["run_dir"]).resolve())
+    method = get_method(meta["method"])
+    live = run_config(Path(run_dir)).live
+    access = {"digest": token_digest(sc.get("api_token_file", "")), "protect_classify": sc["protect_classify"],
+              "generate_max_n": sc["generate_max_n"], "method": meta["method"]}
+    jobs = Jobs.bind(run_dir, live.queue_size, live.max_name_length) if method.add_class is not None else None
+    generator = Generator.bind(run_dir, sc["generate_max_batch_size"]) if method.add_class is not None else None
+    return Ingress.bind(classifier, run_dir, limits, int(cfg_json["image_size"]), access, jobs, generator)
+
+
+def make_generation(cfg):
+    """``requests -> [[png bytes] per request]`` on one Stable Diffusion pipeline: a class with a
+    learned token is drawn with it (the first token template), any other with the plain prompt.
+    Image ``j`` of a request starts from the latents of seed ``seed + j``: the same request gives
+    the same images, whatever else shares its batch."""
+    import torch
+
+    from digzsl_ray.images import png_bytes
+    from digzsl_ray.models.presets import load_sd_pipeline, pick_device
+    from digzsl_ray.models.sd import generate
+
+    torch.set_num_threads(cfg.models.torch_threads)
+    pipe = load_sd_pipeline(cfg.models.sd, pick_device(cfg.models.device), cfg.models.precision, cfg.models.attention)
+    g = cfg.generate
+    loaded: dict[str, str] = {}  # token file -> placeholder
+    tokens_cfg = getattr(cfg, "tokens", None)
+    template = tokens_cfg.templates[0] if tokens_cfg is not None else "{name}"
+
+    def prompt_of(r: dict) -> str:
+        if r.get("token"):
+            if r["token"] not in loaded:
+                from safetensors.torch import load_file
+
+                placeholder = next(iter(load_file(r["token"])))
+                if placeholder not in pipe.tokenizer.get_vocab():
+                    pipe.load_textual_inversion(r["token"])
+                loaded[r["token"]] = placeholder
+            return template.format(token=loaded[r["token"]], name=r["class"])
+        return g.plain_template.format(name=r["class"])
+
+    def run(requests: list[dict]) -> list[list[bytes]]:
+        prompts, seeds = [], []
+        for r in requests:
+            p = prompt_of(r)
+            prompts += [p] * r["n"]
+            seeds += [r["seed"] + j for j in range(r["n"])]
+        with torch.no_grad():
+            imgs = generate(pipe, prompts, seeds, g.num_inference_steps, g.guidance_scale, batch=len(prompts))
+        out, i = [], 0
+        for r in requests:
+            out.append([png_bytes(im) for im in imgs[i : i + r["n"]]])
+            i += r["n"]
+        return out
+
+    return run
 
 
 def serve_blocking(args) -> int:
@@ -483,8 +876,9 @@ def serve_blocking(args) -> int:
                                                              if k in OVERRIDABLE}
     try:  # a signal may come while the replicas still start: shut down all the same
         serve.run(build_app(app_args), name="digzsl", route_prefix="/")
-        print(f"serving {args.run} on http://{host}:{port}  (POST /v1/classify, GET /v1/classes, GET /healthz); "
-              f"Ctrl-C to stop", flush=True)
+        print(f"serving {args.run} on http://{host}:{port}  (POST /v1/classify, GET /v1/classes, GET /healthz; "
+              f"POST /v1/classes, /v1/generate, GET /v1/jobs/<id>, /v1/models: docs/live.md); Ctrl-C to stop",
+              flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ classes) and runs its stage unless it is complete. ``digzsl run`` runs every sta
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from digzsl_ray.cli.common import add_config_args, load_run_config, setup_logging
 
@@ -62,6 +63,93 @@ def cmd_serve(args) -> int:
     return serve_blocking(args)
 
 
+def cmd_add_class(args) -> int:
+    """``digzsl add-class --run OUT --name NAME``: the service's add-class job, offline, to its end."""
+    from tqdm.auto import tqdm
+
+    from digzsl_ray.distributed.cluster import init_ray
+    from digzsl_ray.errors import UserError
+    from digzsl_ray.live.jobs import JobError, JobStore, run_job
+    from digzsl_ray.live.names import name_problem, same_class
+    from digzsl_ray.serve import add_class_fn, run_config, version_store
+
+    setup_logging()
+    run = Path(args.run)
+    versions = version_store(run)
+    cfg = run_config(run, [o if o.startswith("live.") else f"live.{o}" for o in args.overrides])
+    if args.no_activate:
+        cfg.live.activate = False
+    problem = name_problem(args.name, cfg.live.max_name_length)
+    if problem:
+        raise UserError(f"--name: {problem}")
+    store = JobStore(run)
+    resume = next((s for s in store.unfinished() if s["name"] == args.name), None)
+    if resume is None and any(same_class(args.name, n) for n in versions.active()["classes"]):
+        raise UserError(f"--name: class {args.name!r} is already known to the active version "
+                        f"{versions.active_id()}")
+    fn, stages = add_class_fn(run, versions)
+    if fn is None:
+        raise UserError(f"{run}: the {cfg.method!r} method cannot add classes to its runs")
+    from digzsl_ray.methods import get_method
+
+    method = get_method(cfg.method)
+
+    def job(run_dir, job_dir, name, rep):  # the CLI's --set live.* overrides apply to this job
+        from digzsl_ray.data import load_split
+
+        return method.add_class(run_dir, job_dir, name, rep, versions, cfg,
+                                load_split(cfg.data, run, validate=False, progress=False))
+
+    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    state = resume or store.create(args.name, stages)
+    if resume:
+        print(f"resuming {state['id']} (stage {state.get('stage') or 'first'})")
+    bar = tqdm(total=len(stages), desc=f"add-class {args.name}", unit="stage", disable=args.no_progress)
+    try:
+        import threading
+
+        done = threading.Event()
+
+        def watch():
+            while not done.wait(1.0):
+                try:
+                    s = store.get(state["id"])
+                except (JobError, OSError, ValueError):
+                    continue
+                bar.n = sum(1 for st in s["stages"].values() if st["status"] == "done")
+                eta = f", ETA {s['eta_s']:.0f}s" if s.get("eta_s") is not None else ""
+                bar.set_postfix_str(f"{s.get('stage') or ''} {100 * s['progress']:.0f}%{eta}", refresh=True)
+
+        threading.Thread(target=watch, daemon=True).start()
+        final = run_job(store, state, job)
+    finally:
+        done.set()
+        bar.close()
+    print(json.dumps({k: final.get(k) for k in ("id", "status", "version", "parent", "reason", "error", "metrics")},
+                     indent=2))
+    print({"succeeded": f"version {final['version']} written" + (" and activated" if cfg.live.activate else ""),
+           "rejected": "rejected by the gate: no version written", "failed": "failed"}[final["status"]])
+    return {"succeeded": 0, "rejected": 3, "failed": 1}[final["status"]]
+
+
+def cmd_models(args) -> int:
+    """``digzsl models --run OUT [--activate ID]``: the run's model versions; switch the served one."""
+    from digzsl_ray.serve import version_store
+
+    versions = version_store(args.run)
+    if args.activate:
+        versions.activate(args.activate)
+    active = versions.active_id()
+    for v in versions.list():
+        mark = "*" if v["id"] == active else " "
+        added = ", ".join(v.get("added_classes", [])) or "-"
+        gate = v.get("metrics", {}).get("gate", {})
+        fig = (f"  existing val {gate['existing_val_acc_parent']:.1f} -> {gate['existing_val_acc_new']:.1f}, "
+               f"new class val {gate['new_class_val_acc']:.1f}") if gate else ""
+        print(f"{mark} {v['id']}  parent {v.get('parent') or '-'}  classes {len(v['classes'])}  added: {added}{fig}")
+    return 0
+
+
 def _method(cfg):
     from digzsl_ray.methods import get_method
 
@@ -103,3 +191,24 @@ def register(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a serve.* key, e.g. --set serve.max_batch_size=32")
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("add-class", help="add a class to a finished run by its name: prototype, token, images, "
+                                         "classifier, gate, new model version (what POST /v1/classes runs)",
+                       description="Add one class to a finished run directory from its name (docs/live.md): its "
+                                   "prototype, its token on the token actor pool, its synthetic images, an updated "
+                                   "classifier, the validation gate, and a new immutable version in OUT/models/ "
+                                   "(activated unless --no-activate). Resumes an unfinished job of the same name. "
+                                   "Exit code 0: a new version; 3: rejected by the gate; 1: failed.")
+    p.add_argument("--run", required=True, help="finished run directory")
+    p.add_argument("--name", required=True, help="the class name to add")
+    p.add_argument("--no-activate", action="store_true", help="write the version but keep serving the current one")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a live.* key, e.g. --set live.classifier=extend")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_add_class)
+    p = sub.add_parser("models", help="list a run's model versions (* = served); --activate ID switches",
+                       description="List the model versions of a run directory with their lineage and gate "
+                                   "figures; --activate ID makes ID the served version (a running service follows "
+                                   "within a fraction of a second).")
+    p.add_argument("--run", required=True, help="finished run directory")
+    p.add_argument("--activate", default="", metavar="ID", help="version to serve (rollback or roll forward)")
+    p.set_defaults(func=cmd_models)

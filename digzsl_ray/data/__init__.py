@@ -55,6 +55,11 @@ def load_split(data_cfg, out: str | Path | None = None, validate: bool = True, p
         split = read_xlsa17(data_cfg.splits_dir, root, data_cfg.dataset, val_fraction=data_cfg.val_fraction,
                             val_split=data_cfg.val_split, seed=data_cfg.val_seed,
                             class_names_file=data_cfg.class_names_file or None)
+    if getattr(data_cfg, "exclude_classes", None):
+        try:
+            split = split.without_classes(list(data_cfg.exclude_classes))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if validate:
         validate_split(split, images=data_cfg.check_images, progress=progress)
     return split

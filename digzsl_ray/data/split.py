@@ -105,6 +105,29 @@ class ZSLSplit:
             val.extend(group[i] for i in sorted(pick))
         self.val = val
 
+    def without_classes(self, names: list[str]) -> "ZSLSplit":
+        """The split with the classes ``names`` and their images removed from every split, labels
+        renumbered in order (``data.exclude_classes``: classes a run never had, to add later)."""
+        if not names:
+            return self
+        unknown = [n for n in names if n not in self.classes]
+        if unknown:
+            raise ValueError(f"data.exclude_classes: {unknown[:5]} are not classes of {self.name}")
+        if self.multi_label:
+            raise ValueError("data.exclude_classes: single-label data only")
+        drop = {self.classes.index(n) for n in names}
+        keep = [i for i in range(len(self.classes)) if i not in drop]
+        new = {old: k for k, old in enumerate(keep)}
+
+        def items(seq):
+            return [Item(it.path, (new[it.label],)) for it in seq if it.label not in drop]
+
+        notes = dict(self.notes, excluded_classes=list(names))
+        return ZSLSplit(self.name, [self.classes[i] for i in keep], [new[i] for i in self.seen if i not in drop],
+                        [new[i] for i in self.unseen if i not in drop], {k: items(v) for k, v in self.items.items()},
+                        val=items(self.val), val_classes=[new[i] for i in self.val_classes if i not in drop],
+                        multi_label=False, root=self.root, notes=notes)
+
     def fingerprint(self) -> dict:
         """What must match for two runs to share a run directory (classes and the seen/unseen cut)."""
         return {

@@ -130,6 +130,9 @@ class Method:
     headline: Any = None  # (metrics, variants) -> str: the table `digzsl run` prints (default: single-label ZSL)
     serve_loader: Any = None  # (classifier_dir, device) -> module: uint8 images -> per-label probabilities (multi-label)
     # or logits (single-label, softmaxed by serving); None: the shared single-label classifier
+    add_class: Any = None  # (run_dir, job_dir, name, reporter, versions, cfg, split) -> result: one class added to
+    # a served run (docs/live.md); None: the method's runs cannot grow
+    add_class_stages: tuple[str, ...] = ()  # the stage names add_class reports, in order
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:

@@ -6,6 +6,8 @@ Maths: :mod:`.dct` (token learning), the shared :mod:`digzsl_ray.cdm` and
 :mod:`digzsl_ray.classifier`; config sections: :mod:`.config`; variants: :mod:`.variants`.
 """
 
+from digzsl_ray.methods.digzsl.addclass import STAGES as ADD_CLASS_STAGES
+from digzsl_ray.methods.digzsl.addclass import add_class
 from digzsl_ray.methods.digzsl.config import DigzslRunConfig
 from digzsl_ray.methods.digzsl.report import build_report
 from digzsl_ray.methods.digzsl.stages.cdm import CDMStage
@@ -26,4 +28,6 @@ METHOD = Method(
     main_variant=DCT,
     serve_model=f"train-classifier:{DCT}",
     report=build_report,
+    add_class=add_class,
+    add_class_stages=ADD_CLASS_STAGES,
 )

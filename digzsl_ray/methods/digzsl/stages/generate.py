@@ -60,6 +60,62 @@ def plan(ctx, variant: str):
     return plan_shards(variant, classes, g.rows_per_shard, g.seed, settings)
 
 
+def generate_shards(d, todo, ctor: dict, cfg, on_rows=None) -> None:
+    """Generate the rows of the shards ``todo`` on a Ray Data actor pool into ``d/<shard>.parquet``.
+
+    ``ctor``: ``sd``, ``tokens_dir`` (None: no tokens), ``cdm_dir`` and ``unseen`` (the classes the
+    CDM scores among) for :class:`ImageGenerator`; the rest comes from ``cfg.models`` and
+    ``cfg.generate``. Each shard is written atomically once all its rows arrived."""
+    import ray
+
+    g = cfg.generate
+    rows = shard_rows(todo)
+    expected = {s.shard_id: len(s.seeds) for s in todo}
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // g.batch_size))
+    ds = ds.map_batches(
+        ImageGenerator,
+        fn_constructor_kwargs=dict(**ctor, device=cfg.models.device, precision=cfg.models.precision,
+                                   attention=cfg.models.attention, steps=g.num_inference_steps,
+                                   guidance=g.guidance_scale, threads=cfg.models.torch_threads),
+        batch_size=g.batch_size, compute=ray.data.ActorPoolStrategy(size=g.actors),
+        num_gpus=g.num_gpus or None, num_cpus=g.num_cpus, batch_format="numpy",
+    )
+    pending: dict[str, list[dict]] = {}
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        n = len(batch["seed"])
+        for i in range(n):
+            row = {k: batch[k][i] for k in batch}
+            sid = str(row["shard"])
+            pending.setdefault(sid, []).append(row)
+            if len(pending[sid]) == expected[sid]:
+                write_shard(d / f"{sid}.parquet", pending.pop(sid))
+        if on_rows is not None:
+            on_rows(n)
+    if pending:
+        raise RuntimeError(f"generation ended with incomplete shards: {sorted(pending)[:5]}")
+
+
+def build_manifest(d, shards, variant: str, g, fp: str) -> dict:
+    """The manifest of a finished set: every shard, row count, per-class keep thresholds from the CDM scores."""
+    import pyarrow.parquet as pq
+
+    scores: dict[str, list[float]] = {}
+    total = 0
+    for s in shards:
+        t = pq.read_table(d / f"{s.shard_id}.parquet", columns=["class_name", "cdm_score"])
+        total += t.num_rows
+        for name, sc in zip(t.column("class_name").to_pylist(), t.column("cdm_score").to_pylist()):
+            scores.setdefault(name, []).append(sc)
+    return {
+        "variant": variant, "rows": total, "shards": [f"{s.shard_id}.parquet" for s in shards],
+        "images_per_class": g.images_per_class, "keep_fraction": g.keep_fraction,
+        "keep_threshold": keep_thresholds(scores, g.keep_fraction),
+        "mean_cdm_score": {k: float(sum(v) / len(v)) for k, v in scores.items()},
+        "num_inference_steps": g.num_inference_steps, "guidance_scale": g.guidance_scale,
+        "fingerprint": fp,
+    }
+
+
 class GenerateStage(Stage):
     name = "generate"
     help = "generate N images per unseen class with the tokens (Ray Data) -> OUT/synthetic/"
@@ -95,8 +151,6 @@ class GenerateStage(Stage):
 
     def run(self, ctx) -> dict:
         """Generate every missing shard of every synthetic set; returns {variant: manifest}."""
-        import pyarrow.parquet as pq
-        import ray
         from tqdm.auto import tqdm
 
         cfg, split, rd, progress = ctx.cfg, ctx.split, ctx.rd, ctx.progress
@@ -110,59 +164,23 @@ class GenerateStage(Stage):
             shards = plan(ctx, variant)
             todo = [s for s in shards if not (d / f"{s.shard_id}.parquet").is_file()]
             if todo:
-                rows = shard_rows(todo)
-                expected = {s.shard_id: len(s.seeds) for s in todo}
-                ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // g.batch_size))
-                ds = ds.map_batches(
-                    ImageGenerator,
-                    fn_constructor_kwargs=dict(sd=cfg.models.sd,
-                                               tokens_dir=str(ctx.path("learn-tokens:dir")) if variant == DCT else None,
-                                               cdm_dir=str(ctx.path("train-cdm:dir")), unseen=list(split.unseen),
-                                               device=cfg.models.device, precision=cfg.models.precision,
-                                               attention=cfg.models.attention, steps=g.num_inference_steps,
-                                               guidance=g.guidance_scale, threads=cfg.models.torch_threads),
-                    batch_size=g.batch_size, compute=ray.data.ActorPoolStrategy(size=g.actors),
-                    num_gpus=g.num_gpus or None, num_cpus=g.num_cpus, batch_format="numpy",
-                )
-                pending: dict[str, list[dict]] = {}
-                bar = tqdm(total=sum(len(s.seeds) for s in shards),
-                           initial=sum(len(s.seeds) for s in shards) - len(rows), desc=f"generate {variant}",
+                ctor = dict(sd=cfg.models.sd, tokens_dir=str(ctx.path("learn-tokens:dir")) if variant == DCT else None,
+                            cdm_dir=str(ctx.path("train-cdm:dir")), unseen=list(split.unseen))
+                total = sum(len(s.seeds) for s in shards)
+                bar = tqdm(total=total, initial=total - sum(len(s.seeds) for s in todo), desc=f"generate {variant}",
                            unit="img", disable=not progress, dynamic_ncols=True)
-                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                    n = len(batch["seed"])
-                    for i in range(n):
-                        row = {k: batch[k][i] for k in batch}
-                        pending.setdefault(str(row["shard"]), []).append(row)
-                        sid = str(row["shard"])
-                        if len(pending[sid]) == expected[sid]:
-                            write_shard(d / f"{sid}.parquet", pending.pop(sid))
-                    bar.update(n)
-                bar.close()
-                if pending:
-                    raise RuntimeError(f"generation ended with incomplete shards: {sorted(pending)[:5]}")
+                try:
+                    generate_shards(d, todo, ctor, cfg, on_rows=bar.update)
+                finally:
+                    bar.close()
             # Shards of other settings (stale tokens, other steps...) are not this run's data: remove them.
             planned = {f"{s.shard_id}.parquet" for s in shards}
             for f in d.glob("*.parquet"):
                 if f.name not in planned:
                     f.unlink()
-            # Manifest: every shard, row count, per-class keep thresholds from the CDM scores.
-            scores: dict[str, list[float]] = {}
-            total = 0
-            for s in shards:
-                t = pq.read_table(d / f"{s.shard_id}.parquet", columns=["class_name", "cdm_score"])
-                total += t.num_rows
-                for name, sc in zip(t.column("class_name").to_pylist(), t.column("cdm_score").to_pylist()):
-                    scores.setdefault(name, []).append(sc)
-            manifest = {
-                "variant": variant, "rows": total, "shards": [f"{s.shard_id}.parquet" for s in shards],
-                "images_per_class": g.images_per_class, "keep_fraction": g.keep_fraction,
-                "keep_threshold": keep_thresholds(scores, g.keep_fraction),
-                "mean_cdm_score": {k: float(sum(v) / len(v)) for k, v in scores.items()},
-                "num_inference_steps": g.num_inference_steps, "guidance_scale": g.guidance_scale,
-                "fingerprint": fp,
-            }
+            manifest = build_manifest(d, shards, variant, g, fp)
             write_json(ctx.path(f"generate:{variant}_manifest"), manifest)
             out[variant] = manifest
             stage_timing(rd, f"generate_{variant}", time.time() - t0)
-            log.info("generate %s: %d rows in %d shards", variant, total, len(shards))
+            log.info("generate %s: %d rows in %d shards", variant, manifest["rows"], len(shards))
         return out

@@ -229,6 +229,31 @@ def summarise(index: dict, oracle: bool | None = None) -> dict:
             "mean_updates": round(float(np.mean([e["updates"] for e in index.values()])), 2) if index else 0.0}
 
 
+def learn_on_pool(cfg, todo: list[dict], cdm_dir: str, progress_dir: Path, unseen: list[int], classes: list[str],
+                  root: Path, on_result, on_tick=None):
+    """Learn the tokens of the class jobs ``todo`` on a pool of :class:`TokenWorker` actors
+    (``tokens.num_gpus`` each: pending GPU actors make the autoscaler add nodes); a lost actor's
+    shard is re-dispatched. ``on_result(shard, results)`` gets each shard's results; returns the
+    pool's counters."""
+    import ray
+
+    from digzsl_ray.distributed.pool import run_pool
+
+    t = cfg.tokens
+    shards = [todo[i : i + t.shard_size] for i in range(0, len(todo), t.shard_size)]
+    remote = ray.remote(TokenWorker)
+    cfg_dict = cfg.model_dump(mode="json")
+
+    def make_actor(i: int):
+        return remote.options(num_gpus=t.num_gpus, num_cpus=t.num_cpus, name=token_actor_name(root, i),
+                              namespace="digzsl", max_concurrency=1).remote(
+            cfg_dict, cdm_dir, str(progress_dir), list(unseen), list(classes), i)
+
+    return run_pool(shards, make_actor, lambda a, s: a.learn_shard.remote(s), on_result,
+                    size=min(t.pool_max, len(shards)), min_alive=t.pool_min, max_retries=t.max_retries,
+                    on_tick=on_tick)
+
+
 class TokensStage(Stage):
     name = "learn-tokens"
     help = "learn a discriminative class token per unseen class (Ray actor pool) -> OUT/tokens/"
@@ -250,10 +275,7 @@ class TokensStage(Stage):
 
     def run(self, ctx) -> dict:
         """Learn the tokens of every unseen class not yet done; returns summary.json's content."""
-        import ray
         from tqdm.auto import tqdm
-
-        from digzsl_ray.distributed.pool import run_pool
 
         cfg, split, progress = ctx.cfg, ctx.split, ctx.progress
         tokens_dir, index_path = ctx.path("learn-tokens:dir"), ctx.path("learn-tokens:index")
@@ -266,17 +288,6 @@ class TokensStage(Stage):
         todo = [j for j in jobs if not finished(tokens_dir, index, j, fp)]
         t0 = time.time()
         if todo:
-            t = cfg.tokens
-            shards = [todo[i : i + t.shard_size] for i in range(0, len(todo), t.shard_size)]
-            remote = ray.remote(TokenWorker)
-            cfg_dict = cfg.model_dump(mode="json")
-            cdm_dir = str(ctx.path("train-cdm:dir"))
-
-            def make_actor(i: int):
-                return remote.options(num_gpus=t.num_gpus, num_cpus=t.num_cpus, name=token_actor_name(ctx.rd.root, i),
-                                      namespace="digzsl", max_concurrency=1).remote(
-                    cfg_dict, cdm_dir, str(progress_dir), list(split.unseen), list(split.classes), i)
-
             bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="tokens", unit="class",
                        disable=not progress, dynamic_ncols=True)
 
@@ -301,9 +312,8 @@ class TokensStage(Stage):
                     bar.set_postfix_str("; ".join(sorted(live))[:80], refresh=True)
 
             try:
-                stats = run_pool(shards, make_actor, lambda a, s: a.learn_shard.remote(s), on_result,
-                                 size=min(t.pool_max, len(shards)), min_alive=t.pool_min, max_retries=t.max_retries,
-                                 on_tick=on_tick if progress else None)
+                stats = learn_on_pool(cfg, todo, str(ctx.path("train-cdm:dir")), progress_dir, list(split.unseen),
+                                      list(split.classes), ctx.rd.root, on_result, on_tick if progress else None)
             finally:
                 bar.close()
             log.info("tokens: %d classes, %d actor deaths, %d re-dispatched", stats.completed, stats.actor_deaths,

@@ -1,0 +1,6 @@
+"""The live service's shared core: immutable model versions (:mod:`.versions`), add-class jobs
+(:mod:`.jobs`), class-name checks, bearer-token access (:mod:`.auth`) and metrics (:mod:`.metrics`).
+
+A method that can add classes to a served run sets ``Method.add_class`` (DIG-ZSL does:
+:mod:`digzsl_ray.methods.digzsl.addclass`); everything here is method-agnostic. docs/live.md.
+"""

@@ -1,0 +1,245 @@
+"""Add-class jobs: their state in the run directory, a queue that runs one at a time, resume.
+
+```
+OUT/jobs/<id>/state.json   id, name, status, stage, progress, eta_s, stages (per stage: status,
+                           seconds, progress), parent, version, metrics, error, created/started/ended
+OUT/jobs/<id>/...          what the job's stages wrote (each stage skips itself when its output is there)
+```
+``status``: ``queued`` -> ``running`` -> ``succeeded`` (a new version, activated unless
+``live.activate`` is off) | ``rejected`` (the gate refused it; its figures in ``metrics``) |
+``failed`` (``error`` says why). A service that starts finds the queued and running jobs of its run
+directory and runs them again; the finished stages are skipped, so a job resumes where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import secrets
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+from digzsl_ray.errors import UserError
+from digzsl_ray.io import read_json, write_json
+from digzsl_ray.slug import slugify
+
+log = logging.getLogger("digzsl")
+
+JOBS = "jobs"
+STATE = "state.json"
+TERMINAL = ("succeeded", "rejected", "failed")
+
+
+class JobError(UserError):
+    """An add-class request that cannot be queued: ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class JobStore:
+    """The jobs of one run directory (``OUT/jobs``)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.root = self.run_dir / JOBS
+        self._lock = threading.Lock()
+
+    def dir(self, job_id: str) -> Path:
+        return self.root / job_id
+
+    def create(self, name: str, stages: tuple[str, ...]) -> dict:
+        job_id = f"job-{time.strftime('%Y%m%d-%H%M%S')}-{slugify(name)[:24]}-{secrets.token_hex(3)}"
+        state = {"id": job_id, "name": name, "status": "queued", "stage": None, "progress": 0.0, "eta_s": None,
+                 "stages": {s: {"status": "pending", "seconds": None, "progress": 0.0} for s in stages},
+                 "parent": None, "version": None, "metrics": {}, "error": None,
+                 "created": time.time(), "started": None, "ended": None}
+        self.dir(job_id).mkdir(parents=True, exist_ok=True)
+        self.save(state)
+        return state
+
+    def save(self, state: dict) -> None:
+        with self._lock:
+            write_json(self.dir(state["id"]) / STATE, state)
+
+    def get(self, job_id: str) -> dict:
+        if not job_id or "/" in job_id or job_id.startswith("."):
+            raise JobError(404, "no such job")
+        p = self.dir(job_id) / STATE
+        if not p.is_file():
+            raise JobError(404, f"no job {job_id!r}")
+        return read_json(p)
+
+    def all(self) -> list[dict]:
+        out = []
+        if self.root.is_dir():
+            for d in self.root.iterdir():
+                try:
+                    out.append(read_json(d / STATE))
+                except (OSError, ValueError):
+                    continue
+        return sorted(out, key=lambda s: s.get("created") or 0)
+
+    def unfinished(self) -> list[dict]:
+        return [s for s in self.all() if s.get("status") not in TERMINAL]
+
+    def typical_seconds(self) -> dict[str, float]:
+        """Per stage, the median wall time of finished jobs (for ETAs)."""
+        import statistics
+
+        seen: dict[str, list[float]] = {}
+        for s in self.all():
+            if s.get("status") in ("succeeded", "rejected"):
+                for name, st in s.get("stages", {}).items():
+                    if st.get("seconds") is not None:
+                        seen.setdefault(name, []).append(float(st["seconds"]))
+        return {k: statistics.median(v) for k, v in seen.items()}
+
+
+class Reporter:
+    """What a job's stages call: ``with rep.stage("token"): ... rep.progress(0.4)``. Keeps
+    state.json current (stage, progress, ETA) and the stage timings."""
+
+    def __init__(self, store: JobStore, state: dict, metrics=None, on_change=None):
+        self.store, self.state, self.metrics, self.on_change = store, state, metrics, on_change
+        self._typical = store.typical_seconds()
+        self._t_stage = time.time()
+        self._last_write = 0.0
+
+    def done(self, stage: str) -> bool:
+        return self.state["stages"].get(stage, {}).get("status") == "done"
+
+    @contextmanager
+    def stage(self, name: str):
+        st = self.state["stages"].setdefault(name, {"status": "pending", "seconds": None, "progress": 0.0})
+        self.state["stage"] = name
+        st["status"], st["progress"] = "running", 0.0
+        self._t_stage = time.time()
+        self._write(force=True)
+        yield self
+        st["status"], st["progress"] = "done", 1.0
+        st["seconds"] = round(time.time() - self._t_stage, 3)
+        if self.metrics is not None:
+            self.metrics.stage_seconds(name, st["seconds"])
+        self._write(force=True)
+
+    def progress(self, fraction: float, note: str | None = None) -> None:
+        st = self.state["stages"][self.state["stage"]]
+        st["progress"] = round(min(max(float(fraction), 0.0), 1.0), 4)
+        if note is not None:
+            st["note"] = str(note)[:200]
+        self._write()
+
+    def _eta(self) -> float | None:
+        stages, cur = self.state["stages"], self.state["stage"]
+        names = list(stages)
+        if cur not in names:
+            return None
+        st = stages[cur]
+        elapsed = time.time() - self._t_stage
+        if st["progress"] > 0.02:
+            left = elapsed * (1 - st["progress"]) / st["progress"]
+        elif cur in self._typical:
+            left = max(self._typical[cur] - elapsed, 0.0)
+        else:
+            return None
+        for later in names[names.index(cur) + 1:]:
+            if stages[later]["status"] == "done":
+                continue
+            if later not in self._typical:
+                return None
+            left += self._typical[later]
+        return round(left, 1)
+
+    def _write(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self._last_write < 0.5:
+            return
+        self._last_write = now
+        stages = self.state["stages"]
+        self.state["progress"] = round(sum(s.get("progress", 0.0) for s in stages.values()) / max(len(stages), 1), 4)
+        self.state["eta_s"] = self._eta()
+        self.store.save(self.state)
+        if self.on_change is not None:
+            self.on_change(self.state)
+
+
+def run_job(store: JobStore, state: dict, add_class, metrics=None) -> dict:
+    """Run (or resume) one job to its end; returns its final state. Never raises for the job's own
+    failure: that becomes ``status: failed`` with the error."""
+    state.update(status="running", started=state.get("started") or time.time(), error=None)
+    rep = Reporter(store, state, metrics)
+    store.save(state)
+    try:
+        result = add_class(store.run_dir, store.dir(state["id"]), state["name"], rep)
+        state.update(status=result["status"], version=result.get("version"), metrics=result.get("metrics", {}),
+                     parent=result.get("parent"), reason=result.get("reason"))
+    except Exception as e:  # noqa: BLE001 - a job's failure is its state, not the service's
+        state.update(status="failed", error=f"{type(e).__name__}: {str(e)[:500]}")
+        log.error("add-class job %s failed: %s\n%s", state["id"], state["error"], traceback.format_exc()[-2000:])
+    state.update(ended=time.time(), eta_s=0.0 if state["status"] == "succeeded" else None, stage=None)
+    store.save(state)
+    if metrics is not None:
+        metrics.job_ended(state["status"])
+    return state
+
+
+class JobRunner:
+    """One worker thread running the queued jobs of a run directory in order (one at a time: two
+    add requests at once are queued, never run side by side over the same version chain)."""
+
+    def __init__(self, run_dir: str | Path, add_class, stages: tuple[str, ...], known_names, queue_size: int = 8,
+                 metrics=None):
+        self.store = JobStore(run_dir)
+        self.add_class, self.stages, self.known_names = add_class, stages, known_names
+        self.metrics, self.queue_size = metrics, queue_size
+        self._q: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._pending: dict[str, str] = {}  # job id -> class name (queued or running)
+        for s in self.store.unfinished():  # resume after a restart, oldest first
+            log.info("add-class job %s (%s): resuming from its %s stage", s["id"], s["name"], s.get("stage") or "first")
+            s["status"] = "queued"
+            self.store.save(s)
+            self._pending[s["id"]] = s["name"]
+            self._q.put(s["id"])
+        self._thread = threading.Thread(target=self._loop, name="digzsl-add-class", daemon=True)
+        self._thread.start()
+
+    def submit(self, name: str, name_problem) -> dict:
+        """Queue a job for ``name``: 400 for a bad name, 409 for a known or pending one, 429 when full."""
+        from digzsl_ray.live.names import same_class
+
+        problem = name_problem(name)
+        if problem:
+            raise JobError(400, problem)
+        with self._lock:
+            if any(same_class(name, n) for n in self.known_names()):
+                raise JobError(409, f"class {name!r} is already known to the served model")
+            for jid, n in self._pending.items():
+                if same_class(name, n):
+                    raise JobError(409, f"class {name!r} is already being added by job {jid}")
+            if len(self._pending) >= self.queue_size:
+                raise JobError(429, f"{len(self._pending)} add-class jobs are queued; retry later")
+            state = self.store.create(name, self.stages)
+            self._pending[state["id"]] = name
+        self._q.put(state["id"])
+        return state
+
+    def _loop(self) -> None:
+        while True:
+            job_id = self._q.get()
+            try:
+                run_job(self.store, self.store.get(job_id), self.add_class, self.metrics)
+            except Exception:  # noqa: BLE001 - the loop must survive anything
+                log.exception("add-class job %s: runner error", job_id)
+            finally:
+                with self._lock:
+                    self._pending.pop(job_id, None)
+
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._pending
