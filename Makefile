@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/determinism.py
 	$(BIN)/python benchmarks/diagnose.py --run $(RUN)
 	$(BIN)/python benchmarks/multilabel_ablation.py
+	$(BIN)/python benchmarks/live.py --run $(RUN)
 	$(BIN)/python benchmarks/multilabel_throughput.py
 	$(BIN)/python benchmarks/zerodiff_ablation.py --keep
 	$(BIN)/python benchmarks/zerodiff_scale.py

@@ -29,7 +29,16 @@ ABOUT = {
     "serve": "Requests per second and p50/p99 latency of `POST /v1/classify` (multipart PNG) at 1, 8 and 32 "
              "concurrent clients on loopback, with dynamic batching (max batch 16, 5 ms wait) and without "
              "(max batch 1); `time_breakdown`: image decoding, the model per image at batch 1 and 16, and the "
-             "rest of the single-client latency (HTTP proxy, routing, the ingress-to-model hop).",
+             "rest of the single-client latency (HTTP proxy, routing, the ingress-to-model hop). Modes: `batched` "
+             "and `unbatched` (ingress and model in two deployments, a handle hop per request), `in_ingress` "
+             "(`serve.model_in_ingress: true`: the model batched inside the ingress replicas). `bare`: the "
+             "baseline a user would pick instead, a single-process uvicorn + FastAPI app (`benchmarks/bare_app.py`) "
+             "doing the same decode, the same model forward and the same batching (16 / 5 ms), measured first "
+             "(before Ray starts) with the same clients; `*_over_bare_*`: our throughput and p99 over its.",
+    "live": "Adding one class to a running service (`python benchmarks/live.py`): a copy of the run directory "
+            "served on a local Ray cluster (4 logical CPUs on the 2 cores), classify latency from 2 clients at 5 "
+            "requests/s each while idle and during the add-class job (`POST /v1/classes`), the job's wall time by "
+            "stage and its gate figures, and, for a MiniWorld class the run never had, its top-1 on 60 fresh renders.",
     "pipeline": "Wall time per stage and peak resident memory of the whole process tree for `digzsl run --config "
                 "miniworld` (what `make demo` runs), from a fresh run directory.",
     "ablation": "Every variant's ZSL top-1, GZSL U/S/H, calibration lambda and AUSUC over several seeds of the "
@@ -90,9 +99,9 @@ def main() -> None:
              "collected as tests.", ""]
     for name in ("dct_step", "token_scaling", "generation", "serve", "pipeline", "ablation", "determinism", "diagnose",
                  "multilabel_ablation", "multilabel_throughput", "zerodiff_ablation", "zerodiff_scale",
-                 "compare_miniworld", "gpu"):
+                 "compare_miniworld", "live", "live-extend", "gpu"):
         p = HERE / "results" / f"{name}.json"
-        lines += [f"## {name}", "", ABOUT[name], ""]
+        lines += [f"## {name}", "", ABOUT.get(name) or ABOUT[name.split("-")[0]], ""]
         if not p.is_file():
             lines += ["*Not run on this machine yet* " + ("(no GPU available to this project)." if name == "gpu"
                                                           else "."), ""]

@@ -157,8 +157,11 @@ def serve_part(run: Path, images: list[bytes], requests: int) -> dict:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
     result: dict = {}
-    for mode, mbs in (("batched", 16), ("unbatched", 1)):
-        serve.run(build_app({"run_dir": str(run.resolve()), "max_batch_size": mbs, "batch_wait_timeout_s": 0.005}),
+    # batched / unbatched: the ingress and the model in two deployments (a handle hop per request);
+    # in_ingress: serve.model_in_ingress, the model batched inside the ingress replicas
+    for mode, mbs, local in (("batched", 16, False), ("unbatched", 1, False), ("in_ingress", 16, True)):
+        serve.run(build_app({"run_dir": str(run.resolve()), "max_batch_size": mbs, "batch_wait_timeout_s": 0.005,
+                             "model_in_ingress": local}),
                   name="digzsl", route_prefix="/")
         load(url, 4, 40, images)  # warm-up
         result[mode] = {str(c): load(url, c, requests, images) for c in CLIENTS}
@@ -203,6 +206,9 @@ def main() -> None:
         out["bare"] = bare
         out["serve_over_bare_rps"] = {c: _ratio(b[c]["rps"], bare[c]["rps"]) for c in map(str, CLIENTS)}
         out["serve_over_bare_p99"] = {c: _ratio(b[c]["p99_ms"], bare[c]["p99_ms"]) for c in map(str, CLIENTS)}
+        i = out["in_ingress"]
+        out["in_ingress_over_bare_rps"] = {c: _ratio(i[c]["rps"], bare[c]["rps"]) for c in map(str, CLIENTS)}
+        out["in_ingress_over_bare_p99"] = {c: _ratio(i[c]["p99_ms"], bare[c]["p99_ms"]) for c in map(str, CLIENTS)}
     save("serve", out)
 
 

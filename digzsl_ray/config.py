@@ -205,6 +205,9 @@ class ServeConfig(Section):
                                 "variable DIGZSL_API_TOKEN_FILE overrides it. Empty and unset: those routes answer 403")
     protect_classify: bool = Field(False, description="also require the bearer token on /v1/classify and the read "
                                    "routes (/v1/classes, /v1/models, /v1/jobs)")
+    model_in_ingress: bool = Field(False, description="hold the model in the ingress replicas (batched there; they "
+                                   "take serve.num_cpus/num_gpus and autoscale) instead of a separate Classifier "
+                                   "deployment: one hop per request fewer (benchmarks/README.md, serve)")
     generate_max_n: int = Field(8, ge=1, le=1024, description="most images one /v1/generate request may ask for")
     generate_max_queued: int = Field(16, ge=1, le=100_000, description="/v1/generate requests queued per generation "
                                      "replica before new ones get 429 with Retry-After")

@@ -1,7 +1,12 @@
-"""The online classification endpoint (Ray Serve): ``build_app(args)``.
+"""The online classification endpoint, a live service (Ray Serve): ``build_app(args)``.
 
-Two deployments: ``Ingress`` (FastAPI; parses and validates requests, decodes images) and
-``Classifier`` (the model; dynamic request batching with ``@serve.batch``). Routes:
+Deployments: ``Ingress`` (FastAPI; parses and validates requests, decodes images), ``Classifier``
+(the model; dynamic request batching with ``@serve.batch``; with ``serve.model_in_ingress`` the
+ingress replicas hold the model themselves), ``Jobs`` (the add-class job queue of the run
+directory) and ``Generator`` (Stable Diffusion with the learned tokens; scales from zero). The live
+routes (``POST /v1/classes``, ``GET /v1/jobs/{id}``, ``GET /v1/models``, ``POST
+/v1/models/{id}/activate``, ``POST /v1/generate``), model versions, access control and metrics are
+described in docs/live.md. Routes of the classifier:
 
 * ``POST /v1/classify``: multipart form field ``image`` (optional field/query ``k``), or JSON
   ``{"image_base64": "...", "k": 5}``; answers ``{"predictions": [{"class", "score", "seen",
@@ -43,7 +48,7 @@ log = logging.getLogger("digzsl")
 # serve.* keys that build_app args may override (serve run / serve deploy / digzsl serve)
 OVERRIDABLE = ("max_batch_size", "batch_wait_timeout_s", "max_body_bytes", "max_pixels", "default_k", "min_replicas",
                "max_replicas", "num_cpus", "num_gpus", "body_timeout_s", "max_header_bytes", "max_jpeg_scans",
-               "docs", "api_token_file", "protect_classify", "generate_max_n", "generate_max_queued",
+               "docs", "api_token_file", "protect_classify", "model_in_ingress", "generate_max_n", "generate_max_queued",
                "generate_max_batch_size", "generate_min_replicas", "generate_max_replicas", "generate_num_gpus",
                "generate_num_cpus")
 LIMIT_KEYS = ("max_body_bytes", "max_pixels", "default_k", "body_timeout_s", "max_header_bytes", "max_jpeg_scans")
@@ -311,13 +316,12 @@ def build_app(args: dict):
     if sc["min_replicas"] > sc["max_replicas"]:
         sc["max_replicas"] = sc["min_replicas"]
 
-    @serve.deployment(name="Classifier", max_ongoing_requests=max(32, 2 * sc["max_batch_size"]),
-                      ray_actor_options={"num_cpus": sc["num_cpus"], "num_gpus": sc["num_gpus"]},
-                      autoscaling_config={"min_replicas": sc["min_replicas"], "max_replicas": sc["max_replicas"],
-                                          "target_ongoing_requests": sc["target_ongoing_requests"]})
-    class Classifier:
-        def __init__(self, classifier_dir: str, max_batch_size: int, batch_wait_timeout_s: float, threads: int,
-                     method: str = "", task: str = "single_label"):
+    class ModelHost:
+        """The model of a replica: the versions in use, dynamic batching (``predict``). The
+        Classifier deployment is one; with ``serve.model_in_ingress`` the ingress replicas are."""
+
+        def _init_model(self, classifier_dir: str, max_batch_size: int, batch_wait_timeout_s: float, threads: int,
+                        method: str = "", task: str = "single_label"):
             import torch
 
             from digzsl_ray.distributed.metrics import Metrics
@@ -329,10 +333,10 @@ def build_app(args: dict):
             self.method = method
             self.models: dict = {}  # classifier folder -> model (the versions in use; at most KEEP)
             self._model(classifier_dir)  # the run's own classifier, loaded before the replica takes requests
-            self.classify.set_max_batch_size(max_batch_size)
-            self.classify.set_batch_wait_timeout_s(batch_wait_timeout_s)
+            self.predict.set_max_batch_size(max_batch_size)
+            self.predict.set_batch_wait_timeout_s(batch_wait_timeout_s)
             self.batches, self.images, self.largest = 0, 0, 0
-            self.metrics = Metrics()
+            self.model_metrics = Metrics()
 
         KEEP = 4
 
@@ -360,20 +364,20 @@ def build_app(args: dict):
             self._model(classifier_dir)
             return True
 
-        def stats(self) -> dict:
+        def batch_stats(self) -> dict:
             """Batching counters of this replica (what dynamic batching achieved)."""
             return {"batches": self.batches, "images": self.images, "largest_batch": self.largest,
                     "mean_batch": round(self.images / self.batches, 3) if self.batches else 0.0,
                     "versions_loaded": len(self.models)}
 
         @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-        async def classify(self, images: list[np.ndarray], dirs: list[str]) -> list[np.ndarray]:
+        async def predict(self, images: list[np.ndarray], dirs: list[str]) -> list[np.ndarray]:
             import torch
 
             self.batches += 1
             self.images += len(images)
             self.largest = max(self.largest, len(images))
-            self.metrics.batch_size("classify", len(images))
+            self.model_metrics.batch_size("classify", len(images))
             out: list = [None] * len(images)
             # a batch that spans an activation holds requests of two versions: one forward per version
             for d in dict.fromkeys(dirs):
@@ -385,6 +389,14 @@ def build_app(args: dict):
                 for j, i in enumerate(idx):
                     out[i] = probs[j]
             return out
+
+    @serve.deployment(name="Classifier", max_ongoing_requests=max(32, 2 * sc["max_batch_size"]),
+                      ray_actor_options={"num_cpus": sc["num_cpus"], "num_gpus": sc["num_gpus"]},
+                      autoscaling_config={"min_replicas": sc["min_replicas"], "max_replicas": sc["max_replicas"],
+                                          "target_ongoing_requests": sc["target_ongoing_requests"]})
+    class Classifier(ModelHost):
+        def __init__(self, *model_args):
+            self._init_model(*model_args)
 
     # No /docs, /redoc, /openapi.json unless serve.docs (they describe the service to anyone who asks);
     # no slash redirects (/v1/classify/ is a JSON 404, not an empty 307).
@@ -421,16 +433,26 @@ def build_app(args: dict):
         log.exception("unhandled error on %s", request.url.path)
         return JSONResponse({"error": "internal error"}, status_code=500)
 
-    @serve.deployment(name="Ingress", max_ongoing_requests=256,
-                      autoscaling_config={"min_replicas": 1, "max_replicas": sc["max_replicas"],
-                                          "target_ongoing_requests": 64},
-                      ray_actor_options={"num_cpus": 0.5})
+    local = bool(sc.get("model_in_ingress", False))
+    if local:  # the ingress replicas hold the model: they take its resources and autoscale on its load
+        ingress_scaling = {"min_replicas": max(1, sc["min_replicas"]), "max_replicas": sc["max_replicas"],
+                           "target_ongoing_requests": sc["target_ongoing_requests"]}
+        ingress_actor = {"num_cpus": sc["num_cpus"], "num_gpus": sc["num_gpus"]}
+    else:
+        ingress_scaling = {"min_replicas": 1, "max_replicas": sc["max_replicas"], "target_ongoing_requests": 64}
+        ingress_actor = {"num_cpus": 0.5}
+
+    @serve.deployment(name="Ingress", max_ongoing_requests=256, autoscaling_config=ingress_scaling,
+                      ray_actor_options=ingress_actor)
     @serve.ingress(app)
-    class Ingress:
+    class Ingress(ModelHost):
         def __init__(self, classifier, run_dir: str, limits: dict, image_size: int, access: dict, jobs=None,
-                     generator=None):
+                     generator=None, model_args=None):
             from digzsl_ray.distributed.metrics import Metrics
 
+            if model_args is not None:  # serve.model_in_ingress: one hop per request fewer
+                self._init_model(*model_args)
+            self.local = model_args is not None
             self.classifier, self.limits, self.size = classifier, limits, image_size
             self.versions = version_store(run_dir)
             self.schedule = Scheduled(self.versions)
@@ -445,8 +467,11 @@ def build_app(args: dict):
                 self.metrics.version(m["model_version"], self._served)
                 if self._served is not None:
                     log.info("serving model version %s (was %s)", m["model_version"], self._served)
-                    # warm the new version's head on a replica before most requests need it
-                    self.classifier.preload.remote(m["classifier_dir"])
+                    # warm the new version's head before most requests need it
+                    if self.local:
+                        self.preload(m["classifier_dir"])
+                    else:
+                        self.classifier.preload.remote(m["classifier_dir"])
                 self._served = m["model_version"]
             return m
 
@@ -558,7 +583,10 @@ def build_app(args: dict):
             except RequestError as e:
                 return JSONResponse({"error": e.message}, status_code=e.status)
             try:
-                probs = await self.classifier.classify.remote(img, meta["classifier_dir"])
+                if self.local:
+                    probs = await self.predict(img, meta["classifier_dir"])
+                else:
+                    probs = await self.classifier.predict.remote(img, meta["classifier_dir"])
             except UNAVAILABLE as e:  # a replica lost mid-request (node failure, restart): retryable
                 log.warning("classifier unavailable: %s", type(e).__name__)
                 return JSONResponse({"error": "the model replica was unavailable; retry the request"},
@@ -593,7 +621,7 @@ def build_app(args: dict):
         async def stats(self, request: Request):
             if (refused := self._refused(request)) is not None:
                 return refused
-            return await self.classifier.stats.remote()
+            return self.batch_stats() if self.local else await self.classifier.batch_stats.remote()
 
         @app.get("/healthz")
         async def healthz(self, request: Request):
@@ -633,9 +661,9 @@ def build_app(args: dict):
             except RequestError as e:
                 return JSONResponse({"error": e.message}, status_code=e.status)
             out = await self.jobs.submit.remote(obj["name"])
-            if "error" in out:
-                headers = {"Retry-After": "60"} if out["status"] == 429 else None
-                return JSONResponse({"error": out["error"]}, status_code=out["status"], headers=headers)
+            if "refused" in out:
+                headers = {"Retry-After": "60"} if out["refused"] == 429 else None
+                return JSONResponse({"error": out["error"]}, status_code=out["refused"], headers=headers)
             return JSONResponse(out, status_code=202, headers={"Location": f"/v1/jobs/{out['id']}"})
 
         @app.get("/v1/jobs")
@@ -653,8 +681,8 @@ def build_app(args: dict):
             if self.jobs is None:
                 return self._no_jobs()
             out = await self.jobs.get.remote(job_id)
-            if "error" in out:
-                return JSONResponse({"error": out["error"]}, status_code=out["status"])
+            if "refused" in out:
+                return JSONResponse({"error": out["error"]}, status_code=out["refused"])
             return out
 
         @app.get("/v1/models")
@@ -746,7 +774,7 @@ def build_app(args: dict):
             try:
                 return self.runner.submit(name, lambda n: name_problem(n, self.max_name_length))
             except JobError as e:
-                return {"error": e.message, "status": e.status}
+                return {"error": e.message, "refused": e.status}
 
         def get(self, job_id: str) -> dict:
             from digzsl_ray.live.jobs import JobError
@@ -754,7 +782,7 @@ def build_app(args: dict):
             try:
                 return self.runner.store.get(job_id)
             except JobError as e:
-                return {"error": e.message, "status": e.status}
+                return {"error": e.message, "refused": e.status}
 
         def list(self) -> list:
             return self.runner.store.all()
@@ -784,8 +812,9 @@ def build_app(args: dict):
 
     cfg_json = json.loads(Path(meta["classifier_dir"], "config.json").read_text())
     threads = max(1, int(sc["num_cpus"]))
-    classifier = Classifier.bind(meta["classifier_dir"], sc["max_batch_size"], sc["batch_wait_timeout_s"], threads,
-                                 meta["method"], meta["task"])
+    model_args = (meta["classifier_dir"], sc["max_batch_size"], sc["batch_wait_timeout_s"], threads, meta["method"],
+                  meta["task"])
+    classifier = None if local else Classifier.bind(*model_args)
     limits = {k: sc[k] for k in LIMIT_KEYS}
     from digzsl_ray.live.auth import token_digest
     from digzsl_ray.methods import get_method
@@ -797,7 +826,8 @@ def build_app(args: dict):
               "generate_max_n": sc["generate_max_n"], "method": meta["method"]}
     jobs = Jobs.bind(run_dir, live.queue_size, live.max_name_length) if method.add_class is not None else None
     generator = Generator.bind(run_dir, sc["generate_max_batch_size"]) if method.add_class is not None else None
-    return Ingress.bind(classifier, run_dir, limits, int(cfg_json["image_size"]), access, jobs, generator)
+    return Ingress.bind(classifier, run_dir, limits, int(cfg_json["image_size"]), access, jobs, generator,
+                        model_args if local else None)
 
 
 def make_generation(cfg):

@@ -1,4 +1,4 @@
-"""The service's own Prometheus metrics, through Ray's metrics API (:mod:`ray.serve.metrics`).
+"""The service's own Prometheus metrics, through Ray's metrics API (:mod:`ray.util.metrics`).
 
 Ray exports them with Ray Serve's built-in ``ray_serve_*`` metrics on every node's metrics port
 (``ray start --metrics-export-port``), prefixed ``ray_``; docs/live.md has a sample scrape.
@@ -9,6 +9,8 @@ Ray exports them with Ray Serve's built-in ``ray_serve_*`` metrics on every node
 * ``digzsl_jobs_total{status}``                   add-class jobs ended (succeeded, rejected, failed)
 * ``digzsl_active_model_version{version}``        1 for the version a replica answers with, else 0
 
+``ray.util.metrics`` rather than ``ray.serve.metrics``: the add-class job records its stage times
+from a background thread, outside any request context that Serve's wrapper reads its tags from.
 Outside a Ray worker (``digzsl add-class`` offline, unit tests) every call is a no-op.
 """
 
@@ -43,7 +45,7 @@ class Metrics:
 
             if not ray.is_initialized():
                 return
-            from ray.serve.metrics import Counter, Gauge, Histogram
+            from ray.util.metrics import Counter, Gauge, Histogram
 
             self.requests = Counter("digzsl_requests_total", description="requests answered, by route and status",
                                     tag_keys=("route", "status"))

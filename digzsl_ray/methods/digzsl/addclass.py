@@ -12,7 +12,8 @@ Stages of a job (each skips itself when its output is in the job folder, so a jo
                   (the new class's included), epoch chosen on validation data; ``extend`` only
                   appends a row, the mean direction of the new class's synthetic features
 5. ``gate``       mean per-class validation accuracy on the existing classes (real val images of
-                  seen classes, held-out synthetic images of unseen ones) under the served ranking
+                  seen classes, held-out synthetic images of unseen ones; the half of them that did
+                  not choose the epoch) under the served ranking
                   (calibrated stacking), parent vs new; more than ``live.max_drop_points`` lost:
                   rejected, with its figures
 6. ``version``    a new immutable version in ``OUT/models/`` (lineage, metrics), activated unless
@@ -322,19 +323,22 @@ def add_class(run_dir: Path, job_dir: Path, name: str, rep, versions, cfg, split
             raise ValueError("live.classifier 'extend' needs a prototype or linear head; use 'retrain-head'")
         head = grown_head(model, 1, direction)
         history: list = []
+        # held-out rows in two halves: even rows choose the epoch, odd rows are the gate's (so the
+        # gate never scores the data that picked the model)
+        xv, yv = feats["val"]
+        pick = torch.arange(len(yv)) % 2 == 0
         if live.classifier == "retrain-head":
-            head, history = train_head(head, feats["train"], feats["val"], len(classes), live, cfg.seed,
+            head, history = train_head(head, feats["train"], (xv[pick], yv[pick]), len(classes), live, cfg.seed,
                                        float(parent["lambda"]), list(parent["seen"]), rep)
         model.head = head
         shutil.rmtree(staging, ignore_errors=True)
         save_classifier(staging / "classifier", model, classes, list(parent["seen"]), unseen, cfg.models,
                         extra={"variant": f"live-{live.classifier}", "parent": parent["id"], "history": history})
         parent_model, _, _ = load_classifier(parent["classifier_dir"], device)
-        torch.save({"parent_head": parent_model.head.state_dict()}, job_dir / "parent_head.pt")  # for the gate
 
     # 5. the gate on validation data
     with rep.stage("gate"):
-        xv, yv = feats["val"]
+        xv, yv = xv[~pick], yv[~pick]
         lam, seen = float(parent["lambda"]), list(parent["seen"])
         existing = list(range(len(parent["classes"])))
         keep = (yv != new_idx).numpy()
