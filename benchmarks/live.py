@@ -145,7 +145,8 @@ def main() -> None:
               "classify_idle": latency(idle), "classify_during_job": latency(during),
               "classify_after_swap": latency([row for row in busy if row[0] > t_end]),
               "settings": {"clients": 2, "rate_per_client_hz": 5, "classifier": a.classifier or "run config",
-                           "images": a.images or "run config"}}
+                           "images": a.images or "run config",
+                           "model_in_ingress": bool(cfg.get("serve", {}).get("model_in_ingress", False))}}
     if a.name in world.class_by_name() and state["status"] == "succeeded":
         fresh = [_png(world.render(world.class_by_name()[a.name], 0, 91, i)) for i in range(60)]
         hits = [c.post("/v1/classify", files={"image": ("x.png", b, "image/png")}).json()["predictions"][0]["class"]

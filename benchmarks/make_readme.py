@@ -99,7 +99,7 @@ def main() -> None:
              "collected as tests.", ""]
     for name in ("dct_step", "token_scaling", "generation", "serve", "pipeline", "ablation", "determinism", "diagnose",
                  "multilabel_ablation", "multilabel_throughput", "zerodiff_ablation", "zerodiff_scale",
-                 "compare_miniworld", "live", "live-extend", "gpu"):
+                 "compare_miniworld", "live", "live-extend", "live-excluded-class", "live-excluded-class-extend", "gpu"):
         p = HERE / "results" / f"{name}.json"
         lines += [f"## {name}", "", ABOUT.get(name) or ABOUT[name.split("-")[0]], ""]
         if not p.is_file():

@@ -177,6 +177,59 @@ def serve_part(run: Path, images: list[bytes], requests: int) -> dict:
                          "max_batch_size": 16, "batch_wait_timeout_s": 0.005}}
 
 
+def direct_part(run: Path, images: list[bytes], requests: int) -> dict:
+    """Ray Serve with direct ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``, set before Ray starts:
+    run in its own process) and the model in the ingress replica: clients talk to the replica's
+    own HTTP port (what an external load balancer or Serve's HAProxy mode does), no proxy hop.
+    One replica (the machine has 2 cores); the proxy path of the same app is measured too."""
+    import httpx
+    import ray
+    from ray import serve
+
+    from digzsl_ray.distributed.cluster import init_ray
+    from digzsl_ray.serve import build_app
+
+    init_ray(num_cpus=4)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app({"run_dir": str(run.resolve()), "max_batch_size": 16, "batch_wait_timeout_s": 0.005,
+                         "model_in_ingress": True, "min_replicas": 1, "max_replicas": 1}), name="digzsl",
+              route_prefix="/")
+    direct = None
+    for p in range(30000, 30100):  # RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT upwards
+        try:
+            if httpx.get(f"http://127.0.0.1:{p}/healthz", timeout=1).status_code == 200:
+                direct = p
+                break
+        except httpx.HTTPError:
+            continue
+    out = {}
+    for name, url in (("in_ingress_one_replica_via_proxy", f"http://127.0.0.1:{port}"),
+                      ("direct_ingress", f"http://127.0.0.1:{direct}" if direct else None)):
+        if url is None:
+            out[name] = {"error": "no replica answered on a direct-ingress port"}
+            continue
+        load(url, 4, 40, images)  # warm-up
+        out[name] = {str(c): load(url, c, requests, images) for c in CLIENTS}
+    serve.shutdown()
+    ray.shutdown()
+    return out
+
+
+def _direct_in_subprocess(run: Path, requests: int) -> dict:
+    import json
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        path = f.name
+    env = dict(os.environ, RAY_SERVE_ENABLE_DIRECT_INGRESS="1")
+    subprocess.run([sys.executable, __file__, "--run", str(run), "--requests", str(requests), "--only", "direct",
+                    "--direct-out", path], env=env, check=True)
+    return json.loads(Path(path).read_text())
+
+
 def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b else None
 
@@ -185,7 +238,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", default="runs/miniworld")
     ap.add_argument("--requests", type=int, default=400, help="requests per client-count setting")
-    ap.add_argument("--only", choices=("all", "serve", "bare"), default="all",
+    ap.add_argument("--direct-out", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--only", choices=("all", "serve", "bare", "direct"), default="all",
                     help="serve: the Ray Serve endpoint only; bare: the uvicorn + FastAPI baseline only (no Ray); "
                          "all: both, with the ratios")
     a = ap.parse_args()
@@ -193,6 +247,11 @@ def main() -> None:
     if not (run / "classifier" / "weights.safetensors").is_file():
         sys.exit(f"{run}: no finished run directory; run `make demo` first (or pass --run)")
     images = _images(300)
+    if a.only == "direct":  # the child process of `all` (RAY_SERVE_ENABLE_DIRECT_INGRESS=1 in its environment)
+        import json
+
+        Path(a.direct_out).write_text(json.dumps(direct_part(run, images, a.requests)))
+        return
     bare = None
     if a.only in ("all", "bare"):  # before Ray starts, so no Ray process shares the CPUs with it
         bare = bare_baseline(run, images, a.requests)
@@ -206,9 +265,13 @@ def main() -> None:
         out["bare"] = bare
         out["serve_over_bare_rps"] = {c: _ratio(b[c]["rps"], bare[c]["rps"]) for c in map(str, CLIENTS)}
         out["serve_over_bare_p99"] = {c: _ratio(b[c]["p99_ms"], bare[c]["p99_ms"]) for c in map(str, CLIENTS)}
-        i = out["in_ingress"]
-        out["in_ingress_over_bare_rps"] = {c: _ratio(i[c]["rps"], bare[c]["rps"]) for c in map(str, CLIENTS)}
-        out["in_ingress_over_bare_p99"] = {c: _ratio(i[c]["p99_ms"], bare[c]["p99_ms"]) for c in map(str, CLIENTS)}
+        out.update(_direct_in_subprocess(run, a.requests))
+        for mode in ("in_ingress", "in_ingress_one_replica_via_proxy", "direct_ingress"):
+            m = out.get(mode, {})
+            if "1" in m:
+                out[f"{mode}_over_bare_rps"] = {c: _ratio(m[c]["rps"], bare[c]["rps"]) for c in map(str, CLIENTS)}
+                out[f"{mode}_over_bare_p99"] = {c: _ratio(m[c]["p99_ms"], bare[c]["p99_ms"]) for c in map(str, CLIENTS)}
+
     save("serve", out)
 
 

@@ -208,6 +208,10 @@ class ServeConfig(Section):
     model_in_ingress: bool = Field(False, description="hold the model in the ingress replicas (batched there; they "
                                    "take serve.num_cpus/num_gpus and autoscale) instead of a separate Classifier "
                                    "deployment: one hop per request fewer (benchmarks/README.md, serve)")
+    direct_ingress: bool = Field(False, description="`digzsl serve`: start the local cluster with Ray Serve's "
+                                 "direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=1): the ingress replicas listen on "
+                                 "their own HTTP ports (from 30000) for a load balancer, no proxy hop; pair with "
+                                 "model_in_ingress. A cluster you join must be started with the variable on every node")
     generate_max_n: int = Field(8, ge=1, le=1024, description="most images one /v1/generate request may ask for")
     generate_max_queued: int = Field(16, ge=1, le=100_000, description="/v1/generate requests queued per generation "
                                      "replica before new ones get 429 with Retry-After")
@@ -225,7 +229,8 @@ class LiveConfig(Section):
     classifier: Literal["retrain-head", "extend"] = Field(
         "retrain-head", description="'retrain-head': the parent's head plus a row for the new class, trained on "
         "frozen features of real seen + every synthetic unseen image (new class included); 'extend': the parent's "
-        "head plus the new class's prototype as its row, nothing trained (cheapest)")
+        "head plus one row, the mean direction of the new class's synthetic features (in the input space of the "
+        "head's last layer), nothing trained (cheapest)")
     images_per_class: int = Field(0, ge=0, le=1_000_000, description="synthetic images of the new class (0: "
                                   "generate.images_per_class)")
     epochs: int = Field(30, ge=1, le=100_000, description="retrain-head: epochs over the cached features")

@@ -118,6 +118,26 @@ class ImageGenerator:
         return out
 
 
+def collect_shards(batches, expected: dict[str, int], write, on_rows=None) -> None:
+    """Group the streamed rows of generation ``batches`` by their ``shard`` column and call
+    ``write(shard_id, rows)`` the moment a shard has all ``expected[shard_id]`` rows, so a killed run
+    leaves only whole shards; ``on_rows(n)`` after each batch. Raises when the stream ends with a
+    shard incomplete."""
+    pending: dict[str, list[dict]] = {}
+    for batch in batches:
+        n = len(batch["seed"])
+        for i in range(n):
+            row = {k: batch[k][i] for k in batch}
+            sid = str(row["shard"])
+            pending.setdefault(sid, []).append(row)
+            if len(pending[sid]) == expected[sid]:
+                write(sid, pending.pop(sid))
+        if on_rows is not None:
+            on_rows(n)
+    if pending:
+        raise RuntimeError(f"generation ended with incomplete shards: {sorted(pending)[:5]}")
+
+
 def write_shard(path: Path, rows: list[dict]) -> None:
     """Write one shard's rows (sorted by index) as Parquet, atomically."""
     import pyarrow as pa

@@ -880,6 +880,7 @@ def make_generation(cfg):
 def serve_blocking(args) -> int:
     """``digzsl serve --run OUT``: a local (or RAY_ADDRESS) cluster, the app on host:port, until Ctrl-C
     or SIGTERM; either shuts down Serve (proxy and replicas) and the cluster it started, exit code 0."""
+    import os
     import signal
     import time
 
@@ -895,6 +896,14 @@ def serve_blocking(args) -> int:
     load_run_meta(args.run)  # a directory that cannot be served is a one-line error before Ray starts
     cfg = run_config(Path(args.run), overrides)
     host, port = cfg.serve.host, cfg.serve.port
+    if cfg.serve.direct_ingress:
+        import ray
+
+        if os.environ.get("RAY_ADDRESS") and os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") != "1":
+            log.warning("serve.direct_ingress: joining the cluster at RAY_ADDRESS; it serves directly only if every "
+                        "node was started with RAY_SERVE_ENABLE_DIRECT_INGRESS=1")
+        if not ray.is_initialized():
+            os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"  # read by the Serve processes the cluster starts
     init_ray()
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": cfg.serve.request_timeout_s})
 
@@ -909,6 +918,9 @@ def serve_blocking(args) -> int:
         print(f"serving {args.run} on http://{host}:{port}  (POST /v1/classify, GET /v1/classes, GET /healthz; "
               f"POST /v1/classes, /v1/generate, GET /v1/jobs/<id>, /v1/models: docs/live.md); Ctrl-C to stop",
               flush=True)
+        if cfg.serve.direct_ingress:
+            print("direct ingress: the ingress replicas listen on their own ports from "
+                  f"{os.environ.get('RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT', '30000')} (docs/live.md)", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

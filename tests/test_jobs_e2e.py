@@ -28,7 +28,7 @@ BIN = Path(sys.executable).parent
 
 NEW_CLASS = "striped red circle"  # a seen MiniWorld class with a descriptive name (its CLIP knows the words)
 TINY_MINIWORLD = [
-    "cdm.epochs=2", "tokens.max_updates=2", "tokens.min_updates=0", "tokens.eval_images=2",
+    "cdm.epochs=2", "cdm.augment=false", "tokens.max_updates=2", "tokens.min_updates=0", "tokens.eval_images=2",
     "tokens.batch_size=2", "tokens.num_inference_steps=4", "generate.images_per_class=4",
     "generate.rows_per_shard=4", "generate.batch_size=4", "generate.num_inference_steps=4",
     "classifier.epochs=1", "classifier.synthetic_val_fraction=0.25",

@@ -158,6 +158,18 @@ def test_rejected_jobs_keep_their_figures_and_eta_uses_finished_jobs(tmp_path):
     s = run_job(store, store.create("x", ("prototype", "token", "version")), _fake_add_class([], gate_passes=False))
     assert s["status"] == "rejected" and s["version"] is None and s["metrics"]["gate"]["passed"] is False
     assert set(store.typical_seconds()) == {"prototype", "token", "version"}
+    # the next job's ETA: its current stage from its progress, the later ones from the finished job
+    from digzsl_ray.live.jobs import Reporter
+
+    st = store.create("y", ("prototype", "token", "version"))
+    rep = Reporter(store, st)
+    with rep.stage("prototype"):
+        time.sleep(0.05)
+        rep._last_write = 0.0
+        rep.progress(0.5)
+        on_disk = store.get(st["id"])
+        assert on_disk["eta_basis"] == "full" and on_disk["eta_s"] is not None and on_disk["eta_s"] >= 0
+        assert on_disk["stage"] == "prototype" and on_disk["stages"]["prototype"]["progress"] == 0.5
 
 
 def test_grown_head_keeps_old_answers_and_the_gate_arithmetic():
@@ -221,3 +233,23 @@ def test_job_state_is_json_with_the_contract_keys(tmp_path):
     s = store.create("delta", ("prototype",))
     on_disk = json.loads((tmp_path / "jobs" / s["id"] / "state.json").read_text())
     assert {"id", "name", "status", "stage", "progress", "eta_s", "stages", "version", "metrics", "error"} <= set(on_disk)
+
+
+def test_mlp_head_extends_by_the_class_mean_in_its_hidden_space():
+    from digzsl_ray.methods.digzsl.addclass import class_direction, grown_head
+
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Dropout(0.1), torch.nn.Linear(16, 3))
+    head.eval()
+
+    class M:
+        pass
+
+    M.head = head
+    new_feats = torch.randn(1, 8).repeat(30, 1) + 0.01 * torch.randn(30, 8)
+    g = grown_head(M, 1, class_direction(head, new_feats, torch.zeros(8))).eval()
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        assert torch.allclose(g(x)[:, :3], head(x))  # the existing classes answer as before
+        assert g[0] is not head[0]  # the parent's layers are copies, never trained in place
+    assert g(new_feats).shape == (30, 4)

@@ -462,3 +462,78 @@ def test_client_disconnects_are_not_logged_as_unhandled_errors(server):
     assert logs
     text = "".join(p.read_text(errors="replace") for p in logs)
     assert "unhandled error" not in text and "ClientDisconnect" not in text
+
+
+def test_versions_swap_under_requests_rollback_and_model_in_ingress(server):
+    """A version activated on disk is followed within a fraction of a second, answers match each
+    version's own model, a rollback answers exactly as before, and the in-ingress layout
+    (serve.model_in_ingress) answers like the two-deployment one. Mutations without a token: 403."""
+    from ray import serve
+
+    from digzsl_ray.classifier import ZSLClassifier, save_classifier
+    from digzsl_ray.methods import load_run_config
+    from digzsl_ray.models.presets import clip_image_size, clip_norm, load_clip
+    from digzsl_ray.serve import build_app, version_store
+
+    c, run = server["client"], server["run"]
+    imgs = [png_bytes(100 + i) for i in range(6)]
+
+    def answers(client, prefix=""):
+        out = []
+        for b in imgs:
+            r = client.post(f"{prefix}/v1/classify", files={"image": ("x.png", b, "image/png")}, params={"k": 3})
+            assert r.status_code == 200, r.text
+            out.append((r.json()["model_version"], [p["class"] for p in r.json()["predictions"]]))
+        return out
+
+    before = answers(c)
+    # no API token configured: mutations are refused, never open
+    assert c.post("/v1/models/x/activate").status_code == 403
+    assert c.post("/v1/classes", json={"name": "zebra"}).status_code == 403
+    # a second version with one more class, committed and activated on disk (as `digzsl models --activate`)
+    cfg = load_run_config(run / "config.yaml")
+    model, _, _ = load_clip(cfg.models.clip)
+    torch.manual_seed(1)
+    classes = TINY_CLASSES + ["brand new class"]
+    clf = ZSLClassifier("clip", len(classes), "mlp", clip_image_size(model), *clip_norm(model), clip_model=model)
+    staging = run / "staging-test"
+    save_classifier(staging / "classifier", clf, classes, [i for i, n in enumerate(TINY_CLASSES) if n not in TINY_UNSEEN],
+                    [i for i, n in enumerate(classes) if n in TINY_UNSEEN or n == "brand new class"], cfg.models)
+    vs = version_store(run)
+    v0 = vs.active_id()
+    meta = json.loads((staging / "classifier" / "classes.json").read_text())
+    v1 = vs.commit(staging, {"run_name": "servetest", "parent": v0, "added_classes": ["brand new class"],
+                             "classes": classes, "seen": meta["seen"], "unseen": meta["unseen"], "lambda": 0.05})
+    vs.activate(v1["id"])
+    deadline = time.time() + 10
+    while time.time() < deadline and answers(c)[0][0] != v1["id"]:
+        time.sleep(0.1)
+    now = answers(c)
+    assert {v for v, _ in now} == {v1["id"]}
+    assert [p for _, p in now] == [reference_top_of(v1["classifier_dir"], b, 0.05, meta["seen"], classes) for b in imgs]
+    models = c.get("/v1/models").json()
+    assert models["active"] == v1["id"] and [m["id"] for m in models["models"]] == [v0, v1["id"]]
+    vs.activate(v0)  # rollback
+    deadline = time.time() + 10
+    while time.time() < deadline and answers(c)[0][0] != v0:
+        time.sleep(0.1)
+    assert answers(c) == before
+    # the model inside the ingress replicas: same answers, batching counters of its own replica
+    serve.run(build_app({"run_dir": str(run), "model_in_ingress": True, "max_replicas": 1}), name="local",
+              route_prefix="/local")
+    try:
+        assert answers(c, "/local") == before
+        assert c.get("/local/v1/stats").json()["batches"] >= 1
+    finally:
+        serve.delete("local")
+
+
+def reference_top_of(classifier_dir: str, data: bytes, lam: float, seen: list[int], classes: list[str], k: int = 3):
+    from digzsl_ray.classifier import load_classifier
+    from digzsl_ray.serve import decode_image, top_k
+
+    model, cfg, _ = load_classifier(classifier_dir)
+    x = torch.from_numpy(decode_image(data, cfg["image_size"], 10**9))[None]
+    with torch.no_grad():
+        probs = model(x).softmax(-1)[0].numpy()
+    return [p["class"] for p in top_k(probs, classes, set(seen), lam, k)]

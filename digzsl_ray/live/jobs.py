@@ -5,6 +5,9 @@ OUT/jobs/<id>/state.json   id, name, status, stage, progress, eta_s, stages (per
                            seconds, progress), parent, version, metrics, error, created/started/ended
 OUT/jobs/<id>/...          what the job's stages wrote (each stage skips itself when its output is there)
 ```
+``eta_s`` is the current stage's remaining time from its progress plus the median time of each
+later stage in this run directory's finished jobs (``eta_basis``: ``full``, or ``partial`` when a
+later stage has no finished job to go by, so ``eta_s`` is a lower bound).
 ``status``: ``queued`` -> ``running`` -> ``succeeded`` (a new version, activated unless
 ``live.activate`` is off) | ``rejected`` (the gate refused it; its figures in ``metrics``) |
 ``failed`` (``error`` says why). A service that starts finds the queued and running jobs of its run
@@ -134,11 +137,14 @@ class Reporter:
             st["note"] = str(note)[:200]
         self._write()
 
-    def _eta(self) -> float | None:
+    def _eta(self) -> tuple[float | None, str]:
+        """Seconds left and their basis: ``full`` (every remaining stage estimated: the current one
+        from its progress, later ones from the median of finished jobs), ``partial`` (a lower bound:
+        some later stage has no finished job to go by yet) or ``none``."""
         stages, cur = self.state["stages"], self.state["stage"]
         names = list(stages)
         if cur not in names:
-            return None
+            return None, "none"
         st = stages[cur]
         elapsed = time.time() - self._t_stage
         if st["progress"] > 0.02:
@@ -146,14 +152,16 @@ class Reporter:
         elif cur in self._typical:
             left = max(self._typical[cur] - elapsed, 0.0)
         else:
-            return None
+            return None, "none"
+        basis = "full"
         for later in names[names.index(cur) + 1:]:
             if stages[later]["status"] == "done":
                 continue
             if later not in self._typical:
-                return None
+                basis = "partial"
+                continue
             left += self._typical[later]
-        return round(left, 1)
+        return round(left, 1), basis
 
     def _write(self, force: bool = False) -> None:
         now = time.time()
@@ -162,7 +170,7 @@ class Reporter:
         self._last_write = now
         stages = self.state["stages"]
         self.state["progress"] = round(sum(s.get("progress", 0.0) for s in stages.values()) / max(len(stages), 1), 4)
-        self.state["eta_s"] = self._eta()
+        self.state["eta_s"], self.state["eta_basis"] = self._eta()
         self.store.save(self.state)
         if self.on_change is not None:
             self.on_change(self.state)

@@ -10,7 +10,8 @@ Stages of a job (each skips itself when its output is in the job folder, so a jo
 4. ``classifier`` ``live.classifier``: ``retrain-head`` trains the parent's head plus a new row on
                   frozen features of the real seen training images and every synthetic unseen image
                   (the new class's included), epoch chosen on validation data; ``extend`` only
-                  appends a row, the mean direction of the new class's synthetic features
+                  appends a row, the mean direction of the new class's synthetic features in the
+                  input space of the head's last layer
 5. ``gate``       mean per-class validation accuracy on the existing classes (real val images of
                   seen classes, held-out synthetic images of unseen ones; the half of them that did
                   not choose the epoch) under the served ranking
@@ -25,6 +26,7 @@ change from one added class to the next.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -145,9 +147,27 @@ def feature_sets(run_dir: Path, cfg, model, split, dirs: list[Path], size: int, 
     return out
 
 
+def class_direction(head, feats, prototype):
+    """The new class's row direction in the input space of the head's last layer: the normalised
+    mean of its synthetic training features (through the hidden layers of an MLP head), or its
+    prototype when it has no images (a prototype or linear head)."""
+    import torch
+    import torch.nn as nn
+
+    hidden = nn.Sequential(*list(head.children())[:-1]) if isinstance(head, nn.Sequential) else None
+    if not len(feats):
+        if hidden is not None:
+            raise ValueError("the new class has no synthetic training images to place its row in the MLP head")
+        return torch.nn.functional.normalize(prototype, dim=0)
+    with torch.no_grad():
+        h = hidden.eval()(feats) if hidden is not None else feats
+    return torch.nn.functional.normalize(h.mean(0), dim=0)
+
+
 def grown_head(model, n_new: int, new_row):
     """The parent's head with ``n_new`` more outputs; the new rows start from ``new_row`` (a unit
-    direction in feature space) for prototype and linear heads."""
+    direction in the input space of the last layer, :func:`class_direction`), scaled to the
+    existing rows' mean norm, with their mean bias."""
     import torch
     import torch.nn as nn
 
@@ -169,7 +189,10 @@ def grown_head(model, n_new: int, new_row):
             grown.bias[last.out_features:] = last.bias.mean()
     if isinstance(head, nn.Linear):
         return grown
-    layers = list(head.children())[:-1] + [grown]
+    with torch.no_grad():  # an MLP head: the new row of its last layer
+        grown.weight[last.out_features:] = new_row.reshape(1, -1) * last.weight.norm(dim=1).mean()
+        grown.bias[last.out_features:] = last.bias.mean()
+    layers = [copy.deepcopy(m) for m in list(head.children())[:-1]] + [grown]
     return nn.Sequential(*layers)
 
 
@@ -318,10 +341,7 @@ def add_class(run_dir: Path, job_dir: Path, name: str, rep, versions, cfg, split
         dirs = synthetic_dirs_of(run_dir, parent) + [syn_dir]
         feats = feature_sets(run_dir, cfg, model, split, dirs, ccfg["image_size"], rep)
         new_train = feats["train"][0][feats["train"][1] == new_idx]
-        direction = torch.nn.functional.normalize(new_train.mean(0) if len(new_train) else prototype, dim=0)
-        if live.classifier == "extend" and model.head_kind == "mlp":
-            raise ValueError("live.classifier 'extend' needs a prototype or linear head; use 'retrain-head'")
-        head = grown_head(model, 1, direction)
+        head = grown_head(model, 1, class_direction(model.head, new_train, prototype))
         history: list = []
         # held-out rows in two halves: even rows choose the epoch, odd rows are the gate's (so the
         # gate never scores the data that picked the model)

@@ -18,6 +18,7 @@ import time
 from digzsl_ray.errors import MissingInputError
 from digzsl_ray.generation import (
     ImageGenerator,
+    collect_shards,
     keep_thresholds,
     plan_shards,
     prompts_for,
@@ -80,19 +81,8 @@ def generate_shards(d, todo, ctor: dict, cfg, on_rows=None) -> None:
         batch_size=g.batch_size, compute=ray.data.ActorPoolStrategy(size=g.actors),
         num_gpus=g.num_gpus or None, num_cpus=g.num_cpus, batch_format="numpy",
     )
-    pending: dict[str, list[dict]] = {}
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        n = len(batch["seed"])
-        for i in range(n):
-            row = {k: batch[k][i] for k in batch}
-            sid = str(row["shard"])
-            pending.setdefault(sid, []).append(row)
-            if len(pending[sid]) == expected[sid]:
-                write_shard(d / f"{sid}.parquet", pending.pop(sid))
-        if on_rows is not None:
-            on_rows(n)
-    if pending:
-        raise RuntimeError(f"generation ended with incomplete shards: {sorted(pending)[:5]}")
+    collect_shards(ds.iter_batches(batch_size=None, batch_format="numpy"), expected,
+                   lambda sid, rows_: write_shard(d / f"{sid}.parquet", rows_), on_rows)
 
 
 def build_manifest(d, shards, variant: str, g, fp: str) -> dict:

@@ -19,7 +19,7 @@ import logging
 import time
 from collections import Counter
 
-from digzsl_ray.generation import read_manifest
+from digzsl_ray.generation import collect_shards, read_manifest
 from digzsl_ray.io import read_json, write_json
 from digzsl_ray.methods.multilabel.variants import TUNED, image_sets
 from digzsl_ray.stages.contract import Stage, file_sha, fingerprint
@@ -140,21 +140,14 @@ class GenerateStage(Stage):
                         parents=parents, image_size=f.image_size, device=cfg.models.device),
                     batch_size=f.batch_size, compute=ray.data.ActorPoolStrategy(size=f.actors),
                     num_gpus=f.num_gpus or None, num_cpus=f.num_cpus, batch_format="numpy")
-                pending: dict[str, list[dict]] = {}
                 bar = tqdm(total=total, initial=total - len(rows), desc=f"generate {image_set}", unit="img",
                            disable=not ctx.progress, dynamic_ncols=True)
-                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                    n = len(batch["seed"])
-                    for i in range(n):
-                        row = {k: batch[k][i] for k in batch}
-                        sid = str(row["shard"])
-                        pending.setdefault(sid, []).append(row)
-                        if len(pending[sid]) == expected[sid]:
-                            write_shard(d / f"{sid}.parquet", pending.pop(sid), split.classes, list(split.unseen))
-                    bar.update(n)
-                bar.close()
-                if pending:
-                    raise RuntimeError(f"generation ended with incomplete shards: {sorted(pending)[:5]}")
+                try:
+                    collect_shards(ds.iter_batches(batch_size=None, batch_format="numpy"), expected,
+                                   lambda sid, rows_: write_shard(d / f"{sid}.parquet", rows_, split.classes,
+                                                                  list(split.unseen)), bar.update)
+                finally:
+                    bar.close()
             planned = {f"{sid}.parquet" for sid, _ in shards}
             for old in d.glob("*.parquet"):
                 if old.name not in planned:
