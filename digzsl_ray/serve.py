@@ -220,14 +220,15 @@ def version_store(run_dir: str | Path, meta: dict | None = None):
     return VersionStore(run_dir, base_from_meta(run_dir, meta or load_run_meta(run_dir)))
 
 
-def add_class_fn(run_dir: str | Path, versions=None):
-    """``(run_dir, job_dir, name, reporter) -> result`` for the run's method, with the run config,
-    its data split and version store bound; ``(None, ())`` when the method cannot add classes."""
+def add_class_fn(run_dir: str | Path, versions=None, overrides: list[str] | None = None):
+    """``(run_dir, job_dir, name, reporter) -> result`` for the run's method, with the run config
+    (plus ``overrides``, ``key=value``), its data split and version store bound; ``(None, ())``
+    when the method cannot add classes."""
     from digzsl_ray.data import load_split
     from digzsl_ray.methods import get_method
 
     run_dir = Path(run_dir)
-    cfg = run_config(run_dir)
+    cfg = run_config(run_dir, overrides)
     method = get_method(cfg.method)
     if method.add_class is None:
         return None, ()

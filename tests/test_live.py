@@ -253,3 +253,35 @@ def test_mlp_head_extends_by_the_class_mean_in_its_hidden_space():
         assert torch.allclose(g(x)[:, :3], head(x))  # the existing classes answer as before
         assert g[0] is not head[0]  # the parent's layers are copies, never trained in place
     assert g(new_feats).shape == (30, 4)
+
+
+def _served_run(tmp_path):
+    """The files serving reads of a finished run (no model is loaded by what this test calls)."""
+    from digzsl_ray.config import to_yaml
+    from digzsl_ray.methods import load_run_config
+
+    run = tmp_path / "run"
+    (run / "classifier").mkdir(parents=True)
+    (run / "config.yaml").write_text(to_yaml(load_run_config(None, ["name=cli"])))
+    (run / "classifier" / "weights.safetensors").write_bytes(b"w")
+    (run / "classifier" / "config.json").write_text("{}")
+    (run / "classifier" / "classes.json").write_text(json.dumps({"classes": ["red circle", "blue square"],
+                                                                 "seen": [0], "unseen": [1]}))
+    (run / "metrics.json").write_text(json.dumps({"calibration_lambda": 0.1}))
+    return run
+
+
+def test_cli_add_class_refuses_bad_and_known_names_and_models_lists_versions(tmp_path, capsys):
+    from digzsl_ray.cli.main import main
+
+    run = _served_run(tmp_path)
+    assert main(["add-class", "--run", str(run), "--name", "a/b"]) == 2
+    assert "path separator" in capsys.readouterr().err
+    assert main(["add-class", "--run", str(run), "--name", "Red-Circle"]) == 2
+    assert "already known" in capsys.readouterr().err
+    assert main(["add-class", "--run", str(run), "--name", "x", "--set", "live.max_drop_points=-1"]) == 2
+    assert main(["models", "--run", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("* cli-") and "classes 2" in out
+    assert main(["models", "--run", str(run), "--activate", "nope"]) == 2
+    assert not (run / "jobs").exists()  # nothing queued by refused requests

@@ -76,9 +76,9 @@ def cmd_add_class(args) -> int:
     setup_logging()
     run = Path(args.run)
     versions = version_store(run)
-    cfg = run_config(run, [o if o.startswith("live.") else f"live.{o}" for o in args.overrides])
-    if args.no_activate:
-        cfg.live.activate = False
+    overrides = [o if o.startswith("live.") else f"live.{o}" for o in args.overrides]
+    overrides += ["live.activate=false"] if args.no_activate else []
+    cfg = run_config(run, overrides)
     problem = name_problem(args.name, cfg.live.max_name_length)
     if problem:
         raise UserError(f"--name: {problem}")
@@ -87,29 +87,18 @@ def cmd_add_class(args) -> int:
     if resume is None and any(same_class(args.name, n) for n in versions.active()["classes"]):
         raise UserError(f"--name: class {args.name!r} is already known to the active version "
                         f"{versions.active_id()}")
-    fn, stages = add_class_fn(run, versions)
-    if fn is None:
+    job, stages = add_class_fn(run, versions, overrides)  # the --set live.* overrides apply to this job
+    if job is None:
         raise UserError(f"{run}: the {cfg.method!r} method cannot add classes to its runs")
-    from digzsl_ray.methods import get_method
-
-    method = get_method(cfg.method)
-
-    def job(run_dir, job_dir, name, rep):  # the CLI's --set live.* overrides apply to this job
-        from digzsl_ray.data import load_split
-
-        return method.add_class(run_dir, job_dir, name, rep, versions, cfg,
-                                load_split(cfg.data, run, validate=False, progress=False))
-
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     state = resume or store.create(args.name, stages)
     if resume:
         print(f"resuming {state['id']} (stage {state.get('stage') or 'first'})")
+    import threading
+
     bar = tqdm(total=len(stages), desc=f"add-class {args.name}", unit="stage", disable=args.no_progress)
+    done = threading.Event()
     try:
-        import threading
-
-        done = threading.Event()
-
         def watch():
             while not done.wait(1.0):
                 try:
@@ -183,8 +172,11 @@ def register(sub) -> None:
     add_config_args(p)
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("serve", help="serve the classifier of a run directory over HTTP (Ray Serve)",
-                       description="Start the Ray Serve classification endpoint for a finished run directory: "
-                                   "POST /v1/classify, GET /v1/classes, GET /healthz.")
+                       description="Start the Ray Serve endpoint for a finished run directory: POST /v1/classify, "
+                                   "GET /v1/classes, GET /healthz; and the live service (docs/live.md): POST "
+                                   "/v1/classes (add a class from its name), GET /v1/jobs/<id>, GET /v1/models, POST "
+                                   "/v1/models/<id>/activate, POST /v1/generate. The mutating routes and generation "
+                                   "need the bearer token of DIGZSL_API_TOKEN_FILE or serve.api_token_file.")
     p.add_argument("--run", required=True, help="finished run directory (holds classifier/)")
     p.add_argument("--host", default=None, help="HTTP host (default: serve.host of the run's config, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="HTTP port (default: serve.port, 8000)")
