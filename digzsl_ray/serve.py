@@ -731,8 +731,7 @@ def build_app(args: dict):
                     raise RequestError(400, f"bad seed: got {_echo(seed)}, expected an integer from 0 to 2**31-1")
             except RequestError as e:
                 return JSONResponse({"error": e.message}, status_code=e.status)
-            version = await asyncio.to_thread(self.versions.get, meta["model_version"])
-            token = version.get("tokens", {}).get(name)
+            token = meta["tokens"].get(name)  # the served version's token files, read with its metadata
             try:
                 pngs = await self.generator.generate.remote({"class": name, "n": n, "seed": seed, "token": token})
             except BACKPRESSURE:

@@ -132,7 +132,7 @@ def serving_meta(v: dict) -> dict:
     """What the ingress needs to answer with a version."""
     return {"classes": v["classes"], "seen": v["seen"], "lambda": float(v["lambda"]), "model_version": v["id"],
             "task": v.get("task", "single_label"), "threshold": float(v.get("threshold", 0.5)),
-            "classifier_dir": v["classifier_dir"]}
+            "classifier_dir": v["classifier_dir"], "tokens": dict(v.get("tokens", {}))}
 
 
 def public(v: dict) -> dict:

@@ -341,7 +341,8 @@ def add_class(run_dir: Path, job_dir: Path, name: str, rep, versions, cfg, split
         dirs = synthetic_dirs_of(run_dir, parent) + [syn_dir]
         feats = feature_sets(run_dir, cfg, model, split, dirs, ccfg["image_size"], rep)
         new_train = feats["train"][0][feats["train"][1] == new_idx]
-        head = grown_head(model, 1, class_direction(model.head, new_train, prototype))
+        parent_head = model.head  # grown_head copies what it keeps: the parent's head stays as it was, for the gate
+        head = grown_head(model, 1, class_direction(parent_head, new_train, prototype))
         history: list = []
         # held-out rows in two halves: even rows choose the epoch, odd rows are the gate's (so the
         # gate never scores the data that picked the model)
@@ -354,7 +355,6 @@ def add_class(run_dir: Path, job_dir: Path, name: str, rep, versions, cfg, split
         shutil.rmtree(staging, ignore_errors=True)
         save_classifier(staging / "classifier", model, classes, list(parent["seen"]), unseen, cfg.models,
                         extra={"variant": f"live-{live.classifier}", "parent": parent["id"], "history": history})
-        parent_model, _, _ = load_classifier(parent["classifier_dir"], device)
 
     # 5. the gate on validation data
     with rep.stage("gate"):
@@ -362,7 +362,7 @@ def add_class(run_dir: Path, job_dir: Path, name: str, rep, versions, cfg, split
         lam, seen = float(parent["lambda"]), list(parent["seen"])
         existing = list(range(len(parent["classes"])))
         keep = (yv != new_idx).numpy()
-        old = mean_class_acc(scores(parent_model.head, xv[keep], lam, seen).argmax(1), yv[keep].numpy(), existing)
+        old = mean_class_acc(scores(parent_head, xv[keep], lam, seen).argmax(1), yv[keep].numpy(), existing)
         s_new = scores(head, xv, lam, seen)
         new_existing = mean_class_acc(s_new[keep].argmax(1), yv[keep].numpy(), existing)
         new_cls = mean_class_acc(s_new[~keep].argmax(1), yv[~keep].numpy(), [new_idx])
