@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from digzsl_ray.images import augment, normalise, resize_for
+from digzsl_ray.features import extract_features  # noqa: F401 (re-exported)
+from digzsl_ray.images import normalise, resize_for
 from digzsl_ray.io import atomic_path, write_json
 
 HEAD_FILE, CONFIG_FILE = "head.safetensors", "config.json"
@@ -71,27 +72,7 @@ class CDM(nn.Module):
         return self.head(self.encode(x01))
 
 
-# Features ---------------------------------------------------------------------------------------
-@torch.no_grad()
-def extract_features(clip_model, images: torch.Tensor, image_size: int, mean, std, device: torch.device,
-                     views: int = 1, seed: int = 0, batch: int = 256, progress: bool = False) -> torch.Tensor:
-    """Frozen-encoder features ``[V, N, D]`` of uint8 images; view 0 is clean, others augmented."""
-    from tqdm.auto import tqdm
-
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for v in range(views):
-        feats = []
-        for i in tqdm(range(0, len(images), batch), desc=f"features (view {v + 1}/{views})",
-                      disable=not progress, leave=False, mininterval=1.0):
-            x = images[i : i + batch]
-            if v > 0:
-                x = augment(x, gen)
-            x01 = x.to(device).float().div(255.0)
-            x = normalise(resize_for(x01, image_size), mean, std)
-            feats.append(clip_model.encode_image(x).float().cpu())
-        out.append(torch.cat(feats) if feats else torch.empty(0))
-    return torch.stack(out)
+# Features: digzsl_ray.features.extract_features (shared with the classifier and the zero-shot floor)
 
 
 def train_epoch(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, columns: torch.Tensor,

@@ -43,7 +43,7 @@ class ZSLClassifier(nn.Module):
     """uint8 or 0..1 images ``[B, 3, H, W]`` -> logits ``[B, C]``."""
 
     def __init__(self, backbone: str, num_classes: int, head: str, image_size: int, mean, std, clip_model=None,
-                 feat_dim: int | None = None, prototypes: torch.Tensor | None = None):
+                 feat_dim: int | None = None, prototypes: torch.Tensor | None = None, proto_scale: float = 50.0):
         super().__init__()
         self.kind, self.image_size, self.mean, self.std = backbone, image_size, tuple(mean), tuple(std)
         if backbone in ("clip", "clip-finetune"):
@@ -67,7 +67,7 @@ class ZSLClassifier(nn.Module):
                 raise ConfigError(f"classifier.head: 'prototypes' needs class prototypes of shape ({num_classes}, {dim}) "
                                  f"in the backbone's feature space (a CLIP backbone), got "
                                  f"{None if prototypes is None else tuple(prototypes.shape)}")
-            self.head = PrototypeHead(prototypes)
+            self.head = PrototypeHead(prototypes, proto_scale)
         elif head == "linear":
             self.head = nn.Linear(dim, num_classes)
         else:
@@ -119,16 +119,21 @@ def input_size(models_cfg) -> int:
     return clip_image_size(load_clip(models_cfg.clip, models_cfg.clip_pretrained)[0])
 
 
-def build_classifier(cfg_cls, models_cfg, num_classes: int, device, prototypes: torch.Tensor | None = None) -> ZSLClassifier:
+def build_classifier(cfg_cls, models_cfg, num_classes: int, device, prototypes: torch.Tensor | None = None,
+                     clip_model=None) -> ZSLClassifier:
     """A fresh classifier for a run config. Input size and normalisation come from the configured
-    CLIP model (loaded for the CLIP backbones, read for ResNet-18 so both see the same images)."""
+    CLIP model (loaded for the CLIP backbones, read for ResNet-18 so both see the same images; pass
+    ``clip_model`` when it is already loaded). A prototype head starts at CLIP's own logit scale, so
+    the untrained classifier *is* the frozen CLIP's zero-shot classifier."""
+    from digzsl_ray.features import logit_scale
     from digzsl_ray.models.presets import clip_image_size, clip_norm, load_clip
 
     if cfg_cls.backbone.startswith("clip"):
-        clip_model, _, _ = load_clip(models_cfg.clip, models_cfg.clip_pretrained, device=device)
+        if clip_model is None:
+            clip_model, _, _ = load_clip(models_cfg.clip, models_cfg.clip_pretrained, device=device)
         size, (mean, std) = clip_image_size(clip_model), clip_norm(clip_model)
         return ZSLClassifier(cfg_cls.backbone, num_classes, cfg_cls.head, size, mean, std, clip_model,
-                             prototypes=prototypes).to(device)
+                             prototypes=prototypes, proto_scale=logit_scale(clip_model)).to(device)
     clip_model, _, _ = load_clip(models_cfg.clip, models_cfg.clip_pretrained)  # on the CPU, read and dropped
     size, (mean, std) = clip_image_size(clip_model), clip_norm(clip_model)
     del clip_model

@@ -154,7 +154,7 @@ def test_job_submit_pipeline_then_serve(cluster, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H", "calibration_lambda", "ausuc", "timing_s", "peak_rss_mb"):
         assert key in metrics
-    assert set(metrics["ablation"]) == {"no_synthetic", "dct"}
+    assert set(metrics["ablation"]) == {"clip_zero_shot", "no_synthetic", "dct"}
     assert len(list((out / "tokens").glob("*.safetensors"))) == 18
     assert (out / "report.html").stat().st_size > 10_000
     assert NEW_CLASS not in json.loads((out / "classifier" / "classes.json").read_text())["classes"]

@@ -188,15 +188,25 @@ def headline_metrics(reports: dict[str, dict], main: str, n_unseen: int, n_seen:
     return metrics
 
 
+FLOOR = "clip_zero_shot"
+
+
 def format_headline(metrics: dict, variants: tuple[str, ...] | list[str]) -> str:
-    """The results table `digzsl run` and `make demo` print, one row per variant in ``variants``."""
-    lines = [f"{'variant':<14}{'ZSL T1':>9}{'GZSL U':>9}{'GZSL S':>9}{'GZSL H':>9}{'lambda':>9}{'AUSUC':>9}"]
+    """The results table `digzsl run` and `make demo` print, one row per variant in ``variants``; with
+    the floor (``clip_zero_shot``, the frozen CLIP with the run's prototypes) in the ablation, a last
+    column gives each variant's ZSL top-1 minus the floor's."""
+    floor = metrics["ablation"].get(FLOOR)
+    lines = [f"{'variant':<15}{'ZSL T1':>9}{'GZSL U':>9}{'GZSL S':>9}{'GZSL H':>9}{'lambda':>9}{'AUSUC':>9}"
+             + (f"{'vs CLIP':>9}" if floor else "")]
     for name in variants:
         r = metrics["ablation"].get(name)
         if r:
-            lines.append(f"{name:<14}{r['zsl_top1']:>9.1f}{r['gzsl_U']:>9.1f}{r['gzsl_S']:>9.1f}{r['gzsl_H']:>9.1f}"
-                         f"{r['calibration_lambda']:>9.3f}{r['ausuc']:>9.1f}")
+            lines.append(f"{name:<15}{r['zsl_top1']:>9.1f}{r['gzsl_U']:>9.1f}{r['gzsl_S']:>9.1f}{r['gzsl_H']:>9.1f}"
+                         f"{r['calibration_lambda']:>9.3f}{r['ausuc']:>9.1f}"
+                         + (f"{r['zsl_top1'] - floor['zsl_top1']:>+9.1f}" if floor else ""))
     lines.append(f"(chance ZSL top-1: {metrics['chance_zsl_top1']:.1f}; accuracies in percent, "
                  f"mean of per-class accuracies; lambda chosen on validation data"
-                 + (f", calibration {metrics['calibration']!r}" if metrics.get("calibration") else "") + ")")
+                 + (f", calibration {metrics['calibration']!r}" if metrics.get("calibration") else "")
+                 + ("; vs CLIP: ZSL top-1 minus clip_zero_shot, the frozen CLIP with the run's prototypes and no "
+                    "training" if floor else "") + ")")
     return "\n".join(lines)

@@ -37,7 +37,7 @@ def test_registry_and_method_declarations():
     assert "digzsl" in registered()
     assert [s.name for s in METHOD.stages] == ["prototypes", "train-cdm", "learn-tokens", "generate",
                                                "train-classifier", "evaluate"]
-    assert METHOD.variants == ("no_synthetic", "plain_prompt", "dct") and METHOD.main_variant == "dct"
+    assert METHOD.variants == ("clip_zero_shot", "no_synthetic", "plain_prompt", "dct") and METHOD.main_variant == "dct"
     cfg = METHOD.config()
     owners = {}
     for i, stage in enumerate(METHOD.stages):

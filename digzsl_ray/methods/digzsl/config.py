@@ -96,7 +96,23 @@ class ClassifierConfig(Section):
     weight_decay: float = Field(1e-4, ge=0.0, le=10.0, description="AdamW weight decay")
     synthetic_val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="synthetic images held out for validation")
     augment: bool = Field(True, description="random flips and small shifts")
-    workers: TrainWorkers = runtime(default_factory=TrainWorkers, description="Ray Train scaling")
+    feature_views: int = Field(3, ge=1, le=64, description="frozen CLIP backbone: views per image whose features are "
+                                                            "extracted once and cached (view 0 clean, the others "
+                                                            "flipped/shifted when `augment`); epochs train on them")
+    distill: float = Field(0.0, ge=0.0, le=1.0, description="weight a of the soft cross-entropy toward the frozen CLIP's "
+                                                            "zero-shot probabilities: (1-a) CE + a T^2 KL (He et al. "
+                                                            "2023: 0.5; frozen CLIP backbone)")
+    distill_temperature: float = Field(2.0, gt=0.0, le=100.0, description="temperature T of the distillation term")
+    init_candidate: bool = Field(False, description="the untrained head (CLIP zero-shot for head=prototypes) is a "
+                                                    "model-selection candidate: training must beat it on validation "
+                                                    "data to be kept")
+    clip_filter: bool = Field(False, description="train only on synthetic images whose frozen-CLIP zero-shot "
+                                                 "probability of their own class among the unseen classes exceeds "
+                                                 "1/#unseen (He et al. 2023); an independent judge, not the CDM "
+                                                 "that made the tokens (frozen CLIP backbone)")
+    workers: TrainWorkers = runtime(default_factory=TrainWorkers,
+                                    description="Ray Train scaling of a trainable backbone; a frozen CLIP trains its "
+                                                "head in one task (use_gpu, cpus_per_worker, max_failures apply)")
 
 
 class DigzslRunConfig(RunConfig):

@@ -1,7 +1,7 @@
 """``OUT/report.html``: one self-contained page (images embedded as base64 PNG).
 
 Sections: the headline table; plain-prompt vs DCT image grids per unseen class; per-class ZSL
-accuracy of the three variants; t-SNE of the token embeddings (initial -> learned); training curves
+accuracy of the variants beside the frozen-CLIP floor; how far each token moved and what the CDM and the oracle say of its images; training curves
 (CDM, token losses, classifiers); the GZSL confusion matrix of the DCT classifier.
 """
 
@@ -91,28 +91,41 @@ def build_report(ctx, per_class_images: int = 8) -> Path:
     ax.legend()
     parts.append("<h2>Per-class accuracy</h2>" + _img(_fig_png(fig), "per-class accuracy"))
 
-    # 3. t-SNE of token embeddings (initial and learned).
-    if len(index) >= 3:
-        from sklearn.manifold import TSNE
-
+    # 3. Token embeddings: how far each token moved from its initial word, and what two judges say of
+    #    its images (a t-SNE of the raw vectors let one far-moved token squash the others into a corner).
+    if index:
         entries = sorted(index.values(), key=lambda e: e["name"])
         from safetensors.torch import load_file
 
         tokens_dir = ctx.path("learn-tokens:dir")
-        learned = np.stack([next(iter(load_file(str(tokens_dir / e["file"])).values())).numpy() for e in entries])
+        learned = np.stack([next(iter(load_file(str(tokens_dir / e["file"])).values())).float().numpy()
+                            for e in entries])
         init = np.stack([np.asarray(e["init_vector"], dtype=np.float32) for e in entries])
-        X = np.concatenate([init, learned])
-        emb = TSNE(n_components=2, perplexity=min(5.0, (len(X) - 1) / 3), random_state=0, init="pca").fit_transform(X)
-        n = len(entries)
-        fig, ax = plt.subplots(figsize=(7, 6))
-        ax.scatter(emb[:n, 0], emb[:n, 1], c="lightgray", label="initial (word of the name)")
-        ax.scatter(emb[n:, 0], emb[n:, 1], c="tab:red", label="learned DCT")
-        for j, e in enumerate(entries):
-            ax.annotate("", emb[n + j], emb[j], arrowprops=dict(arrowstyle="->", color="gray", lw=0.6))
-            ax.text(emb[n + j, 0], emb[n + j, 1], e["name"], fontsize=6)
-        ax.legend()
-        ax.set_title("t-SNE of token embeddings")
-        parts.append("<h2>Token embeddings</h2>" + _img(_fig_png(fig), "t-SNE", "700px"))
+        moved = np.linalg.norm(learned - init, axis=1) / np.maximum(np.linalg.norm(init, axis=1), 1e-12)
+        fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+        colours = ["tab:green" if e.get("stop_reason") == "gamma" else "tab:orange" for e in entries]
+        axes[0].barh(np.arange(len(entries)), moved, color=colours)
+        axes[0].set_yticks(np.arange(len(entries)), [e["name"] for e in entries], fontsize=7)
+        axes[0].invert_yaxis()
+        axes[0].set_xlabel("||learned - initial|| / ||initial||")
+        axes[0].set_title("How far each token moved (green: gamma stop; orange: patience / cap)")
+        ev = [e.get("eval", {}) for e in entries]
+        if all(x.get("learned", {}).get("oracle_acc") is not None for x in ev):
+            cdm = np.array([x["learned"]["cdm_acc"] for x in ev]) * 100
+            orc = np.array([x["learned"]["oracle_acc"] for x in ev]) * 100
+            axes[1].scatter(cdm, orc, c=colours)
+            for j, e in enumerate(entries):
+                axes[1].annotate(e["name"], (cdm[j], orc[j]), fontsize=6)
+            axes[1].plot([0, 100], [0, 100], color="gray", lw=0.6, ls="--")
+            axes[1].set_xlabel("CDM accuracy on fresh images of the token (%)")
+            axes[1].set_ylabel("oracle accuracy on the same images (%)")
+            axes[1].set_title("Judges of the learned tokens' images (below the diagonal: the CDM is fooled)")
+        else:
+            axes[1].scatter(moved, [(x.get("learned", {}).get("cdm_acc") or 0) * 100 for x in ev], c=colours)
+            axes[1].set_xlabel("relative move")
+            axes[1].set_ylabel("CDM accuracy on fresh images (%)")
+        fig.tight_layout()
+        parts.append("<h2>Token embeddings</h2>" + _img(_fig_png(fig), "token movement and judges", "1000px"))
 
     # 4. Training curves.
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))

@@ -222,13 +222,13 @@ def test_evaluation_and_report(env):
     metrics = execute(evaluate, ctx)
     for k in ("zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H", "calibration_lambda", "ausuc", "timing_s", "peak_rss_mb"):
         assert k in metrics
-    assert set(metrics["ablation"]) == {"no_synthetic", "plain_prompt", "dct"}
+    assert set(metrics["ablation"]) == {"clip_zero_shot", "no_synthetic", "plain_prompt", "dct"}
     for v in metrics["ablation"].values():
         assert {"zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H"} <= set(v)
     assert json.loads(ctx.path("evaluate:metrics").read_text()) == metrics
     # both calibrations for every variant; the headline is the configured one
     assert metrics["calibration"] == "synthetic"
-    assert set(metrics["calibrations"]) == {"no_synthetic", "plain_prompt", "dct"}
+    assert set(metrics["calibrations"]) == {"clip_zero_shot", "no_synthetic", "plain_prompt", "dct"}
     for name, cals in metrics["calibrations"].items():
         assert {"synthetic", "valclass"} <= set(cals)
         assert cals["synthetic"]["gzsl_H"] == metrics["ablation"][name]["gzsl_H"]

@@ -1,13 +1,23 @@
-"""Stage 5: train the ZSL classifier on real seen + synthetic unseen images (Ray Train + Ray Data).
+"""Stage 5: train the ZSL classifier on real seen + synthetic unseen images.
 
-The training stream is a Ray Data pipeline: real seen trainval images (read from their files) and
-synthetic unseen images (read from the Parquet shards, filtered by the keep thresholds, minus the
-held-out rows) are unioned, class-balanced by stochastic replication (every class contributes about
-the same number of rows per epoch; the draw is seeded and fresh each epoch, see :func:`balance`)
-and fed in a fixed order (``preserve_order``, seeded local shuffle) to ``TorchTrainer`` workers with
-``iter_torch_batches``; synthetic images are never loaded whole. Flips and shifts augment on the
-worker. Early stopping and model selection use validation data only: held-out seen images (the val
-split) and held-out synthetic images. Checkpoints every epoch; a rerun resumes the Ray Train run.
+A frozen CLIP backbone (``classifier.backbone: clip``, the default) trains its head on cached
+features in one Ray task (:func:`feature_worker`; one GPU on a cluster): the features of ``classifier.feature_views`` views of every real
+seen training image and every synthetic image (view 0 clean, the others flipped and shifted) are
+extracted once into ``OUT/features/`` and every epoch draws a random view per row, class-balanced by
+stochastic replication. The recipe options of He et al. (2023) apply there: ``clip_filter`` (the
+frozen CLIP judges the synthetic images), ``distill`` (a soft target toward the frozen CLIP's
+zero-shot probabilities) and ``init_candidate`` (the untrained head competes in model selection).
+
+A trainable backbone (``clip-finetune``, ``resnet18``) streams images instead: a Ray Data pipeline of
+real seen trainval images (read from their files) and synthetic unseen images (read from the Parquet
+shards, filtered by the keep thresholds, minus the held-out rows), unioned, class-balanced by
+stochastic replication (the draw is seeded and fresh each epoch, see :func:`balance`) and fed in a
+fixed order (``preserve_order``, seeded local shuffle) to ``TorchTrainer`` workers with
+``iter_torch_batches``; synthetic images are never loaded whole. Flips and shifts augment on the worker.
+
+Either way, early stopping and model selection use validation data only: held-out seen images (the
+val split) and held-out synthetic images. Checkpoints every epoch (a state file of the task, or the
+Ray Train run's checkpoints); a failed worker is retried and a rerun resumes.
 
 Rank 0 writes ``<dir>/`` (weights, config.json, classes.json) and ``<dir>/scores.npz`` (softmax
 scores of validation and test images) for the evaluation stage.
@@ -251,6 +261,155 @@ def classifier_worker(config: dict) -> None:
                                "fingerprint": config["fingerprint"]})
 
 
+def read_synthetic_rows(files: list[str], thresholds: dict, val_fraction: float) -> dict:
+    """Every synthetic row of the shard ``files`` above its class's keep threshold: ``png``, ``label``
+    and ``held`` (the held-out validation rows)."""
+    import pyarrow.parquet as pq
+
+    out: dict = {"png": [], "label": [], "held": []}
+    for f in files:
+        t = pq.read_table(str(f), columns=["png", "label", "class_name", "cdm_score", "seed"]).to_pydict()
+        for png, y, name, score, seed in zip(t["png"], t["label"], t["class_name"], t["cdm_score"], t["seed"]):
+            thr = thresholds.get(str(name))
+            if thr is None or float(score) >= thr:
+                out["png"].append(png)
+                out["label"].append(int(y))
+                out["held"].append(is_validation_row(int(seed), val_fraction))
+    return {"png": out["png"], "label": np.asarray(out["label"], dtype=np.int64),
+            "held": np.asarray(out["held"], dtype=bool)}
+
+
+def feature_worker(config: dict) -> dict:
+    """The classifier of a frozen CLIP backbone, one Ray task (one GPU on a cluster): the head trains
+    on cached features.
+
+    The tower never changes, so the features of ``classifier.feature_views`` views of every image are
+    extracted once (cached in ``OUT/features/``, shared by the variants and a rerun) and the epochs run
+    on those tensors: the same maths as the streaming worker with the image pipeline taken out. A
+    head over features trains in seconds, so it runs as one task rather than a Ray Train worker group
+    (whose start-up alone costs more than the training here). The task checkpoints its state every
+    epoch to ``config["state"]``; Ray retries a failed task (``workers.max_failures``) and the retry
+    resumes from that file, which is removed once the outputs are written.
+    """
+    import torch
+
+    from digzsl_ray.classifier import build_classifier, save_classifier
+    from digzsl_ray.distributed.faults import maybe_fail
+    from digzsl_ray.features import FrozenCLIP, clip_filter, zero_shot_logits
+    from digzsl_ray.io import atomic_path
+    from digzsl_ray.methods.digzsl.config import DigzslRunConfig
+    from digzsl_ray.methods.digzsl.head import class_factors, head_logits, train_epoch, validate
+    from digzsl_ray.models.presets import load_clip, pick_device
+    from digzsl_ray.prototypes import load_prototypes
+
+    # 1. Config, device, the frozen CLIP, the model.
+    cfg = DigzslRunConfig.model_validate(config["cfg"])
+    c = cfg.classifier
+    torch.set_num_threads(cfg.models.torch_threads)
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.models.device)
+    protos = load_prototypes(config["prototypes"])[0]
+    clip_model = load_clip(cfg.models.clip, cfg.models.clip_pretrained, device=device)[0]
+    clip = FrozenCLIP(cfg.models.clip, cfg.models.clip_pretrained, device, cache_dir=config["features"],
+                      model=clip_model)
+    model = build_classifier(c, cfg.models, len(config["classes"]), device,
+                             prototypes=protos if c.head == "prototypes" else None, clip_model=clip_model)
+    head = model.head
+    unseen = list(config["unseen"])
+    progress = bool(config.get("progress", True))
+
+    # 2. Features of every view of the real seen training images and the synthetic images, and of
+    #    the validation images (real seen val + held-out synthetic), once.
+    views = c.feature_views if c.augment else 1
+    real = config["real"]
+    f_real = clip.of_paths(real["paths"], views=views, seed=cfg.seed, progress=progress, desc="real features")
+    y_real = np.asarray(real["labels"], dtype=np.int64)
+    syn = read_synthetic_rows(config["files"], config["thresholds"], c.synthetic_val_fraction)
+    tr = np.flatnonzero(~syn["held"])
+    f_syn = clip.of_pngs([syn["png"][i] for i in tr], views=views, seed=cfg.seed + 1, progress=progress,
+                         desc="synthetic features")
+    y_syn = syn["label"][tr]
+    filtered = None
+    if c.clip_filter and len(tr):
+        keep = clip_filter(zero_shot_logits(f_syn[0], protos, clip.scale), y_syn, unseen)
+        filtered = {"kept": int(keep.sum()), "of": int(len(keep))}
+        f_syn, y_syn = f_syn[:, torch.from_numpy(keep)], y_syn[keep]
+    feats = torch.cat([f_real, f_syn], dim=1)
+    labels = torch.as_tensor(np.concatenate([y_real, y_syn]))
+    teacher = None
+    if c.distill > 0:
+        teacher = torch.stack([torch.from_numpy(zero_shot_logits(feats[v], protos, clip.scale))
+                               for v in range(feats.shape[0])])
+    held = np.flatnonzero(syn["held"])
+    f_val = torch.cat([clip.of_paths(config["val"]["paths"])[0], clip.of_pngs([syn["png"][i] for i in held])[0]])
+    y_val = np.concatenate([np.asarray(config["val"]["labels"], dtype=np.int64), syn["label"][held]])
+    factors = class_factors(labels)
+
+    # 3. Optimiser, resume, the initial head as a candidate.
+    opt = torch.optim.AdamW(head.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    start, best, best_state, since, history = 0, -1.0, None, 0, []
+    state_file = Path(config["state"])
+    if state_file.is_file():
+        st = torch.load(state_file, map_location="cpu", weights_only=True)
+        head.load_state_dict(st["head"])
+        opt.load_state_dict(st["opt"])
+        start, best, best_state, since, history = st["epoch"] + 1, st["best"], st["best_state"], st["since"], st["history"]
+        history.append({"resumed_at_epoch": start})
+        if since >= c.patience:  # it had stopped early; resuming must not train further
+            start = c.epochs
+    elif c.init_candidate:
+        best, _ = validate(head, f_val, y_val)
+        best_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+        history.append({"epoch": -1, "val_acc": round(best, 3), "initial": True})
+
+    # 4. Epochs over the cached features; validation; a checkpoint per epoch.
+    gen = torch.Generator()
+    for epoch in range(start, c.epochs):
+        maybe_fail("classifier", spec=config.get("fault", ""), epoch=epoch)
+        gen.manual_seed(cfg.seed * 7919 + epoch)  # a resumed epoch draws as the first try did
+        loss, n = train_epoch(head, feats, labels, factors, opt, c.batch_size, gen, teacher, c.distill,
+                              c.distill_temperature, device)
+        acc, _ = validate(head, f_val, y_val)
+        if acc > best:
+            best, since = acc, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+        else:
+            since += 1
+        history.append({"epoch": epoch, "loss": round(loss, 5), "val_acc": round(acc, 3), "rows": n})
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(state_file) as tmp:
+            torch.save({"head": head.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "best": best,
+                        "best_state": best_state, "since": since, "history": history}, tmp)
+        if since >= c.patience:
+            break
+
+    # 5. Best weights, scores of validation and test images.
+    head.load_state_dict(best_state)
+    head.eval()
+
+    def scores(f) -> np.ndarray:
+        with torch.no_grad():
+            return head_logits(head, f).softmax(-1).cpu().numpy() if len(f) else np.zeros((0, len(protos)))
+
+    t = config["test"]
+    arrays = {"val_scores": scores(f_val), "val_labels": y_val,
+              "test_seen_scores": scores(clip.of_paths(t["test_seen"]["paths"])[0]),
+              "test_seen_labels": np.asarray(t["test_seen"]["labels"], dtype=np.int64),
+              "test_unseen_scores": scores(clip.of_paths(t["test_unseen"]["paths"])[0]),
+              "test_unseen_labels": np.asarray(t["test_unseen"]["labels"], dtype=np.int64)}
+    out = Path(config["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out, suffix=".npz.tmp", delete=False) as f:
+        np.savez(f, **arrays)
+    Path(f.name).replace(config["scores"])
+    save_classifier(out, model, config["classes"], config["seen"], config["unseen"], cfg.models,
+                    extra={"variant": config["variant"], "best_val_acc": best, "history": history,
+                           "fingerprint": config["fingerprint"], "clip_filter": filtered,
+                           "trained_on": "cached frozen-CLIP features"})
+    state_file.unlink(missing_ok=True)
+    return {"best_val_acc": best, "epochs": sum(1 for h in history if h.get("epoch", -1) >= 0)}
+
+
 # Driver -----------------------------------------------------------------------------------------
 def _synthetic_counts(files: list[str], thresholds: dict, val_fraction: float) -> dict[int, int]:
     """Training rows per class after filtering (reads only the small columns, never the images)."""
@@ -267,7 +426,8 @@ def _synthetic_counts(files: list[str], thresholds: dict, val_fraction: float) -
 
 class ClassifierStage(Stage):
     name = "train-classifier"
-    help = ("train the ZSL classifier on real seen + synthetic unseen images (Ray Train fed by Ray Data) "
+    help = ("train the ZSL classifier on real seen + synthetic unseen images (a frozen CLIP: its head on cached "
+            "features in a Ray task; a trainable backbone: Ray Train fed by Ray Data) "
             "-> OUT/classifier/")
     writes = {DCT: "classifier", f"{DCT}_scores": "classifier/scores.npz",
               PLAIN_PROMPT: "ablation/plain_prompt/classifier",
@@ -336,6 +496,25 @@ class ClassifierStage(Stage):
         manifest = read_manifest(sdir)
         files = [str(sdir / f) for f in manifest["shards"]]
         thresholds = manifest["keep_threshold"]
+        test = {s: {"paths": [it.path for it in split.items[s]], "labels": [it.label for it in split.items[s]]}
+                for s in ("test_seen", "test_unseen")}
+        common = {"fault": current_spec(), "cfg": cfg.model_dump(mode="json"), "classes": list(split.classes),
+                  "seen": list(split.seen), "unseen": list(split.unseen), "out": str(out), "variant": variant,
+                  "test": test, "fingerprint": fp, "prototypes": str(prototypes),
+                  "scores": str(ctx.path(f"train-classifier:{variant}_scores"))}
+        w = c.workers
+        if c.backbone == "clip":
+            # A frozen tower: the head trains on cached features (feature_worker), no image stream.
+            train_items = split.train_items()
+            task = ray.remote(feature_worker).options(
+                num_cpus=w.cpus_per_worker, num_gpus=1 if w.use_gpu else 0,
+                max_retries=w.max_failures if w.max_failures >= 0 else -1, retry_exceptions=True)
+            ray.get(task.remote(
+                {**common, "files": files, "thresholds": thresholds, "features": str(rd.root / "features"),
+                 "state": str(rd.ray_storage / f"classifier-{variant}-{fp}" / "state.pt"), "progress": ctx.progress,
+                 "real": {"paths": [it.path for it in train_items], "labels": [it.label for it in train_items]},
+                 "val": {"paths": [it.path for it in split.val], "labels": [it.label for it in split.val]}}))
+            return self._done(ctx, variant, out, t0)
         size = input_size(cfg.models)
 
         # 1. Streams: real seen (train / val) and synthetic unseen (train / held out).
@@ -369,15 +548,8 @@ class ClassifierStage(Stage):
         val = real_val.union(synth_val).materialize()
 
         # 3. Ray Train.
-        w = c.workers
-        test = {s: {"paths": [it.path for it in split.items[s]], "labels": [it.label for it in split.items[s]]}
-                for s in ("test_seen", "test_unseen")}
         trainer = make_trainer(
-            classifier_worker,
-            {"fault": current_spec(), "cfg": cfg.model_dump(mode="json"), "classes": list(split.classes),
-             "seen": list(split.seen), "unseen": list(split.unseen), "out": str(out), "variant": variant, "test": test,
-             "fingerprint": fp, "prototypes": str(prototypes),
-                 "scores": str(ctx.path(f"train-classifier:{variant}_scores"))},
+            classifier_worker, common,
             name=f"classifier-{variant}-{fp}", storage=rd.ray_storage, num_workers=w.num_workers, use_gpu=w.use_gpu,
             cpus_per_worker=w.cpus_per_worker, max_failures=w.max_failures,
             datasets={"train": train, "val": val},
@@ -385,7 +557,10 @@ class ClassifierStage(Stage):
             dataset_config=DataConfig(datasets_to_split=["train"],
                                       execution_options=_ordered(DataConfig.default_ingest_options())))
         trainer.fit()
-        stage_timing(rd, f"classifier_{variant}", time.time() - t0)
+        return self._done(ctx, variant, out, t0)
+
+    def _done(self, ctx, variant: str, out: Path, t0: float) -> Path:
+        stage_timing(ctx.rd, f"classifier_{variant}", time.time() - t0)
         meta = json.loads((out / "config.json").read_text())
         log.info("classifier %s: best validation accuracy %.1f%% after %d epochs", variant, meta["best_val_acc"],
                  sum(1 for h in meta["history"] if "epoch" in h))

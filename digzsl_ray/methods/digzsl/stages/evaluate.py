@@ -1,11 +1,13 @@
 """Stage 6: evaluate every variant -> ``OUT/metrics.json`` and ``OUT/evaluation.json``.
 
-Variants (the ablation): ``no_synthetic`` (the CDM alone, zero-shot through the prototypes),
+Variants (the ablation): ``clip_zero_shot`` (the floor: the frozen CLIP tower's features against the
+run's prototypes, no training at all; features cached in ``OUT/features/``), ``no_synthetic`` (the
+CDM alone, zero-shot through the prototypes),
 ``plain_prompt`` (classifier trained with plain-prompt images) and ``dct`` (with DCT images, the
 method; its figures are also the top-level keys). Calibration lambda comes from validation data
 only: held-out seen images (the val split) and held-out synthetic images; test images are scored
-once with the chosen lambda. The CDM has no synthetic data of its own, so it is calibrated on the
-DCT run's held-out synthetic images (its own file OUT/cdm/metrics.json reports it uncalibrated).
+once with the chosen lambda. The CDM and the frozen CLIP have no synthetic data of their own, so they
+are calibrated on the DCT run's held-out synthetic images (its own file OUT/cdm/metrics.json reports it uncalibrated).
 
 Synthetic images are easier than real ones, so a lambda chosen on them is too small for real unseen
 images. The second calibration, ``valclass``, rests on real images only: the CDM stage trains a
@@ -26,7 +28,8 @@ import numpy as np
 from digzsl_ray.errors import MissingInputError
 from digzsl_ray.generation import is_validation_row, read_manifest
 from digzsl_ray.io import write_json
-from digzsl_ray.methods.digzsl.variants import DCT, NO_SYNTHETIC, PLAIN_PROMPT
+from digzsl_ray.data.split import validation_classes
+from digzsl_ray.methods.digzsl.variants import CLIP_ZERO_SHOT, DCT, NO_SYNTHETIC, PLAIN_PROMPT
 from digzsl_ray.metrics.zsl import calibration_summary, format_headline, full_report, headline_metrics
 from digzsl_ray.stages.contract import Stage
 from digzsl_ray.stages.rundir import stage_timing, write_metrics
@@ -44,35 +47,77 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def cdm_synthetic_val_scores(ctx) -> tuple[np.ndarray, np.ndarray]:
-    """CDM logits of the held-out DCT images (the no-synthetic baseline's unseen validation data)."""
+def heldout_synthetic(ctx) -> tuple[list[bytes], np.ndarray]:
+    """PNG bytes and labels of the held-out DCT images (the unseen validation data of the variants
+    that have no synthetic set of their own: the CDM and the frozen CLIP)."""
     import pyarrow.parquet as pq
+
+    d = ctx.path(f"generate:{DCT}")
+    manifest = read_manifest(d)
+    if manifest is None:
+        raise MissingInputError(f"{d}/_manifest.json: missing; run `digzsl generate` before `digzsl evaluate`")
+    pngs, labels = [], []
+    for f in manifest["shards"]:
+        t = pq.read_table(d / f, columns=["png", "label", "seed"]).to_pydict()
+        for png, label, seed in zip(t["png"], t["label"], t["seed"]):
+            if is_validation_row(seed, ctx.cfg.classifier.synthetic_val_fraction):
+                pngs.append(png)
+                labels.append(label)
+    return pngs, np.asarray(labels, dtype=np.int64)
+
+
+def cdm_synthetic_val_scores(ctx, held=None) -> tuple[np.ndarray, np.ndarray]:
+    """CDM logits of the held-out DCT images (the no-synthetic baseline's unseen validation data)."""
     import torch
 
     from digzsl_ray.cdm import load_cdm
     from digzsl_ray.images import decode_png_bytes
     from digzsl_ray.models.presets import pick_device
 
-    cfg = ctx.cfg
-    d = ctx.path(f"generate:{DCT}")
-    manifest = read_manifest(d)
-    if manifest is None:
-        raise MissingInputError(f"{d}/_manifest.json: missing; run `digzsl generate` before `digzsl evaluate`")
-    device = pick_device(cfg.models.device)
+    pngs, labels = held if held is not None else heldout_synthetic(ctx)
+    device = pick_device(ctx.cfg.models.device)
     cdm = load_cdm(ctx.require("train-cdm:dir"), device)
-    scores, labels = [], []
-    for f in manifest["shards"]:
-        t = pq.read_table(d / f, columns=["png", "label", "seed"]).to_pydict()
-        keep = [i for i, s in enumerate(t["seed"]) if is_validation_row(s, cfg.classifier.synthetic_val_fraction)]
-        if not keep:
-            continue
-        x = decode_png_bytes([t["png"][i] for i in keep], cdm.image_size).float().div(255).to(device)
+    if not pngs:  # no held-out synthetic rows (synthetic_val_fraction 0, or very few images)
+        return np.zeros((0, len(cdm.meta["class_names"]))), np.zeros(0, dtype=np.int64)
+    scores = []
+    for i in range(0, len(pngs), 256):
+        x = decode_png_bytes(pngs[i : i + 256], cdm.image_size).float().div(255).to(device)
         with torch.no_grad():
             scores.append(cdm(x).float().cpu().numpy())
-        labels.append(np.asarray([t["label"][i] for i in keep]))
-    if not scores:  # no held-out synthetic rows (synthetic_val_fraction 0, or very few images)
-        return np.zeros((0, len(cdm.meta["class_names"]))), np.zeros(0, dtype=np.int64)
-    return np.concatenate(scores), np.concatenate(labels)
+    return np.concatenate(scores), labels
+
+
+def clip_zero_shot_arrays(ctx, held) -> dict[str, np.ndarray]:
+    """The frozen CLIP's zero-shot probabilities with the run's prototypes (softmax at the model's
+    logit scale) of the test images, the seen val images, the held-out DCT images and, for the
+    validation-class protocol, the trainval images of the validation classes. Features are cached in
+    ``OUT/features/`` (shared with the classifier stage)."""
+    from digzsl_ray.features import FrozenCLIP, softmax, zero_shot_logits
+    from digzsl_ray.prototypes import load_prototypes
+
+    cfg, split = ctx.cfg, ctx.split
+    protos = load_prototypes(ctx.require("prototypes:prototypes"))[0]
+    clip = FrozenCLIP(cfg.models.clip, cfg.models.clip_pretrained, cfg.models.device,
+                      cache_dir=ctx.rd.root / "features")
+
+    def probs(f) -> np.ndarray:
+        return softmax(zero_shot_logits(f, protos, clip.scale))
+
+    def of(items) -> tuple[np.ndarray, np.ndarray]:
+        return probs(clip.of_paths([it.path for it in items])[0]), np.array([it.label for it in items], dtype=np.int64)
+
+    out = {}
+    for key, items in (("test_seen", split.items["test_seen"]), ("test_unseen", split.items["test_unseen"]),
+                       ("val", split.val)):
+        out[f"{key}_scores"], out[f"{key}_labels"] = of(items)
+    out["synthetic_scores"] = probs(clip.of_pngs(held[0])[0]) if held[0] else np.zeros((0, len(split.classes)))
+    out["synthetic_labels"] = held[1]
+    vset = set(validation_classes(split, cfg.data.val_seed))
+    if vset:
+        out["valclass_unseen_scores"], out["valclass_unseen_labels"] = of(
+            [it for it in split.items["trainval"] if it.label in vset])
+        out["valclass_classes"] = np.array(sorted(vset), dtype=np.int64)
+    return out
 
 
 CALIBRATIONS = ("synthetic", "valclass")
@@ -103,9 +148,35 @@ def evaluate_variants(ctx) -> tuple[dict[str, dict], dict[str, dict]]:
     seen, unseen = list(split.seen), list(split.unseen)
     by_cal: dict[str, dict[str, dict]] = {c: {} for c in CALIBRATIONS}
 
+    # 0. clip_zero_shot: the floor, the frozen CLIP with the run's prototypes and no training. Its lambda
+    #    comes from the same validation data as the CDM's: real seen val images + held-out DCT images
+    #    (synthetic), or real images of the validation classes, which a zero-shot model has never seen
+    #    any more than the unseen ones (valclass).
+    held = heldout_synthetic(ctx)
+    z = clip_zero_shot_arrays(ctx, held)
+    zv = np.isin(z["val_labels"], seen)
+    zs_arrays = (z["test_seen_scores"], z["test_seen_labels"], z["test_unseen_scores"], z["test_unseen_labels"],
+                 z["val_scores"][zv], z["val_labels"][zv], z["synthetic_scores"], z["synthetic_labels"], seen, unseen,
+                 grid)
+    by_cal["synthetic"][CLIP_ZERO_SHOT] = full_report(*zs_arrays)
+    by_cal["synthetic"][CLIP_ZERO_SHOT]["validation"]["data"] = ("held-out DCT images (synthetic unseen) + real "
+                                                                 "seen val images")
+    if "valclass_classes" in z:
+        from digzsl_ray.metrics.zsl import choose_lambda
+
+        v_set = [int(c) for c in z["valclass_classes"]]
+        vs = zv & ~np.isin(z["val_labels"], v_set)
+        lam, val = choose_lambda(z["val_scores"][vs], z["val_labels"][vs], z["valclass_unseen_scores"],
+                                 z["valclass_unseen_labels"], [c for c in seen if c not in set(v_set)],
+                                 sorted(set(unseen) | set(v_set)), grid)
+        r = full_report(*zs_arrays, lam=lam)
+        r["validation"] = {"gzsl_U": val["U"], "gzsl_S": val["S"], "gzsl_H": val["H"],
+                           "data": "real: val images of seen classes outside V, trainval images of V"}
+        by_cal["valclass"][CLIP_ZERO_SHOT] = r
+
     # 1. no_synthetic: the CDM (temperature-scaled cosine logits -> probabilities).
     s = np.load(ctx.require("train-cdm:scores"))
-    syn_scores, syn_labels = cdm_synthetic_val_scores(ctx)
+    syn_scores, syn_labels = cdm_synthetic_val_scores(ctx, held)
     v = s["val_scores"][np.isin(s["val_labels"], seen)], s["val_labels"][np.isin(s["val_labels"], seen)]
     cdm_arrays = (_softmax(s["test_seen_scores"]), s["test_seen_labels"], _softmax(s["test_unseen_scores"]),
                   s["test_unseen_labels"], _softmax(v[0]), v[1], _softmax(syn_scores), syn_labels, seen, unseen, grid)
