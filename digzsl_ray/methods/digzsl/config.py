@@ -87,7 +87,7 @@ class ClassifierConfig(Section):
     backbone: Literal["clip", "clip-finetune", "resnet18"] = Field(
         "clip", description="frozen CLIP image tower + head, fine-tuned CLIP tower, or torchvision ResNet-18")
     head: Literal["prototypes", "linear", "mlp"] = Field(
-        "mlp", description="head over all classes: 'prototypes' = cosine classifier initialised from the class "
+        "prototypes", description="head over all classes: 'prototypes' = cosine classifier initialised from the class "
                            "prototypes (starts as CLIP zero-shot; CLIP backbones), 'linear', or 'mlp'")
     epochs: int = Field(10, ge=1, le=100_000, description="maximum epochs")
     patience: int = Field(3, ge=1, le=100_000, description="early stop after this many epochs without validation improvement")
@@ -99,11 +99,11 @@ class ClassifierConfig(Section):
     feature_views: int = Field(3, ge=1, le=64, description="frozen CLIP backbone: views per image whose features are "
                                                             "extracted once and cached (view 0 clean, the others "
                                                             "flipped/shifted when `augment`); epochs train on them")
-    distill: float = Field(0.0, ge=0.0, le=1.0, description="weight a of the soft cross-entropy toward the frozen CLIP's "
+    distill: float = Field(0.5, ge=0.0, le=1.0, description="weight a of the soft cross-entropy toward the frozen CLIP's "
                                                             "zero-shot probabilities: (1-a) CE + a T^2 KL (He et al. "
                                                             "2023: 0.5; frozen CLIP backbone)")
     distill_temperature: float = Field(2.0, gt=0.0, le=100.0, description="temperature T of the distillation term")
-    init_candidate: bool = Field(False, description="the untrained head (CLIP zero-shot for head=prototypes) is a "
+    init_candidate: bool = Field(True, description="the untrained head (CLIP zero-shot for head=prototypes) is a "
                                                     "model-selection candidate: training must beat it on validation "
                                                     "data to be kept")
     clip_filter: bool = Field(False, description="train only on synthetic images whose frozen-CLIP zero-shot "
