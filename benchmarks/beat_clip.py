@@ -325,6 +325,18 @@ def main() -> None:
     judges = {v: {k: mean_std([r["judges"][v][k] for r in per_run.values()])
                   for k in ("clip_acc", "oracle_acc", "oracle_other_unseen", "oracle_seen", "clip_filter_kept")}
               for v in first["judges"]}
+    # per unseen class, mean over the runs: the floor, the default recipe with each image set, and the
+    # judges of those images (why a class gains or loses)
+    per_class: dict = {}
+    rec = "proto+distill"
+    for cname in first["variants"]["clip_zero_shot"]["per_class_zsl"]:
+        row = {"clip_zero_shot": np.mean([r["variants"]["clip_zero_shot"]["per_class_zsl"][cname] for r in per_run.values()])}
+        for v in first["judges"]:
+            if f"{v}/{rec}" in first["variants"]:
+                row[f"{v}/{rec}"] = np.mean([r["variants"][f"{v}/{rec}"]["per_class_zsl"][cname] for r in per_run.values()])
+            for j in ("clip_acc", "oracle_acc"):
+                row[f"{v}_images_{j}"] = np.mean([r["judges"][v]["per_class"][cname][j] for r in per_run.values()])
+        per_class[cname] = {k: round(float(x), 1) for k, x in row.items()}
     floor = summary["clip_zero_shot"]["zsl_top1"]["mean"]
     def cell(s: dict, k: str) -> str:
         return f"{s[k]['mean']:>8.1f} ±{s[k]['std']:>4.1f}" if k in s else " " * 14
@@ -338,7 +350,11 @@ def main() -> None:
         lines.append(f"(validation classes, frozen CLIP zero-shot: {vc['mean']:.1f} ± {vc['std']:.1f})")
     print("\n".join(lines))
     print(f"(floor clip_zero_shot ZSL top-1 {floor:.1f})")
-    save(a.name, {"runs": list(per_run), "summary": summary, "judges": judges, "per_run": per_run,
+    hdr = ["class", "CLIP", *[k for k in next(iter(per_class.values())) if k != "clip_zero_shot"]]
+    print("per class (mean over runs): " + " | ".join(hdr))
+    for cname, row in sorted(per_class.items(), key=lambda kv: kv[1]["clip_zero_shot"]):
+        print(f"  {cname:<24}" + " ".join(f"{x:>6.1f}" for x in row.values()))
+    save(a.name, {"runs": list(per_run), "summary": summary, "judges": judges, "per_class": per_class, "per_run": per_run,
                   "recipes": {k: RECIPES[k] for k in a.recipes}})
 
 

@@ -10,6 +10,7 @@ TARGETS = {
     "dct_step": [("time_ratio", "<=", 1.05), ("mem_ratio", "<=", 1.10)],
     "token_scaling": [("speedup_2_over_1", ">=", 1.7), ("sim_makespan_over_ideal", "<=", 1.10)],
     "generation": [("ratio", ">=", 0.90)],
+    "classifier_stage": [("ratio", "<=", 1.3)],
 }
 
 ABOUT = {
@@ -47,6 +48,19 @@ ABOUT = {
                 "standard deviation and the values; `calibrations`: the same under each calibration "
                 "(`synthetic`, `valclass`) with the unseen accuracy on the validation data lambda was chosen on "
                 "and its gap to the real test images.",
+    "classifier_stage": "The DIG-ZSL classifier stage with a frozen CLIP backbone (`python benchmarks/classifier_stage.py "
+                        "--run DIR`): `train-classifier --variant dct` (features of 3 views cached in OUT/features, the "
+                        "head trained in one Ray task on a running local cluster) with a cold cache (`ours_s`) and a "
+                        "warm one (`ours_warm_cache_s`), against a bare single-process loop doing the same feature "
+                        "extraction, epochs and test scoring (`bare_s`); `ratio` = ours / bare.",
+    "beat_clip": "What DIG-ZSL's images add to the frozen CLIP, over the seeds' run directories (`python "
+                 "benchmarks/beat_clip.py --runs DIR...`, no Ray, no upstream retraining): the floor "
+                 "`clip_zero_shot`; the judges of the generated images (frozen CLIP, oracle, where the oracle's "
+                 "errors go); classifier recipes on cached features (head, distillation toward the frozen CLIP, "
+                 "the CLIP filter, the initial head as a candidate, failed tokens dropped, He et al.'s schedule; "
+                 "diagnostics: an oracle filter as the upper bound, a per-class fallback to plain images) with test "
+                 "ZSL/GZSL, the validation accuracy and the validation-class ZSL (seen classes held out as "
+                 "pseudo-unseen with plain-prompt images, scored on their real images: what a choice may rest on).",
     "diagnose": "Per unseen class of one run (`python benchmarks/diagnose.py --run DIR`): the CDM's and the "
                 "oracle's accuracy on fresh generated images (plain prompt, learned token), the classifiers' "
                 "accuracy on held-out synthetic images and on real test images, and the CDM's on real test "
@@ -97,11 +111,17 @@ def main() -> None:
              "Scripts in this folder print one JSON line each and save it to `results/<name>.json` with the "
              "machine they ran on. `make bench` runs the CPU ones and rewrites this file. They are never "
              "collected as tests.", ""]
-    for name in ("dct_step", "token_scaling", "generation", "serve", "pipeline", "ablation", "determinism", "diagnose",
+    for name in ("dct_step", "token_scaling", "generation", "serve", "pipeline", "ablation", "beat_clip",
+                 "ablation-h4", "ablation-h1", "ablation-h3", "classifier_stage", "determinism", "diagnose",
                  "multilabel_ablation", "multilabel_throughput", "zerodiff_ablation", "zerodiff_scale",
                  "compare_miniworld", "live", "live-extend", "live-excluded-class", "live-excluded-class-extend", "gpu"):
         p = HERE / "results" / f"{name}.json"
-        lines += [f"## {name}", "", ABOUT.get(name) or ABOUT[name.split("-")[0]], ""]
+        about = ABOUT.get(name) or ABOUT.get(name.split("-")[0], "")
+        if name.startswith("ablation-h"):
+            about = ("A token-side hypothesis of the issue \"Beat the frozen CLIP\" (docs/DESIGN.md section 5a), three seeds "
+                     "from copies of the ablation's runs with one setting changed (`settings`); plain-prompt images "
+                     "are not regenerated (they do not depend on it): compare `dct` with the ablation's.")
+        lines += [f"## {name}", "", about, ""]
         if not p.is_file():
             lines += ["*Not run on this machine yet* " + ("(no GPU available to this project)." if name == "gpu"
                                                           else "."), ""]

@@ -215,12 +215,15 @@ class ServeConfig(Section):
     generate_max_n: int = Field(8, ge=1, le=1024, description="most images one /v1/generate request may ask for")
     generate_max_queued: int = Field(16, ge=1, le=100_000, description="/v1/generate requests queued per generation "
                                      "replica before new ones get 429 with Retry-After")
-    generate_max_batch_size: int = Field(8, ge=1, le=1024, description="images per generation batch across requests")
+    generate_max_batch_size: int = Field(8, ge=1, le=1024, description="generation requests batched together (each up to generate_max_n images)")
     generate_min_replicas: int = Field(0, ge=0, le=10_000, description="generation replicas kept when idle (0: "
                                        "scale to zero; the first request starts one)")
     generate_max_replicas: int = Field(1, ge=1, le=10_000, description="most generation replicas")
     generate_num_gpus: float = Field(0.0, ge=0.0, le=64, description="GPUs per generation replica")
     generate_num_cpus: float = Field(1.0, gt=0.0, le=1024, description="CPUs per generation replica")
+    generate_downscale_delay_s: float = Field(20.0, ge=0.0, le=86_400, description="an idle generation replica is "
+                                              "released after this many seconds (Serve's default is 600): on a small "
+                                              "node it holds the CPU an add-class job's generation needs")
 
 
 class LiveConfig(Section):

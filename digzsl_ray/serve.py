@@ -50,7 +50,7 @@ OVERRIDABLE = ("max_batch_size", "batch_wait_timeout_s", "max_body_bytes", "max_
                "max_replicas", "num_cpus", "num_gpus", "body_timeout_s", "max_header_bytes", "max_jpeg_scans",
                "docs", "api_token_file", "protect_classify", "model_in_ingress", "generate_max_n", "generate_max_queued",
                "generate_max_batch_size", "generate_min_replicas", "generate_max_replicas", "generate_num_gpus",
-               "generate_num_cpus")
+               "generate_num_cpus", "generate_downscale_delay_s")
 LIMIT_KEYS = ("max_body_bytes", "max_pixels", "default_k", "body_timeout_s", "max_header_bytes", "max_jpeg_scans")
 MAX_ECHO = 80  # characters of a client's input that an error message may quote
 
@@ -133,11 +133,50 @@ IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # never EPS/PS (G
 MAX_ASPECT = 20  # longer side / shorter side
 
 
-def jpeg_scans(data: bytes) -> int:
-    """Start-of-scan markers of a JPEG. Entropy-coded data never holds 0xFF 0xDA (an 0xFF there is
-    followed by 0x00 or a restart marker), so the byte count is the scan count; a progressive JPEG
-    has about ten, while one crafted with thousands of empty scans costs seconds of CPU per scan."""
-    return data.count(b"\xff\xda") if data[:2] == b"\xff\xd8" else 0
+def jpeg_scans(data: bytes, limit: int | None = None) -> int:
+    """Start-of-scan (SOS) segments of a JPEG, counted by walking its marker segments: a segment's
+    payload (an ICC profile, EXIF, a thumbnail) is skipped by its length, and after each SOS header
+    the entropy-coded data is skipped to the next marker (there an 0xFF is followed by 0x00, a
+    restart marker or fill bytes). A progressive JPEG has about ten scans, while one crafted with
+    thousands of empty scans costs seconds of CPU per scan. Stops counting past ``limit``."""
+    if data[:2] != b"\xff\xd8":
+        return 0
+    n, i, scans = len(data), 2, 0
+    while i + 1 < n:
+        if data[i] != 0xFF:  # not at a marker: resynchronise on the next 0xFF
+            j = data.find(b"\xff", i)
+            if j < 0:
+                break
+            i = j
+            continue
+        m = data[i + 1]
+        if m == 0xFF:  # fill byte
+            i += 1
+            continue
+        if m == 0xD9:  # EOI
+            break
+        if m == 0x01 or 0xD0 <= m <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        if i + 3 >= n:
+            break
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        if m != 0xDA:
+            continue
+        scans += 1
+        if limit is not None and scans > limit:
+            break
+        while True:  # entropy-coded data up to the next marker
+            j = data.find(b"\xff", i)
+            if j < 0 or j + 1 >= n:
+                return scans
+            nxt = data[j + 1]
+            if nxt == 0x00 or 0xD0 <= nxt <= 0xD7 or nxt == 0xFF:
+                i = j + 1 if nxt == 0xFF else j + 2
+                continue
+            i = j
+            break
+    return scans
 
 
 def decode_image(data: bytes, size: int, max_pixels: int, max_jpeg_scans: int = 64) -> np.ndarray:
@@ -152,9 +191,9 @@ def decode_image(data: bytes, size: int, max_pixels: int, max_jpeg_scans: int = 
 
     if not data:
         raise RequestError(400, "empty image")
-    scans = jpeg_scans(data)
+    scans = jpeg_scans(data, limit=max_jpeg_scans)
     if scans > max_jpeg_scans:
-        raise RequestError(400, f"JPEG with {scans} scans; at most {max_jpeg_scans} are decoded (a progressive "
+        raise RequestError(400, f"JPEG with more than {max_jpeg_scans} scans; at most {max_jpeg_scans} are decoded (a progressive "
                                 f"JPEG has about 10)")
     try:
         im = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
@@ -267,7 +306,12 @@ class Scheduled:
         self.versions, self.interval, self._serving = versions, interval, serving_meta
         self._clock = time.monotonic
         self._checked, self._stamp = 0.0, None
-        self.meta = serving_meta(versions.active())
+        try:
+            self.meta = serving_meta(versions.active())
+        except Exception as e:  # a damaged active.json at start: say so, answer with version 0 meanwhile
+            log.error("model versions: cannot read the active version (%s); serving version %s until it is "
+                      "repaired", e, versions.base["id"])
+            self.meta = serving_meta(versions.base)
 
     def current(self) -> dict:
         now = self._clock()
@@ -476,10 +520,16 @@ def build_app(args: dict):
                 self._served = m["model_version"]
             return m
 
-        def _denied(self, request: Request, protected: bool = True):
-            """A 401/403 JSON answer when the route needs the bearer token and the request lacks it."""
+        def _guard(self, request: Request, protected: bool = True):
+            """The one check in front of every route: oversized headers are 431 (before the token is
+            even read), then a route that needs the bearer token answers 401/403 without it. Returns
+            the JSON answer that refuses the request, or None."""
             from digzsl_ray.live.auth import check
 
+            try:
+                self._check_headers(request)
+            except RequestError as e:
+                return JSONResponse({"error": e.message}, status_code=e.status)
             if not protected:
                 return None
             refused = check(request.headers.get("authorization"), self.access.get("digest"))
@@ -569,11 +619,10 @@ def build_app(args: dict):
 
         @app.post("/v1/classify")
         async def classify(self, request: Request):
-            if (denied := self._denied(request, self.access.get("protect_classify", False))) is not None:
+            if (denied := self._guard(request, self.access.get("protect_classify", False))) is not None:
                 return denied
             meta = self.meta  # one version for the whole request, whatever activations happen meanwhile
             try:
-                self._check_headers(request)
                 data, raw_k, raw_threshold = await self._image_and_k(request)
                 k = parse_k(raw_k, self.limits["default_k"], len(meta["classes"]))
                 multi = meta.get("task") == "multi_label"
@@ -600,18 +649,9 @@ def build_app(args: dict):
             preds = top_k(np.asarray(probs), meta["classes"], seen, meta["lambda"], k)
             return {"predictions": preds, "model_version": meta["model_version"]}
 
-        def _refused(self, request: Request):
-            try:
-                self._check_headers(request)
-            except RequestError as e:
-                return JSONResponse({"error": e.message}, status_code=e.status)
-            return None
-
         @app.get("/v1/classes")
         async def classes(self, request: Request):
-            if (refused := self._refused(request)) is not None:
-                return refused
-            if (denied := self._denied(request, self.access.get("protect_classify", False))) is not None:
+            if (denied := self._guard(request, self.access.get("protect_classify", False))) is not None:
                 return denied
             meta = self.meta
             seen = set(meta["seen"])
@@ -620,14 +660,14 @@ def build_app(args: dict):
 
         @app.get("/v1/stats")
         async def stats(self, request: Request):
-            if (refused := self._refused(request)) is not None:
-                return refused
+            if (denied := self._guard(request, protected=False)) is not None:
+                return denied
             return self.batch_stats() if self.local else await self.classifier.batch_stats.remote()
 
         @app.get("/healthz")
         async def healthz(self, request: Request):
-            if (refused := self._refused(request)) is not None:
-                return refused
+            if (denied := self._guard(request, protected=False)) is not None:
+                return denied
             return {"status": "ok", "model_version": self.meta["model_version"]}
 
         # The live service: classes added from their names, versions, generation ------------------
@@ -650,12 +690,11 @@ def build_app(args: dict):
 
         @app.post("/v1/classes")
         async def add_class(self, request: Request):
-            if (denied := self._denied(request)) is not None:
+            if (denied := self._guard(request)) is not None:
                 return denied
             if self.jobs is None:
                 return self._no_jobs()
             try:
-                self._check_headers(request)
                 obj = await self._json_body(request)
                 if "name" not in obj:
                     raise RequestError(400, "missing field 'name' (the class name to add)")
@@ -669,7 +708,7 @@ def build_app(args: dict):
 
         @app.get("/v1/jobs")
         async def list_jobs(self, request: Request):
-            if (denied := self._denied(request, self.access.get("protect_classify", False))) is not None:
+            if (denied := self._guard(request, self.access.get("protect_classify", False))) is not None:
                 return denied
             if self.jobs is None:
                 return self._no_jobs()
@@ -677,7 +716,7 @@ def build_app(args: dict):
 
         @app.get("/v1/jobs/{job_id}")
         async def get_job(self, job_id: str, request: Request):
-            if (denied := self._denied(request, self.access.get("protect_classify", False))) is not None:
+            if (denied := self._guard(request, self.access.get("protect_classify", False))) is not None:
                 return denied
             if self.jobs is None:
                 return self._no_jobs()
@@ -690,7 +729,7 @@ def build_app(args: dict):
         async def models(self, request: Request):
             from digzsl_ray.live.versions import public
 
-            if (denied := self._denied(request, self.access.get("protect_classify", False))) is not None:
+            if (denied := self._guard(request, self.access.get("protect_classify", False))) is not None:
                 return denied
             versions = await asyncio.to_thread(self.versions.list)
             return {"models": [public(v) for v in versions], "active": self.meta["model_version"]}
@@ -699,7 +738,7 @@ def build_app(args: dict):
         async def activate(self, version: str, request: Request):
             from digzsl_ray.live.versions import VersionError, public
 
-            if (denied := self._denied(request)) is not None:
+            if (denied := self._guard(request)) is not None:
                 return denied
             try:
                 v = await asyncio.to_thread(self.versions.activate, version)
@@ -711,13 +750,12 @@ def build_app(args: dict):
 
         @app.post("/v1/generate")
         async def generate(self, request: Request):
-            if (denied := self._denied(request)) is not None:
+            if (denied := self._guard(request)) is not None:
                 return denied
             if self.generator is None:
                 return JSONResponse({"error": "generation is not available for this run's method"}, status_code=501)
             meta = self.meta
             try:
-                self._check_headers(request)
                 obj = await self._json_body(request)
                 name, n, seed = obj.get("class"), obj.get("n", 4), obj.get("seed", 0)
                 if not isinstance(name, str) or not name:
@@ -793,7 +831,8 @@ def build_app(args: dict):
                       autoscaling_config={"min_replicas": sc["generate_min_replicas"],
                                           "initial_replicas": sc["generate_min_replicas"],
                                           "max_replicas": sc["generate_max_replicas"],
-                                          "target_ongoing_requests": 2})
+                                          "target_ongoing_requests": 2,
+                                          "downscale_delay_s": sc["generate_downscale_delay_s"]})
     class Generator:
         """Stable Diffusion with the learned tokens: images of a known class, batched across requests."""
 

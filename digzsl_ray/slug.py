@@ -22,8 +22,16 @@ _BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\
 
 
 def slugify(name: str) -> str:
-    """``"Black-footed Albatross"`` -> ``"black-footed-albatross"``; may return ``""``."""
-    return _BAD.sub("-", name.strip().lower()).strip("-")
+    """``"Black-footed Albatross"`` -> ``"black-footed-albatross"``; may return ``""``.
+
+    A name with letters but no ASCII letter or digit (``"東京の鳥"``) gets its Punycode form
+    (``"xn-<punycode>"``: lower-case ASCII, reversible, distinct for distinct names) instead of
+    nothing."""
+    ascii_slug = _BAD.sub("-", name.strip().lower()).strip("-")
+    if ascii_slug or not any(c.isalpha() for c in name):
+        return ascii_slug
+    code = unicodedata.normalize("NFC", name.strip().lower()).encode("punycode").decode("ascii")
+    return ("xn-" + _BAD.sub("-", code).strip("-"))[:MAX_NAME_CHARS]
 
 
 def unsafe_name_reason(name: str) -> str | None:

@@ -373,6 +373,25 @@ def test_large_headers_are_refused(server):
     assert status in (None, 400, 431)
 
 
+def test_header_size_is_checked_before_auth_on_every_route_and_long_ids_are_404(server):
+    c = server["client"]
+    big = {"authorization": "Bearer " + "x" * 200_000}
+
+    def status(method, path, **kw):
+        try:
+            return c.request(method, path, **kw).status_code
+        except httpx.HTTPError:
+            return None  # the HTTP server itself dropped the connection: also a refusal
+
+    for method, path in (("POST", "/v1/models/v0/activate"), ("GET", "/v1/models"), ("GET", "/v1/jobs"),
+                         ("GET", "/v1/jobs/job-1"), ("POST", "/v1/classes"), ("GET", "/healthz")):
+        assert status(method, path, headers=big) in (None, 431), (method, path)
+    (server["run"] / "jobs").mkdir(exist_ok=True)
+    for n in (300, 5000):
+        r = c.get(f"/v1/jobs/{'j' * n}")
+        assert r.status_code == 404 and len(r.json()["error"]) <= 120, r.text
+
+
 def test_docs_off_stats_without_pid_slash_and_duplicate_parts(server):
     c = server["client"]
     for path in ("/docs", "/redoc", "/openapi.json"):

@@ -70,11 +70,14 @@ class JobStore:
             write_json(self.dir(state["id"]) / STATE, state)
 
     def get(self, job_id: str) -> dict:
-        if not job_id or "/" in job_id or job_id.startswith("."):
-            raise JobError(404, "no such job")
+        from digzsl_ray.errors import short
+        from digzsl_ray.live.names import valid_id
+
+        if not valid_id(job_id):
+            raise JobError(404, f"no job {short(job_id, 80)}")
         p = self.dir(job_id) / STATE
         if not p.is_file():
-            raise JobError(404, f"no job {job_id!r}")
+            raise JobError(404, f"no job {short(job_id, 80)}")
         return read_json(p)
 
     def all(self) -> list[dict]:
@@ -224,8 +227,14 @@ class JobRunner:
         problem = name_problem(name)
         if problem:
             raise JobError(400, problem)
+        from digzsl_ray.live.versions import VersionError
+
+        try:
+            known = self.known_names()
+        except VersionError as e:  # active.json names an unknown version, or is damaged
+            raise JobError(409, f"cannot add a class while the served version is unreadable: {e}") from None
         with self._lock:
-            if any(same_class(name, n) for n in self.known_names()):
+            if any(same_class(name, n) for n in known):
                 raise JobError(409, f"class {name!r} is already known to the served model")
             for jid, n in self._pending.items():
                 if same_class(name, n):

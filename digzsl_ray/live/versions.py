@@ -82,25 +82,35 @@ class VersionStore:
         return out
 
     def get(self, vid: str) -> dict:
+        from digzsl_ray.errors import short
+        from digzsl_ray.live.names import valid_id
+
         if vid == self.base["id"]:
             return self.base
-        d = self.root / str(vid)
-        if "/" in str(vid) or str(vid).startswith(".") or not (d / VERSION).is_file():
-            raise VersionError(f"no model version {str(vid)[:80]!r}; GET /v1/models lists them")
-        return self._load(d)
+        if not valid_id(vid) or not (self.root / vid / VERSION).is_file():
+            raise VersionError(f"no model version {short(vid, 80)}; GET /v1/models lists them")
+        return self._load(self.root / vid)
 
     @property
     def active_path(self) -> Path:
         return self.root / ACTIVE
 
     def active_id(self) -> str:
+        """The served version's id: ``active.json``'s, or version 0 when there is no such file. A
+        damaged file (not JSON, not an object, no ``version``) is a :class:`VersionError`, never a
+        silent switch to version 0."""
         p = self.active_path
-        if p.is_file():
-            try:
-                return str(read_json(p)["version"])
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
-        return self.base["id"]
+        try:
+            obj = read_json(p)
+        except FileNotFoundError:
+            return self.base["id"]
+        except (OSError, ValueError) as e:
+            raise VersionError(f"{p}: damaged ({type(e).__name__}); `digzsl models --run OUT --activate ID` "
+                               f"rewrites it") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("version"), str):
+            raise VersionError(f"{p}: damaged (expected an object with a 'version' string); "
+                               f"`digzsl models --run OUT --activate ID` rewrites it")
+        return obj["version"]
 
     def active(self) -> dict:
         return self.get(self.active_id())
