@@ -22,9 +22,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; a run directory is shared with other readers
     try:
         yield tmp_path
+        # mkstemp makes 0600, and writers that replace the file (safetensors) make their own: a run
+        # directory is shared with other readers, so the output follows the umask like any other file
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -49,6 +51,15 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Deterministic JSON (sorted keys, 2-space indent, trailing newline), written atomically."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_npz(path: str | os.PathLike, **arrays) -> None:
+    """``np.savez`` of ``arrays``, written atomically (the one writer of every ``.npz`` output)."""
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -725,6 +725,17 @@ def build_app(args: dict):
                 return JSONResponse({"error": out["error"]}, status_code=out["refused"])
             return out
 
+        @app.delete("/v1/jobs/{job_id}")
+        async def cancel_job(self, job_id: str, request: Request):
+            if (denied := self._guard(request)) is not None:
+                return denied
+            if self.jobs is None:
+                return self._no_jobs()
+            out = await self.jobs.cancel.remote(job_id)
+            if "refused" in out:
+                return JSONResponse({"error": out["error"]}, status_code=out["refused"])
+            return JSONResponse(out, status_code=200 if out["status"] == "cancelled" else 202)
+
         @app.get("/v1/models")
         async def models(self, request: Request):
             from digzsl_ray.live.versions import public
@@ -824,6 +835,14 @@ def build_app(args: dict):
 
         def list(self) -> list:
             return self.runner.store.all()
+
+        def cancel(self, job_id: str) -> dict:
+            from digzsl_ray.live.jobs import JobError
+
+            try:
+                return self.runner.cancel(job_id)
+            except JobError as e:
+                return {"error": e.message, "refused": e.status}
 
     @serve.deployment(name="Generator", max_ongoing_requests=max(2, sc["generate_max_batch_size"]),
                       max_queued_requests=sc["generate_max_queued"],

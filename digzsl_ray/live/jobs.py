@@ -10,7 +10,9 @@ later stage in this run directory's finished jobs (``eta_basis``: ``full``, or `
 later stage has no finished job to go by, so ``eta_s`` is a lower bound).
 ``status``: ``queued`` -> ``running`` -> ``succeeded`` (a new version, activated unless
 ``live.activate`` is off) | ``rejected`` (the gate refused it; its figures in ``metrics``) |
-``failed`` (``error`` says why). A service that starts finds the queued and running jobs of its run
+``failed`` (``error`` says why) | ``cancelled`` (``DELETE /v1/jobs/{id}``: a queued job never
+starts; a running one stops at its next progress report; either way its partial outputs are
+removed, only state.json stays). A service that starts finds the queued and running jobs of its run
 directory and runs them again; the finished stages are skipped, so a job resumes where it was.
 """
 
@@ -33,7 +35,11 @@ log = logging.getLogger("digzsl")
 
 JOBS = "jobs"
 STATE = "state.json"
-TERMINAL = ("succeeded", "rejected", "failed")
+TERMINAL = ("succeeded", "rejected", "failed", "cancelled")
+
+
+class JobCancelled(Exception):
+    """Raised inside a running job at its next progress report after ``DELETE /v1/jobs/{id}``."""
 
 
 class JobError(UserError):
@@ -110,8 +116,9 @@ class Reporter:
     """What a job's stages call: ``with rep.stage("token"): ... rep.progress(0.4)``. Keeps
     state.json current (stage, progress, ETA) and the stage timings."""
 
-    def __init__(self, store: JobStore, state: dict, metrics=None, on_change=None):
+    def __init__(self, store: JobStore, state: dict, metrics=None, on_change=None, cancelled=None):
         self.store, self.state, self.metrics, self.on_change = store, state, metrics, on_change
+        self.cancelled = cancelled or (lambda: False)
         self._typical = store.typical_seconds()
         self._t_stage = time.time()
         self._last_write = 0.0
@@ -119,8 +126,14 @@ class Reporter:
     def done(self, stage: str) -> bool:
         return self.state["stages"].get(stage, {}).get("status") == "done"
 
+    def check(self) -> None:
+        """Raise :class:`JobCancelled` when the job was cancelled (every stage and progress call checks)."""
+        if self.cancelled():
+            raise JobCancelled(self.state["id"])
+
     @contextmanager
     def stage(self, name: str):
+        self.check()
         st = self.state["stages"].setdefault(name, {"status": "pending", "seconds": None, "progress": 0.0})
         self.state["stage"] = name
         st["status"], st["progress"] = "running", 0.0
@@ -134,6 +147,7 @@ class Reporter:
         self._write(force=True)
 
     def progress(self, fraction: float, note: str | None = None) -> None:
+        self.check()
         st = self.state["stages"][self.state["stage"]]
         st["progress"] = round(min(max(float(fraction), 0.0), 1.0), 4)
         if note is not None:
@@ -179,16 +193,32 @@ class Reporter:
             self.on_change(self.state)
 
 
-def run_job(store: JobStore, state: dict, add_class, metrics=None) -> dict:
+def remove_outputs(store: JobStore, job_id: str) -> None:
+    """Everything a job wrote except its state.json (a cancelled job leaves no partial outputs)."""
+    import shutil
+
+    d = store.dir(job_id)
+    if d.is_dir():
+        for p in d.iterdir():
+            if p.name != STATE:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def run_job(store: JobStore, state: dict, add_class, metrics=None, cancelled=None) -> dict:
     """Run (or resume) one job to its end; returns its final state. Never raises for the job's own
-    failure: that becomes ``status: failed`` with the error."""
+    failure: that becomes ``status: failed`` with the error (``cancelled`` when ``cancelled()`` said so)."""
     state.update(status="running", started=state.get("started") or time.time(), error=None)
-    rep = Reporter(store, state, metrics)
+    rep = Reporter(store, state, metrics, cancelled=cancelled)
     store.save(state)
     try:
+        rep.check()
         result = add_class(store.run_dir, store.dir(state["id"]), state["name"], rep)
         state.update(status=result["status"], version=result.get("version"), metrics=result.get("metrics", {}),
                      parent=result.get("parent"), reason=result.get("reason"))
+    except JobCancelled:
+        state.update(status="cancelled", error=None)
+        remove_outputs(store, state["id"])
+        log.info("add-class job %s (%s): cancelled", state["id"], state["name"])
     except Exception as e:  # noqa: BLE001 - a job's failure is its state, not the service's
         state.update(status="failed", error=f"{type(e).__name__}: {str(e)[:500]}")
         log.error("add-class job %s failed: %s\n%s", state["id"], state["error"], traceback.format_exc()[-2000:])
@@ -211,6 +241,8 @@ class JobRunner:
         self._q: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._pending: dict[str, str] = {}  # job id -> class name (queued or running)
+        self._cancel: set[str] = set()  # ids asked to stop
+        self._running: str | None = None
         for s in self.store.unfinished():  # resume after a restart, oldest first
             log.info("add-class job %s (%s): resuming from its %s stage", s["id"], s["name"], s.get("stage") or "first")
             s["status"] = "queued"
@@ -246,16 +278,41 @@ class JobRunner:
         self._q.put(state["id"])
         return state
 
+    def cancel(self, job_id: str) -> dict:
+        """Cancel a queued job (it never starts) or a running one (it stops at its next progress
+        report); its partial outputs are removed. 404 for an unknown job, 409 for a finished one."""
+        state = self.store.get(job_id)
+        with self._lock:
+            if state.get("status") in TERMINAL or job_id not in self._pending:
+                raise JobError(409, f"job {job_id} is {state.get('status')}; only queued or running jobs can be "
+                                    f"cancelled")
+            self._cancel.add(job_id)
+            if self._running != job_id:  # queued: finished here, the worker thread skips it
+                self._pending.pop(job_id, None)
+                state.update(status="cancelled", ended=time.time(), eta_s=None, stage=None)
+                self.store.save(state)
+                remove_outputs(self.store, job_id)
+                return state
+        state["status"] = "cancelling"
+        return state
+
     def _loop(self) -> None:
         while True:
             job_id = self._q.get()
             try:
-                run_job(self.store, self.store.get(job_id), self.add_class, self.metrics)
+                with self._lock:
+                    if job_id in self._cancel and job_id not in self._pending:
+                        continue  # cancelled while queued
+                    self._running = job_id
+                run_job(self.store, self.store.get(job_id), self.add_class, self.metrics,
+                        cancelled=lambda j=job_id: j in self._cancel)
             except Exception:  # noqa: BLE001 - the loop must survive anything
                 log.exception("add-class job %s: runner error", job_id)
             finally:
                 with self._lock:
                     self._pending.pop(job_id, None)
+                    self._cancel.discard(job_id)
+                    self._running = None
 
     def idle(self) -> bool:
         with self._lock:

@@ -106,3 +106,44 @@ def test_homoglyph_names_are_refused_and_non_latin_names_get_a_slug():
     assert slugify("Black-footed Albatross") == "black-footed-albatross" and slugify("...") == ""
     # an all-Cyrillic lookalike of a known Latin name is the same class (the queue answers 409)
     assert same_class("сосо", "coco")
+
+
+def test_queued_and_running_jobs_can_be_cancelled_and_leave_no_outputs(tmp_path):
+    import threading
+    import time
+
+    started, release = threading.Event(), threading.Event()
+
+    def add_class(run_dir, job_dir, name, rep):
+        with rep.stage("prototype"):
+            (job_dir / "partial.bin").write_bytes(b"x" * 10)
+            started.set()
+            for i in range(200):
+                release.wait(0.02)
+                rep.progress(i / 200)
+        return {"status": "succeeded", "version": "v1"}
+
+    runner = JobRunner(tmp_path, add_class, ("prototype",), lambda: ["a"], queue_size=4)
+    first = runner.submit("class one", lambda n: None)
+    second = runner.submit("class two", lambda n: None)
+    assert started.wait(10)
+    # the queued one: cancelled at once, never runs
+    out = runner.cancel(second["id"])
+    assert out["status"] == "cancelled" and runner.store.get(second["id"])["status"] == "cancelled"
+    # the running one: stops at its next progress report, its partial file removed
+    assert runner.cancel(first["id"])["status"] == "cancelling"
+    deadline = time.time() + 10
+    while time.time() < deadline and runner.store.get(first["id"])["status"] != "cancelled":
+        time.sleep(0.05)
+    assert runner.store.get(first["id"])["status"] == "cancelled"
+    assert [p.name for p in runner.store.dir(first["id"]).iterdir()] == ["state.json"]
+    with pytest.raises(JobError) as e:
+        runner.cancel(first["id"])
+    assert e.value.status == 409
+    with pytest.raises(JobError) as e:
+        runner.cancel("job-unknown")
+    assert e.value.status == 404
+    assert runner.idle()
+    # a restart requeues nothing that was cancelled
+    again = JobRunner(tmp_path, add_class, ("prototype",), lambda: ["a"], queue_size=4)
+    assert again.idle()

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digzsl_ray.io import read_json, write_json
+from digzsl_ray.io import read_json, write_json, write_npz
 from digzsl_ray.slug import slugify
 
 log = logging.getLogger("digzsl")
@@ -130,10 +130,7 @@ def feature_sets(run_dir: Path, cfg, model, split, dirs: list[Path], size: int, 
             x = load_images([it.path for it in items], size)
             real[s] = (_features(model, x), torch.tensor([it.label for it in items], dtype=torch.int64))
         if model.kind == "clip":  # a frozen tower: the same features for every later job
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp.npz")
-            np.savez(tmp, **{f"{s}_{k}": v.numpy() for s, (xx, yy) in real.items() for k, v in (("x", xx), ("y", yy))})
-            tmp.replace(cache)
+            write_npz(cache, **{f"{s}_{k}": v.numpy() for s, (xx, yy) in real.items() for k, v in (("x", xx), ("y", yy))})
     if rep is not None:
         rep.progress(0.3, "real features")
     syn = _synthetic_rows(dirs, cfg.classifier.synthetic_val_fraction)

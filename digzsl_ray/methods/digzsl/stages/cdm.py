@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 
 from digzsl_ray.data.split import validation_classes
 from digzsl_ray.distributed.faults import current_spec
-from digzsl_ray.io import write_json
+from digzsl_ray.io import write_json, write_npz
 from digzsl_ray.metrics.zsl import gzsl, zsl_top1
 from digzsl_ray.stages.contract import Stage
 from digzsl_ray.stages.rundir import stage_timing
@@ -183,10 +182,7 @@ def cdm_worker(config: dict) -> None:
                                                                head_scores(aux, f_val[vi], device).numpy()])
             arrays["valclass_unseen_labels"] = np.array(v_labels + [int(y_val[i]) for i in vi], dtype=np.int64)
             arrays["valclass_classes"] = np.array(vset, dtype=np.int64)
-        with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".npz", delete=False) as tmp:
-            np.savez(tmp, **arrays)
-        out.mkdir(parents=True, exist_ok=True)
-        Path(tmp.name).replace(config["scores"])
+        write_npz(config["scores"], **arrays)
         save_cdm(out, head, {
             "clip": cfg.models.clip, "clip_pretrained": cfg.models.clip_pretrained, "hidden_dim": c.hidden_dim,
             "temperature": c.temperature, "image_size": size, "mean": list(mean), "std": list(std),

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import numpy as np
 
 from digzsl_ray.distributed.faults import current_spec
 from digzsl_ray.generation import is_validation_row, read_manifest
+from digzsl_ray.io import write_npz
 from digzsl_ray.methods.digzsl.variants import DCT, PLAIN_PROMPT, synthetic_variants
 from digzsl_ray.stages.contract import Stage, file_sha
 from digzsl_ray.stages.rundir import stage_timing
@@ -252,10 +252,7 @@ def classifier_worker(config: dict) -> None:
                   "test_seen_labels": np.asarray(t["test_seen"]["labels"], dtype=np.int64),
                   "test_unseen_scores": score(t["test_unseen"]["paths"]),
                   "test_unseen_labels": np.asarray(t["test_unseen"]["labels"], dtype=np.int64)}
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, suffix=".npz.tmp", delete=False) as f:
-            np.savez(f, **arrays)
-        Path(f.name).replace(config["scores"])
+        write_npz(config["scores"], **arrays)
         save_classifier(out, model, config["classes"], config["seen"], config["unseen"], cfg.models,
                         extra={"variant": config["variant"], "best_val_acc": best, "history": history,
                                "fingerprint": config["fingerprint"]})
@@ -398,10 +395,7 @@ def feature_worker(config: dict) -> dict:
               "test_unseen_scores": scores(clip.of_paths(t["test_unseen"]["paths"])[0]),
               "test_unseen_labels": np.asarray(t["test_unseen"]["labels"], dtype=np.int64)}
     out = Path(config["out"])
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=out, suffix=".npz.tmp", delete=False) as f:
-        np.savez(f, **arrays)
-    Path(f.name).replace(config["scores"])
+    write_npz(config["scores"], **arrays)
     save_classifier(out, model, config["classes"], config["seen"], config["unseen"], cfg.models,
                     extra={"variant": config["variant"], "best_val_acc": best, "history": history,
                            "fingerprint": config["fingerprint"], "clip_filter": filtered,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import numpy as np
 
 from digzsl_ray.distributed.faults import current_spec
 from digzsl_ray.generation import is_validation_row
-from digzsl_ray.io import read_json
+from digzsl_ray.io import atomic_path, read_json, write_npz
 from digzsl_ray.methods.multilabel.variants import NO_SYNTHETIC, SET_OF, UNFILTERED, variants
 from digzsl_ray.stages.contract import Stage, file_sha
 from digzsl_ray.stages.rundir import stage_timing
@@ -211,10 +210,9 @@ def classifier_worker(config: dict) -> None:
         for split in ("test_unseen", "test_seen"):
             arrays[f"{split}_scores"] = scores(load_images(data[split]["paths"], size, progress, split))
             arrays[f"{split}_labels"] = multi_hot(data[split]["labels"], len(names))
-        with tempfile.NamedTemporaryFile(dir=out, suffix=".npz", delete=False) as tmp:
-            np.savez(tmp, **arrays)
-        Path(tmp.name).replace(out / "scores.npz")
-        save_file(best_state, str(out / "weights.safetensors"))
+        write_npz(out / "scores.npz", **arrays)
+        with atomic_path(out / "weights.safetensors") as tmp:
+            save_file(best_state, str(tmp))
         write_json(out / "classes.json", {"classes": names, "seen": seen.tolist(), "unseen": unseen.tolist()})
         write_json(out / "config.json", {
             "task": "multi_label", "method": "multilabel", "variant": config["variant"],
