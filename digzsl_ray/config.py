@@ -252,6 +252,9 @@ class RayConfig(Section):
     dashboard: bool = Field(True, description="start the Ray dashboard with a local cluster (127.0.0.1, a free port)")
     num_cpus: int = Field(0, ge=0, le=100_000, description="logical CPUs of a local cluster (0: the machine's count; "
                           "docs/DESIGN.md section 7: declare more than the cores so a Ray Data pool and a trainer do not starve)")
+    keep_checkpoints: bool = Field(False, description="keep the Ray Train checkpoints of finished stages under OUT/ray "
+                                   "(false: removed once a stage's outputs are written; resume needs them only while "
+                                   "it runs)")
 
 
 class RunConfig(Section):

@@ -409,6 +409,18 @@ def build_app(args: dict):
             self._model(classifier_dir)
             return True
 
+        def ready(self, classifier_dir: str, size: int) -> bool:
+            """The version's model loaded and one forward pass done (the first one pays for lazy
+            initialisation): what ``/readyz`` waits for."""
+            import torch
+
+            warm = self.__dict__.setdefault("_warm", set())
+            if classifier_dir not in warm:
+                with torch.no_grad():
+                    self._model(classifier_dir)(torch.zeros(1, 3, size, size, dtype=torch.uint8).to(self.device))
+                warm.add(classifier_dir)
+            return True
+
         def batch_stats(self) -> dict:
             """Batching counters of this replica (what dynamic batching achieved)."""
             return {"batches": self.batches, "images": self.images, "largest_batch": self.largest,
@@ -663,6 +675,23 @@ def build_app(args: dict):
             if (denied := self._guard(request, protected=False)) is not None:
                 return denied
             return self.batch_stats() if self.local else await self.classifier.batch_stats.remote()
+
+        @app.get("/readyz")
+        async def readyz(self, request: Request):
+            """Readiness: 200 once the served version's model has answered a forward pass on a replica
+            that classify requests reach; 503 while it loads (a liveness probe uses /healthz)."""
+            if (denied := self._guard(request, protected=False)) is not None:
+                return denied
+            meta = self.meta
+            try:
+                if self.local:
+                    await asyncio.to_thread(self.ready, meta["classifier_dir"], self.size)
+                else:
+                    await asyncio.wait_for(self.classifier.ready.remote(meta["classifier_dir"], self.size), timeout=5.0)
+            except (asyncio.TimeoutError, *UNAVAILABLE):
+                return JSONResponse({"status": "loading", "model_version": meta["model_version"]}, status_code=503,
+                                    headers={"Retry-After": "1"})
+            return {"status": "ready", "model_version": meta["model_version"]}
 
         @app.get("/healthz")
         async def healthz(self, request: Request):

@@ -128,6 +128,8 @@ def test_classify_multipart_json_and_metadata(server):
     assert [x["name"] for x in classes] == TINY_CLASSES
     assert [x["name"] for x in classes if not x["seen"]] == TINY_UNSEEN
     assert c.get("/healthz").json()["status"] == "ok"
+    r = c.get("/readyz")
+    assert r.status_code == 200 and r.json()["status"] == "ready", r.text
 
 
 def _truncated_png() -> bytes:

@@ -98,7 +98,11 @@ def cmd_config_explain(args) -> int:
 
     method = get_method(args.method)
     print(f"# method {method.name} (registered: {', '.join(registered())}): {method.description}")
-    print("\n".join(explain(method.config)))
+    lines = explain(method.config)
+    # the shared `method` key defaults to digzsl; under --method it is the method explained
+    lines = [f"method = {method.name!r}" + ln[ln.index("  #"):] if ln.startswith("method = ") and "  #" in ln else ln
+             for ln in lines]
+    print("\n".join(lines))
     return 0
 
 

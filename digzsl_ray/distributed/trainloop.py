@@ -18,7 +18,7 @@ def make_trainer(loop: Callable[[dict], None], config: dict, *, name: str, stora
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    return TorchTrainer(
+    trainer = TorchTrainer(
         loop, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
@@ -27,6 +27,21 @@ def make_trainer(loop: Callable[[dict], None], config: dict, *, name: str, stora
                              failure_config=FailureConfig(max_failures=max_failures)),
         **kwargs,
     )
+    trainer._digzsl_run_path = Path(storage) / name  # what fit() removes once the run has succeeded
+    return trainer
+
+
+def fit(trainer, keep_checkpoints: bool = False):
+    """``trainer.fit()``; then, unless ``keep_checkpoints`` (``ray.keep_checkpoints``), the run's
+    checkpoints are removed: resume needs them only while the stage runs, and a finished stage's
+    outputs are in the run directory (a failed fit raises first and keeps them for the rerun)."""
+    import shutil
+
+    result = trainer.fit()
+    path = getattr(trainer, "_digzsl_run_path", None)
+    if not keep_checkpoints and path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+    return result
 
 
 def restore_state() -> dict | None:

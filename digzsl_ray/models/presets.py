@@ -150,6 +150,42 @@ def load_clip(name: str, pretrained: str = "", device: str | torch.device = "cpu
     return model, preprocess, tokenizer
 
 
+def clip_vision_config(name: str, pretrained: str = "") -> dict:
+    """The image tower's config (``image_size``, ``patch_size`` for a ViT) of a CLIP reference, read
+    without loading weights: a local folder's ``open_clip_config.json``, an hf-hub folder's, or
+    open_clip's built-in architecture config; ``{}`` when none can be read."""
+    import json
+
+    import open_clip
+
+    model_name, _ = resolve_clip(name, pretrained)
+    try:
+        if model_name.startswith("local-dir:"):
+            cfg = json.loads((Path(model_name[len("local-dir:"):]) / "open_clip_config.json").read_text())
+            return dict(cfg.get("model_cfg", cfg).get("vision_cfg", {}))
+        if model_name.startswith("hf-hub:"):
+            from huggingface_hub import hf_hub_download
+
+            cfg = json.loads(Path(hf_hub_download(model_name[len("hf-hub:"):], "open_clip_config.json")).read_text())
+            return dict(cfg.get("model_cfg", cfg).get("vision_cfg", {}))
+        return dict((open_clip.get_model_config(model_name) or {}).get("vision_cfg", {}))
+    except Exception:  # noqa: BLE001 (offline hub, unknown architecture): the loader will say what is wrong
+        return {}
+
+
+def check_vit_size(key: str, size: int, vision: dict) -> None:
+    """A ``ConfigError`` naming ``key`` when ``size`` (non-zero) cannot feed the ViT of ``vision``."""
+    from digzsl_ray.config import ConfigError
+
+    patch = vision.get("patch_size")
+    if not size or not patch:
+        return
+    p = patch if isinstance(patch, int) else int(patch[0])
+    if size % p:
+        raise ConfigError(f"{key}: got {size}; the CLIP image tower has patches of {p} px, so the size must be a "
+                          f"multiple of {p} (its own size is {vision.get('image_size')}; 0 uses it)")
+
+
 def clip_image_size(model) -> int:
     size = model.visual.image_size
     return int(size[0] if isinstance(size, (tuple, list)) else size)

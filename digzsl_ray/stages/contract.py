@@ -133,6 +133,7 @@ class Method:
     add_class: Any = None  # (run_dir, job_dir, name, reporter, versions, cfg, split) -> result: one class added to
     # a served run (docs/live.md); None: the method's runs cannot grow
     add_class_stages: tuple[str, ...] = ()  # the stage names add_class reports, in order
+    preflight: Any = None  # (cfg) -> None: raises ConfigError for settings the models cannot take, before any work
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:

@@ -80,6 +80,8 @@ class PeakRSS:
 def context(cfg, method, out: str | Path, progress: bool = True, args=None) -> Context:
     """Load and validate the dataset, bind the run directory, and return the stages' context."""
     t0 = time.time()
+    if getattr(method, "preflight", None) is not None:
+        method.preflight(cfg)  # settings the models cannot take: a one-line config error before any work
     rd, split = prepare(cfg, out, progress=progress, method=method)
     stage_timing(rd, "data", time.time() - t0)
     return Context(cfg=cfg, rd=rd, split=split, method=method, progress=progress, args=args)

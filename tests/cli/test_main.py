@@ -45,3 +45,10 @@ def test_data_check_reports_dataset_errors(tmp_path, capsys):
 def test_console_script_is_installed():
     r = subprocess.run([sys.executable, "-m", "digzsl_ray.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "train-cdm" in r.stdout
+
+
+@pytest.mark.parametrize("method", ["digzsl", "multilabel", "zerodiff"])
+def test_config_explain_names_the_method_it_explains(method, capsys):
+    assert main(["config", "explain", "--method", method]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith(f"method = {method!r}  #")

@@ -61,7 +61,10 @@ def test_label_sets_meet_the_quota_and_prompts_come_from_their_pair():
             assert r.prompt in phrases[key]
         else:
             a, b = key if len(key) == 2 else key * 2  # a single label is the pair (a, a)
-            assert r.prompt == f"A photo of a {a} next to a {b}."  # no phrases: the reference's fallback
+            from digzsl_ray.methods.multilabel.prompts import fallback
+
+            assert r.prompt == fallback(a, b)  # no phrases: the reference's fallback ("A photo of a X next to a Y.")
+            assert r.prompt.startswith("A photo of a") and r.prompt.endswith(f"next to a{'n' if b in 'ae' else ''} {b}.")
     # a pair's phrases are used in turn, and every image has its own seed
     be = [r.prompt for r in rows if tuple(names[i] for i in r.targets) == ("b", "e")]
     assert be[:2] == ["B and E one", "B and E two"]
@@ -206,3 +209,25 @@ def test_a_tuned_text_encoder_folder_loads_into_a_stock_pipeline_and_scenes_rend
     b = generate(ours, ["a red circle next to a blue square"], [2], 3, 3.0, size=64)
     assert a.shape == (2, 3, 64, 64) and torch.allclose(a[1], b[0], atol=1e-5)  # per-image seeds, any batching
     assert generate(ours, ["x"], [1], 2, 3.0).shape[-1] == 32  # the UNet's native size by default
+
+
+def test_an_image_size_a_patch14_tower_cannot_take_is_a_config_error_before_any_work(tmp_path, capsys):
+    import json
+
+    from digzsl_ray.cli.main import main
+
+    clip = tmp_path / "vit-l-14"
+    clip.mkdir()
+    (clip / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"embed_dim": 768, "vision_cfg": {
+        "image_size": 224, "layers": 24, "width": 1024, "patch_size": 14}, "text_cfg": {}}}))
+    out = tmp_path / "run"
+    code = main(["run", "--config", "miniworld_multilabel", "--out", str(out), "--set", f"models.clip=local-dir:{clip}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "filter.image_size" in err and "multiple of 14" in err and "Traceback" not in err
+    assert not out.exists()  # nothing was written: no dataset rendered, no stage started
+    # with the sizes from the model (0) the check passes
+    from digzsl_ray.methods import get_method, load_run_config
+
+    cfg = load_run_config("miniworld_multilabel", [f"models.clip=local-dir:{clip}", "filter.image_size=0",
+                                                   "classifier.image_size=224"])
+    get_method("multilabel").preflight(cfg)

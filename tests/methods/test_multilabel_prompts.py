@@ -91,3 +91,13 @@ def test_chat_actor_loads_a_model_folder_and_answers_every_pair(tmp_path):
     lines = [str(x).splitlines() for x in out["phrases"]]
     # random weights write no numbered lines: each pair gets N fallback phrases
     assert lines == [["A photo of a bus next to a cat."] * 3, ["A photo of a cat next to a cat."] * 3]
+
+
+def test_grammar_prompts_use_an_before_a_vowel_sound():
+    from digzsl_ray.methods.multilabel.prompts import articles, fallback, grammar_phrases
+
+    assert fallback("indigo bunting", "apple") == "A photo of an indigo bunting next to an apple."
+    for p in grammar_phrases("indigo bunting", "orange cat", 8):
+        assert " a indigo" not in p and " a orange" not in p and not p.startswith("A indigo"), p
+    assert articles("a unicorn, a user and a ox") == "a unicorn, a user and an ox"
+    assert articles("A red kite") == "A red kite"

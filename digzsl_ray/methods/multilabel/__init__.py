@@ -21,6 +21,16 @@ from digzsl_ray.stages.prototypes import PrototypesStage
 
 
 
+def preflight(cfg) -> None:
+    """Image sizes a CLIP ViT cannot take are a one-line config error before any work (not a Ray Train
+    worker failing three times): read from the model's config, no weights loaded."""
+    from digzsl_ray.models.presets import check_vit_size, clip_vision_config
+
+    vision = clip_vision_config(cfg.models.clip, cfg.models.clip_pretrained)
+    check_vit_size("filter.image_size", cfg.filter.image_size, vision)
+    check_vit_size("classifier.image_size", cfg.classifier.image_size, vision)
+
+
 def served_model(path, device="cpu"):
     """The serving hook: the classifier of ``path`` (imported here, so the CLI stays torch-free)."""
     from digzsl_ray.methods.multilabel.classifier import served_model as load
@@ -41,4 +51,5 @@ METHOD = Method(
     multi_label=True,
     headline=format_headline,
     serve_loader=served_model,
+    preflight=preflight,
 )

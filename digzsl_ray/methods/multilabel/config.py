@@ -43,8 +43,8 @@ class GenerateConfig(Section):
                                         "(COCO's: skateboard+snowboard, elephant+cow, sink+cup, scissors+knife)")
     negative_prompt: str = Field("", description="negative prompt of classifier-free guidance (real configs: the "
                                  "reference's list)")
-    image_size: int = Field(64, ge=0, le=4096, description="generated image side in pixels (0: the pipeline's native "
-                            "size); MiniWorld scenes are 64 px")
+    image_size: int = Field(0, ge=0, le=4096, description="generated image side in pixels (0: the pipeline's native "
+                            "size, 512 for SD 1.5); miniworld_multilabel sets MiniWorld's 64 px scenes")
     num_inference_steps: int = Field(10, ge=1, le=1000, description="denoising steps")
     guidance_scale: float = Field(3.0, ge=1.0, le=100.0, description="classifier-free guidance scale")
     seed: int = Field(1, ge=0, description="seed of the label sets, prompts and latents")
@@ -74,8 +74,8 @@ class FilterConfig(Section):
                                    "become labels")
     parents: dict[str, list[str]] = Field(default_factory=dict, description="topk_extra: label -> parent labels added "
                                           "with it (the reference hard-codes e.g. cat -> animal)")
-    image_size: int = Field(64, ge=0, le=4096, description="CLIP input side for the discriminator (0: CLIP's native "
-                            "size; a ViT's positional grid is resized for others)")
+    image_size: int = Field(0, ge=0, le=4096, description="CLIP input side for the discriminator (0: CLIP's native "
+                            "size; a ViT's positional grid is resized for others, a multiple of its patch size)")
     batch_size: int = runtime(64, ge=1, le=4096, description="images per discriminator call")
     actors: int = runtime(1, ge=1, le=100_000, description="filter actors (one CLIP each)")
     num_gpus: float = runtime(0.0, ge=0.0, le=64, description="GPUs per filter actor")
@@ -108,7 +108,8 @@ class TuneConfig(Section):
 class ClassifierConfig(Section):
     n_ctx: int = Field(16, ge=1, le=64, description="learned context tokens of the positive and of the negative "
                        "prompt (DualCoOp; shared across classes)")
-    image_size: int = Field(64, ge=0, le=4096, description="CLIP input side (0: CLIP's native size)")
+    image_size: int = Field(0, ge=0, le=4096, description="CLIP input side (0: CLIP's native size; others resize a "
+                            "ViT's positional grid and must be a multiple of its patch size)")
     branch: bool = Field(True, description="add the zero-initialised global feature-fusion branch (the method); "
                          "False trains the contexts alone")
     epochs: int = Field(8, ge=1, le=100_000, description="maximum epochs (each: a pass over real seen images, "

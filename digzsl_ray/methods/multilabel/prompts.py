@@ -66,8 +66,17 @@ def parse_phrases(reply: str, n: int) -> list[str]:
     return out[:n]
 
 
+_AN = re.compile(r"\b([Aa]) (?=(?!uni|use|eu|one)[aeiouAEIOU])")
+
+
+def articles(text: str) -> str:
+    """``a`` before a vowel sound becomes ``an`` ("A indigo bunting" -> "An indigo bunting"; "a unicorn"
+    stays)."""
+    return _AN.sub(lambda m: m.group(1) + "n ", text)
+
+
 def fallback(a: str, b: str) -> str:
-    return f"A photo of a {a} next to a {b}."
+    return articles(f"A photo of a {a} next to a {b}.")
 
 
 _PLACES = ("on a plain table", "in a quiet room", "under soft light", "on a sunny day", "in a small studio",
@@ -85,7 +94,7 @@ def grammar_phrases(a: str, b: str, n: int, seed: int = 0) -> list[str]:
     templates = _SINGLE if a == b else _TEMPLATES
     combos = [(t, p) for t in templates for p in _PLACES]
     pick = rng.permutation(len(combos))[:n]
-    return [combos[i][0].format(a=a, b=b, place=combos[i][1]) for i in pick]
+    return [articles(combos[i][0].format(a=a, b=b, place=combos[i][1])) for i in pick]
 
 
 def cache_path(cache: Path, a: str, b: str) -> Path:

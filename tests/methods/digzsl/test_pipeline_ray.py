@@ -74,6 +74,8 @@ def test_prototypes_and_cdm_survive_a_worker_failure(env):
     epochs = [h["epoch"] for h in meta["history"] if "epoch" in h]
     assert epochs == [0, 1, 2]  # epoch 1 failed once, then resumed from the epoch-0 checkpoint
     assert {"resumed_at_epoch": 1} in meta["history"]
+    # the resume used the run's checkpoints; once the stage is complete they are gone (ray.keep_checkpoints off)
+    assert not list(ctx.rd.ray_storage.glob("cdm-*"))
     for k in ("zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H"):
         assert 0 <= metrics[k] <= 100
     # rerun: complete stage is skipped (no training: files untouched)
@@ -208,6 +210,7 @@ def test_classifier_resumes_after_a_worker_failure(env):
     assert clf.complete(ctx) and not clf.variant_complete(ctx, "plain_prompt")
     meta = json.loads((ctx.path("train-classifier:dct") / "config.json").read_text())
     assert {"resumed_at_epoch": 1} in meta["history"]
+    assert not list(ctx.rd.ray_storage.glob("classifier-dct-*"))  # the task's state file, removed when done
     rows = [h["rows"] for h in meta["history"] if "rows" in h]
     assert rows and all(r > 0 for r in rows)
     clf, ctx = _stage(env, "train-classifier")  # all variants: dct is complete, plain_prompt is trained

@@ -226,7 +226,7 @@ class CDMStage(Stage):
 
     def run(self, ctx) -> dict:
         """Train the CDM and return its own metrics (OUT/cdm/metrics.json)."""
-        from digzsl_ray.distributed.trainloop import make_trainer
+        from digzsl_ray.distributed.trainloop import fit, make_trainer
 
         cfg, split, rd = ctx.cfg, ctx.split, ctx.rd
         protos = ctx.require("prototypes:prototypes")
@@ -245,7 +245,7 @@ class CDMStage(Stage):
              "scores": str(ctx.path("train-cdm:scores")), "fingerprint": fp},
             name=f"cdm-{fp}", storage=rd.ray_storage, num_workers=w.num_workers, use_gpu=w.use_gpu,
             cpus_per_worker=w.cpus_per_worker, max_failures=w.max_failures)
-        trainer.fit()
+        fit(trainer, cfg.ray.keep_checkpoints)
         metrics = cdm_metrics(ctx.path("train-cdm:scores"), ctx.path("train-cdm:config"), split)
         write_json(ctx.path("train-cdm:metrics"), metrics)
         stage_timing(rd, "cdm", time.time() - t0)

@@ -401,6 +401,10 @@ def feature_worker(config: dict) -> dict:
                            "fingerprint": config["fingerprint"], "clip_filter": filtered,
                            "trained_on": "cached frozen-CLIP features"})
     state_file.unlink(missing_ok=True)
+    try:
+        state_file.parent.rmdir()
+    except OSError:
+        pass
     return {"best_val_acc": best, "epochs": sum(1 for h in history if h.get("epoch", -1) >= 0)}
 
 
@@ -477,7 +481,7 @@ class ClassifierStage(Stage):
         from ray.train import DataConfig
 
         from digzsl_ray.classifier import input_size
-        from digzsl_ray.distributed.trainloop import make_trainer
+        from digzsl_ray.distributed.trainloop import fit, make_trainer
 
         cfg, split, rd = ctx.cfg, ctx.split, ctx.rd
         out = ctx.path(f"train-classifier:{variant}")
@@ -550,7 +554,7 @@ class ClassifierStage(Stage):
             # preserve_order: the stream (and with the seeded shuffle, every batch) repeats run to run
             dataset_config=DataConfig(datasets_to_split=["train"],
                                       execution_options=_ordered(DataConfig.default_ingest_options())))
-        trainer.fit()
+        fit(trainer, cfg.ray.keep_checkpoints)
         return self._done(ctx, variant, out, t0)
 
     def _done(self, ctx, variant: str, out: Path, t0: float) -> Path:

@@ -256,7 +256,7 @@ class ClassifierStage(Stage):
         return json.dumps({v: round(b["selection"], 2) for v, b in result.items()})
 
     def run(self, ctx) -> dict:
-        from digzsl_ray.distributed.trainloop import make_trainer
+        from digzsl_ray.distributed.trainloop import fit, make_trainer
 
         cfg, split = ctx.cfg, ctx.split
         data = {"train": _items(split.train_items()), "val": _items(split.val),
@@ -275,7 +275,7 @@ class ClassifierStage(Stage):
                 "out": str(ctx.path(f"train-classifier:{v}")), "fingerprint": fp, "variant": v},
                 name=f"classifier-ml-{v}-{fp}", storage=ctx.rd.ray_storage, num_workers=w.num_workers,
                 use_gpu=w.use_gpu, cpus_per_worker=w.cpus_per_worker, max_failures=w.max_failures, keep=1)
-            trainer.fit()
+            fit(trainer, cfg.ray.keep_checkpoints)
             best = read_json(ctx.path(f"train-classifier:{v}") / "config.json")["best"]
             stage_timing(ctx.rd, f"classifier_{v}", time.time() - t0)
             log.info("train-classifier %s: best epoch %d, validation %s", v, best["epoch"],

@@ -222,7 +222,7 @@ class TuneStage(Stage):
                 "untuned_val_acceptance": s["untuned"].get("val_acceptance")}
 
     def run(self, ctx):
-        from digzsl_ray.distributed.trainloop import make_trainer
+        from digzsl_ray.distributed.trainloop import fit, make_trainer
         from digzsl_ray.methods.multilabel.prompts import read_phrases
 
         cfg, split = ctx.cfg, ctx.split
@@ -244,7 +244,7 @@ class TuneStage(Stage):
             "out": str(ctx.path("tune-text-encoder:dir")), "fingerprint": fp},
             name=f"tune-{fp}", storage=ctx.rd.ray_storage, num_workers=w.num_workers, use_gpu=w.use_gpu,
             cpus_per_worker=w.cpus_per_worker, max_failures=w.max_failures, keep=1)
-        trainer.fit()
+        fit(trainer, cfg.ray.keep_checkpoints)
         stage_timing(ctx.rd, "tune_text_encoder", time.time() - t0)
         out = self.cached(ctx)
         log.info("tune: exported step %s (validation acceptance %.1f%%, untuned %.1f%%)", out["chosen_step"],

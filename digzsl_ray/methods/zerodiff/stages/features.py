@@ -151,18 +151,18 @@ class FeaturesStage(Stage):
 
     def _finetune(self, ctx, fp: str) -> None:
         from digzsl_ray.distributed.faults import current_spec
-        from digzsl_ray.distributed.trainloop import make_trainer
+        from digzsl_ray.distributed.trainloop import fit, make_trainer
 
         cfg, split, f = ctx.cfg, ctx.split, ctx.cfg.features
         tr, va = split.train_items(), split.val
         w = f.cnn_workers
-        make_trainer(cnn_worker, {
+        fit(make_trainer(cnn_worker, {
             "features": f.model_dump(mode="json"), "threads": cfg.models.torch_threads, "seed": cfg.seed,
             "seen": list(split.seen), "train_paths": [it.path for it in tr], "train_labels": [it.label for it in tr],
             "val_paths": [it.path for it in va], "val_labels": [it.label for it in va],
             "out": str(ctx.path("extract-features:cnn")), "fingerprint": fp, "fault": current_spec()},
             name=f"cnn-{fp}", storage=ctx.rd.ray_storage, num_workers=w.num_workers, use_gpu=w.use_gpu,
-            cpus_per_worker=w.cpus_per_worker, max_failures=w.max_failures).fit()
+            cpus_per_worker=w.cpus_per_worker, max_failures=w.max_failures), cfg.ray.keep_checkpoints)
 
     def _extract(self, ctx, spec: dict, splits: dict[str, list]) -> dict:
         """One Ray Data pass over the images of every split: {split: (features, index, labels, paths)}."""

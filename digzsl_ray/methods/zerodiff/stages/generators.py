@@ -149,7 +149,7 @@ class GeneratorsStage(Stage):
 
     def run(self, ctx) -> dict:
         from digzsl_ray.distributed.faults import current_spec
-        from digzsl_ray.distributed.trainloop import make_trainer
+        from digzsl_ray.distributed.trainloop import fit, make_trainer
         from digzsl_ray.methods.zerodiff.features import read_features
         from digzsl_ray.methods.zerodiff.folds import fold_plan
         from digzsl_ray.methods.zerodiff.semantics import class_semantics
@@ -162,13 +162,13 @@ class GeneratorsStage(Stage):
         _, ytv = read_features(ctx.path("extract-features:dir") / "trainval")
         att = class_semantics(cfg, split, ctx.require("prototypes:prototypes"))
         w = cfg.generators.workers
-        make_trainer(generators_worker, {
+        fit(make_trainer(generators_worker, {
             "cfg": cfg.model_dump(mode="json"), "plan": fold_plan(cfg, split, ytv), "att": att.tolist(),
             "features": str(ctx.path("extract-features:dir")), "represent": str(ctx.path("train-representation:dir")),
             "represent_cfg": cfg.represent.model_dump(), "out": str(ctx.path("train-generators:dir")),
             "fingerprint": fp, "fault": current_spec()},
             name=f"generators-{fp}", storage=ctx.rd.ray_storage, num_workers=w.num_workers, use_gpu=w.use_gpu,
-            cpus_per_worker=w.cpus_per_worker, max_failures=w.max_failures).fit()
+            cpus_per_worker=w.cpus_per_worker, max_failures=w.max_failures), cfg.ray.keep_checkpoints)
         stage_timing(ctx.rd, "generators", time.time() - t0)
         out = self.cached(ctx)
         log.info("generators: %s", out)
