@@ -35,7 +35,13 @@ def main() -> None:
                    check=True)
     wall = time.perf_counter() - t0
     m = json.loads((out / "metrics.json").read_text())
-    save("pipeline", {"timing_s": m["timing_s"], "peak_rss_mb": m["peak_rss_mb"],
+
+    def mb(p: Path) -> float:
+        return round(sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 2**20, 1) if p.exists() else 0.0
+
+    # what a finished run occupies on disk, and its largest parts
+    disk = {"total_mb": mb(out), **{f"{d.name}_mb": mb(d) for d in sorted(out.iterdir()) if d.is_dir()}}
+    save("pipeline", {"timing_s": m["timing_s"], "peak_rss_mb": m["peak_rss_mb"], "disk": disk,
                       "peak_rss_sum_mb": m.get("peak_rss_sum_mb"), "peak_memory_breakdown": m.get("peak_memory_breakdown"),
                       "wall_s": round(wall, 1),
                       "zsl_top1": m["zsl_top1"], "gzsl_H": m["gzsl_H"]})

@@ -48,3 +48,21 @@ def test_xformers_attention_when_installed(tmp_path):
     assert imgs.shape == (2, 3, 16, 16) and torch.isfinite(imgs).all()
 
 
+
+
+def test_classifier_head_trains_on_cached_cpu_features_on_the_gpu():
+    import torch.nn.functional as F
+
+    from digzsl_ray.classifier import PrototypeHead
+    from digzsl_ray.methods.digzsl.head import head_logits, train_head
+
+    torch.manual_seed(0)
+    protos = F.normalize(torch.randn(4, 16), dim=-1)
+    y = torch.arange(4).repeat_interleave(20)
+    feats = protos[y].unsqueeze(0) + 0.05 * torch.randn(2, len(y), 16)  # [views, N, D] on the CPU
+    head = PrototypeHead(protos, 16.0).cuda()
+    teacher = torch.stack([16.0 * F.normalize(feats[v], dim=-1) @ protos.t() for v in range(2)])
+    info = train_head(head, feats, y, feats[0], y.numpy(), epochs=3, patience=3, lr=1e-2, weight_decay=0.0,
+                      batch=16, seed=0, teacher=teacher, distill=0.5, init_candidate=True, device="cuda")
+    assert info["best_val_acc"] == 100.0
+    assert head_logits(head, feats[0]).device.type == "cpu"

@@ -46,8 +46,10 @@ def class_factors(labels: torch.Tensor | np.ndarray) -> dict[int, float]:
 
 
 def head_logits(head: nn.Module, feats: torch.Tensor, batch: int = 4096) -> torch.Tensor:
-    """Logits ``[N, C]`` of L2-normalised features ``[N, D]`` (the CLIP backbone's input to its head)."""
-    out = [head(F.normalize(feats[i : i + batch].float(), dim=-1)) for i in range(0, len(feats), batch)]
+    """Logits ``[N, C]`` (on the CPU) of L2-normalised features ``[N, D]`` (the CLIP backbone's input to
+    its head), computed on the head's device."""
+    dev = next(head.parameters()).device
+    out = [head(F.normalize(feats[i : i + batch].to(dev).float(), dim=-1)).cpu() for i in range(0, len(feats), batch)]
     return torch.cat(out) if out else torch.empty(0)
 
 

@@ -226,6 +226,22 @@ def test_evaluation_and_report(env):
     for k in ("zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H", "calibration_lambda", "ausuc", "timing_s", "peak_rss_mb"):
         assert k in metrics
     assert set(metrics["ablation"]) == {"clip_zero_shot", "no_synthetic", "plain_prompt", "dct"}
+    # the floor is the frozen CLIP with the run's prototypes, computed here from scratch (no cache)
+    from digzsl_ray.features import FrozenCLIP, zero_shot_logits
+    from digzsl_ray.metrics.zsl import zsl_top1
+    from digzsl_ray.prototypes import load_prototypes
+
+    cfg, split = env["cfg"], env["split"]
+    clip = FrozenCLIP(cfg.models.clip, cfg.models.clip_pretrained, "cpu")
+    items = split.items["test_unseen"]
+    z = zero_shot_logits(clip.of_paths([it.path for it in items])[0], load_prototypes(ctx.path("prototypes:prototypes"))[0],
+                         clip.scale)
+    expected = zsl_top1(z, np.array([it.label for it in items]), list(split.unseen))
+    assert abs(metrics["ablation"]["clip_zero_shot"]["zsl_top1"] - round(expected, 3)) < 1e-6
+    from digzsl_ray.metrics.zsl import format_headline
+
+    table = format_headline(metrics, ctx.method.variants)
+    assert table.splitlines()[1].startswith("clip_zero_shot") and "vs CLIP" in table.splitlines()[0]
     for v in metrics["ablation"].values():
         assert {"zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H"} <= set(v)
     assert json.loads(ctx.path("evaluate:metrics").read_text()) == metrics
