@@ -61,6 +61,11 @@ ABOUT = {
                  "diagnostics: an oracle filter as the upper bound, a per-class fallback to plain images) with test "
                  "ZSL/GZSL, the validation accuracy and the validation-class ZSL (seen classes held out as "
                  "pseudo-unseen with plain-prompt images, scored on their real images: what a choice may rest on).",
+    "token_hypotheses": "The token-side settings side by side (`python benchmarks/token_hypotheses.py --base DIR "
+                        "--exp NAME=DIR...`): per setting, dct's and the floor's ZSL top-1 and GZSL H over the seeds "
+                        "(from `ablation*.json`) and the tokens' own fresh-seed figures from each kept run's "
+                        "`tokens/summary.json` (CDM and oracle accuracy of the learned token's images, updates, gamma "
+                        "stops).",
     "diagnose": "Per unseen class of one run (`python benchmarks/diagnose.py --run DIR`): the CDM's and the "
                 "oracle's accuracy on fresh generated images (plain prompt, learned token), the classifiers' "
                 "accuracy on held-out synthetic images and on real test images, and the CDM's on real test "
@@ -112,7 +117,7 @@ def main() -> None:
              "machine they ran on. `make bench` runs the CPU ones and rewrites this file. They are never "
              "collected as tests.", ""]
     for name in ("dct_step", "token_scaling", "generation", "serve", "pipeline", "ablation", "beat_clip",
-                 "ablation-h4", "ablation-h1", "ablation-h3", "classifier_stage", "determinism", "diagnose",
+                 "ablation-h4", "ablation-h1", "ablation-h3", "token_hypotheses", "classifier_stage", "determinism", "diagnose",
                  "multilabel_ablation", "multilabel_throughput", "zerodiff_ablation", "zerodiff_scale",
                  "compare_miniworld", "live", "live-extend", "live-excluded-class", "live-excluded-class-extend", "gpu"):
         p = HERE / "results" / f"{name}.json"
@@ -133,7 +138,8 @@ def main() -> None:
                      f"ray {m.get('versions', {}).get('ray')}.")
         lines.append("")
         lines.append("```json")
-        lines.append(json.dumps({k: v for k, v in r.items() if k not in ("machine", "benchmark")}, indent=2))
+        # per-run details stay in results/<name>.json (beat_clip's would fill thousands of lines here)
+        lines.append(json.dumps({k: v for k, v in r.items() if k not in ("machine", "benchmark", "per_run")}, indent=2))
         lines.append("```")
         for key, op, target in TARGETS.get(name, []):
             v = r.get(key)
