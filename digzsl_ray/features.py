@@ -170,3 +170,65 @@ class FrozenCLIP:
         return self.cache.get(key, lambda: extract_features(
             self.model, decode_png_bytes(blobs, self.size), self.size, self.mean, self.std, self.device,
             views=views, seed=seed, progress=progress, desc=desc))
+
+
+# The floor every single-label method is compared with -------------------------------------------------
+def clip_zero_shot_arrays(cfg, split, run_root, prototypes_path, held: tuple[list[bytes], np.ndarray] | None = None) -> dict:
+    """The frozen CLIP's zero-shot probabilities with the run's prototypes (softmax at the model's logit
+    scale): test images, seen val images, the trainval images of the validation classes and, when
+    given, held-out synthetic unseen images ``held = (pngs, labels)``. Features are cached in
+    ``run_root/features`` (shared with the classifier stage)."""
+    from digzsl_ray.data.split import validation_classes
+    from digzsl_ray.prototypes import load_prototypes
+
+    protos = load_prototypes(prototypes_path)[0]
+    clip = FrozenCLIP(cfg.models.clip, cfg.models.clip_pretrained, cfg.models.device,
+                      cache_dir=Path(run_root) / "features")
+
+    def probs(f) -> np.ndarray:
+        return softmax(zero_shot_logits(f, protos, clip.scale))
+
+    def of(items) -> tuple[np.ndarray, np.ndarray]:
+        return probs(clip.of_paths([it.path for it in items])[0]), np.array([it.label for it in items], dtype=np.int64)
+
+    out: dict = {}
+    for key, items in (("test_seen", split.items["test_seen"]), ("test_unseen", split.items["test_unseen"]),
+                       ("val", split.val)):
+        out[f"{key}_scores"], out[f"{key}_labels"] = of(items)
+    if held is not None:
+        out["synthetic_scores"] = probs(clip.of_pngs(held[0])[0]) if held[0] else np.zeros((0, len(split.classes)))
+        out["synthetic_labels"] = held[1]
+    vset = set(validation_classes(split, cfg.data.val_seed))
+    if vset:
+        out["valclass_unseen_scores"], out["valclass_unseen_labels"] = of(
+            [it for it in split.items["trainval"] if it.label in vset])
+        out["valclass_classes"] = np.array(sorted(vset), dtype=np.int64)
+    return out
+
+
+def clip_zero_shot_reports(z: dict, seen: list[int], unseen: list[int], grid: np.ndarray) -> dict[str, dict]:
+    """The floor's full report (:func:`digzsl_ray.metrics.zsl.full_report`) per calibration:
+    ``synthetic`` (lambda on real seen val + the held-out synthetic images, when ``z`` has them) and
+    ``valclass`` (lambda on real images only: val images of the seen classes outside the validation
+    classes V against V's images, which a zero-shot model has never seen any more than the unseen ones)."""
+    from digzsl_ray.metrics.zsl import choose_lambda, full_report
+
+    zv = np.isin(z["val_labels"], seen)
+    test = (z["test_seen_scores"], z["test_seen_labels"], z["test_unseen_scores"], z["test_unseen_labels"])
+    out: dict = {}
+    if "synthetic_scores" in z:
+        out["synthetic"] = full_report(*test, z["val_scores"][zv], z["val_labels"][zv], z["synthetic_scores"],
+                                       z["synthetic_labels"], seen, unseen, grid)
+        out["synthetic"]["validation"]["data"] = "held-out DCT images (synthetic unseen) + real seen val images"
+    if "valclass_classes" in z:
+        v_set = [int(c) for c in z["valclass_classes"]]
+        vs = zv & ~np.isin(z["val_labels"], v_set)
+        lam, val = choose_lambda(z["val_scores"][vs], z["val_labels"][vs], z["valclass_unseen_scores"],
+                                 z["valclass_unseen_labels"], [c for c in seen if c not in set(v_set)],
+                                 sorted(set(unseen) | set(v_set)), grid)
+        empty = np.zeros((0, z["test_seen_scores"].shape[1]))
+        r = full_report(*test, empty, np.zeros(0), empty, np.zeros(0), seen, unseen, grid, lam=lam)
+        r["validation"] = {"gzsl_U": val["U"], "gzsl_S": val["S"], "gzsl_H": val["H"],
+                           "data": "real: val images of seen classes outside V, trainval images of V"}
+        out["valclass"] = r
+    return out

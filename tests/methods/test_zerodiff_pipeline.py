@@ -93,11 +93,14 @@ def test_evaluation_contract_report_and_serving(env):
     m = execute(stage, ctx)
     for k in ("zsl_top1", "gzsl_U", "gzsl_S", "gzsl_H", "calibration_lambda", "ausuc", "timing_s", "peak_rss_mb"):
         assert k in m
-    assert set(m["ablation"]) == {"base", "diffgen", "difftta", "full"}
+    assert set(m["ablation"]) == {"clip_zero_shot", "base", "diffgen", "difftta", "full"}
+    # the floor: the frozen CLIP with the run's prototypes, lambda from the validation classes' real images
+    assert set(m["calibrations"]["clip_zero_shot"]) == {"valclass"}
+    assert m["calibrations"]["clip_zero_shot"]["valclass"]["gzsl_H"] == m["ablation"]["clip_zero_shot"]["gzsl_H"]
     assert m["main_variant"] == "full" and m["select_on_test"] is False and m["calibration"] == "valclass"
     assert m["gzsl_H"] == m["ablation"]["full"]["gzsl_H"]
     for v, cals in m["calibrations"].items():
-        assert {"valclass", "synthetic"} == set(cals)
+        assert {"valclass", "synthetic"} == set(cals) or v == "clip_zero_shot"
         assert cals["valclass"]["gzsl_H"] == m["ablation"][v]["gzsl_H"]
         assert -1.0 <= cals["valclass"]["calibration_lambda"] <= 1.0
     assert m["validation_fold"]["base"]["epoch"] in range(3)

@@ -8,7 +8,7 @@ difftta / full and report. Maths: :mod:`.schedule`, :mod:`.nets`, :mod:`.gan`, :
 """
 
 from digzsl_ray.methods.zerodiff.config import ZerodiffRunConfig
-from digzsl_ray.methods.zerodiff.variants import FULL, VARIANTS
+from digzsl_ray.methods.zerodiff.variants import FULL, REPORTED
 from digzsl_ray.methods.zerodiff.report import build_report
 from digzsl_ray.methods.zerodiff.stages.evaluate import EvaluateStage
 from digzsl_ray.methods.zerodiff.stages.features import FeaturesStage
@@ -29,7 +29,7 @@ METHOD = Method(
     description="ZeroDiff++: diffusion-augmented GAN generation of unseen-class features, DiffGen and DiffTTA (ours)",
     config=ZerodiffRunConfig,
     stages=(PrototypesStage(), FeaturesStage(), RepresentStage(), GeneratorsStage(), EvaluateStage()),
-    variants=VARIANTS,
+    variants=REPORTED,
     main_variant=FULL,
     serve_model="evaluate:served",
     report=build_report,

@@ -3,3 +3,8 @@ addition alone, our reading), ``full`` (ZeroDiff++: both; the headline)."""
 
 BASE, DIFFGEN, DIFFTTA, FULL = "base", "diffgen", "difftta", "full"
 VARIANTS = (BASE, DIFFGEN, DIFFTTA, FULL)
+
+# the floor reported beside them: the frozen CLIP with the run's prototypes, no training (when the run's
+# images and a CLIP are at hand); never fitted, so the evaluation's loops run over VARIANTS only
+CLIP_ZERO_SHOT = "clip_zero_shot"
+REPORTED = (CLIP_ZERO_SHOT,) + VARIANTS

@@ -28,7 +28,6 @@ import numpy as np
 from digzsl_ray.errors import MissingInputError
 from digzsl_ray.generation import is_validation_row, read_manifest
 from digzsl_ray.io import write_json
-from digzsl_ray.data.split import validation_classes
 from digzsl_ray.methods.digzsl.variants import CLIP_ZERO_SHOT, DCT, NO_SYNTHETIC, PLAIN_PROMPT
 from digzsl_ray.metrics.zsl import calibration_summary, format_headline, full_report, headline_metrics
 from digzsl_ray.stages.contract import Stage
@@ -87,39 +86,6 @@ def cdm_synthetic_val_scores(ctx, held=None) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(scores), labels
 
 
-def clip_zero_shot_arrays(ctx, held) -> dict[str, np.ndarray]:
-    """The frozen CLIP's zero-shot probabilities with the run's prototypes (softmax at the model's
-    logit scale) of the test images, the seen val images, the held-out DCT images and, for the
-    validation-class protocol, the trainval images of the validation classes. Features are cached in
-    ``OUT/features/`` (shared with the classifier stage)."""
-    from digzsl_ray.features import FrozenCLIP, softmax, zero_shot_logits
-    from digzsl_ray.prototypes import load_prototypes
-
-    cfg, split = ctx.cfg, ctx.split
-    protos = load_prototypes(ctx.require("prototypes:prototypes"))[0]
-    clip = FrozenCLIP(cfg.models.clip, cfg.models.clip_pretrained, cfg.models.device,
-                      cache_dir=ctx.rd.root / "features")
-
-    def probs(f) -> np.ndarray:
-        return softmax(zero_shot_logits(f, protos, clip.scale))
-
-    def of(items) -> tuple[np.ndarray, np.ndarray]:
-        return probs(clip.of_paths([it.path for it in items])[0]), np.array([it.label for it in items], dtype=np.int64)
-
-    out = {}
-    for key, items in (("test_seen", split.items["test_seen"]), ("test_unseen", split.items["test_unseen"]),
-                       ("val", split.val)):
-        out[f"{key}_scores"], out[f"{key}_labels"] = of(items)
-    out["synthetic_scores"] = probs(clip.of_pngs(held[0])[0]) if held[0] else np.zeros((0, len(split.classes)))
-    out["synthetic_labels"] = held[1]
-    vset = set(validation_classes(split, cfg.data.val_seed))
-    if vset:
-        out["valclass_unseen_scores"], out["valclass_unseen_labels"] = of(
-            [it for it in split.items["trainval"] if it.label in vset])
-        out["valclass_classes"] = np.array(sorted(vset), dtype=np.int64)
-    return out
-
-
 CALIBRATIONS = ("synthetic", "valclass")
 
 
@@ -152,27 +118,12 @@ def evaluate_variants(ctx) -> tuple[dict[str, dict], dict[str, dict]]:
     #    comes from the same validation data as the CDM's: real seen val images + held-out DCT images
     #    (synthetic), or real images of the validation classes, which a zero-shot model has never seen
     #    any more than the unseen ones (valclass).
-    held = heldout_synthetic(ctx)
-    z = clip_zero_shot_arrays(ctx, held)
-    zv = np.isin(z["val_labels"], seen)
-    zs_arrays = (z["test_seen_scores"], z["test_seen_labels"], z["test_unseen_scores"], z["test_unseen_labels"],
-                 z["val_scores"][zv], z["val_labels"][zv], z["synthetic_scores"], z["synthetic_labels"], seen, unseen,
-                 grid)
-    by_cal["synthetic"][CLIP_ZERO_SHOT] = full_report(*zs_arrays)
-    by_cal["synthetic"][CLIP_ZERO_SHOT]["validation"]["data"] = ("held-out DCT images (synthetic unseen) + real "
-                                                                 "seen val images")
-    if "valclass_classes" in z:
-        from digzsl_ray.metrics.zsl import choose_lambda
+    from digzsl_ray.features import clip_zero_shot_arrays, clip_zero_shot_reports
 
-        v_set = [int(c) for c in z["valclass_classes"]]
-        vs = zv & ~np.isin(z["val_labels"], v_set)
-        lam, val = choose_lambda(z["val_scores"][vs], z["val_labels"][vs], z["valclass_unseen_scores"],
-                                 z["valclass_unseen_labels"], [c for c in seen if c not in set(v_set)],
-                                 sorted(set(unseen) | set(v_set)), grid)
-        r = full_report(*zs_arrays, lam=lam)
-        r["validation"] = {"gzsl_U": val["U"], "gzsl_S": val["S"], "gzsl_H": val["H"],
-                           "data": "real: val images of seen classes outside V, trainval images of V"}
-        by_cal["valclass"][CLIP_ZERO_SHOT] = r
+    held = heldout_synthetic(ctx)
+    z = clip_zero_shot_arrays(cfg, split, ctx.rd.root, ctx.require("prototypes:prototypes"), held)
+    for cal, r in clip_zero_shot_reports(z, seen, unseen, grid).items():
+        by_cal[cal][CLIP_ZERO_SHOT] = r
 
     # 1. no_synthetic: the CDM (temperature-scaled cosine logits -> probabilities).
     s = np.load(ctx.require("train-cdm:scores"))

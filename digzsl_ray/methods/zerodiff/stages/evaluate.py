@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from digzsl_ray.io import write_json
-from digzsl_ray.methods.zerodiff.variants import BASE, FULL, VARIANTS
+from digzsl_ray.methods.zerodiff.variants import BASE, CLIP_ZERO_SHOT, FULL, VARIANTS
 from digzsl_ray.methods.zerodiff.folds import FOLDS
 from digzsl_ray.methods.zerodiff.models import load_fold_models
 from digzsl_ray.metrics.zsl import calibration_summary, format_headline, full_report, headline_metrics
@@ -125,6 +125,9 @@ class EvaluateStage(Stage):
         how = ("final_test" if cfg.evaluate.select_on_test else
                "val" if cfg.evaluate.calibration == "valclass" else "final_synthetic")
         reports = reports_of(ctx, ev, how)
+        floor = self._floor(ctx)
+        if floor is not None:
+            reports[CLIP_ZERO_SHOT] = floor
         metrics = headline_metrics(reports, main=FULL, n_unseen=len(split.unseen), n_seen=len(split.seen))
         cal = {"val": "valclass", "final_synthetic": "synthetic", "final_test": "test"}
         metrics["calibration"] = cal[how]
@@ -139,6 +142,8 @@ class EvaluateStage(Stage):
         metrics["calibrations"] = {v: {cal[how]: calibration_summary(reports[v]),
                                        **{cal[h]: calibration_summary(r[v]) for h, r in others.items()}}
                                    for v in VARIANTS}
+        if floor is not None:  # one lambda for every headline: the validation classes' real images
+            metrics["calibrations"][CLIP_ZERO_SHOT] = {"valclass": calibration_summary(floor)}
         metrics["validation_fold"] = {v: {k: round(float(x), 3) for k, x in ev["sel"][v]["val"].items()}
                                       for v in VARIANTS}
         metrics["pseudo_labels"] = {f: ev["pseudo"][f][2] for f in ev["pseudo"]}
@@ -153,7 +158,7 @@ class EvaluateStage(Stage):
         details = {v: {**{k: x for k, x in r.items() if k not in ("per_class_gzsl", "per_class_zsl")},
                        "per_class_gzsl": {split.classes[i]: a for i, a in r["per_class_gzsl"].items()},
                        "per_class_zsl": {split.classes[i]: a for i, a in r["per_class_zsl"].items()},
-                       "info": ev["fits"]["final"][v]["info"]}
+                       "info": ev["fits"]["final"][v]["info"] if v in ev["fits"]["final"] else {}}
                    for v, r in reports.items()}
         write_json(ctx.path("evaluate:evaluation"), {"classes": split.classes, "seen": list(split.seen),
                                                      "unseen": list(split.unseen), "variants": details,
@@ -163,6 +168,20 @@ class EvaluateStage(Stage):
         if not ctx.state.get("pipeline"):
             ctx.method.report(ctx)
         return metrics
+
+    def _floor(self, ctx) -> dict | None:
+        """The frozen CLIP's zero-shot report with the run's prototypes, lambda from the validation
+        classes' real images (None, logged, when the run's images or the CLIP are not at hand, e.g.
+        xlsa17 res101 features without the image folder)."""
+        from digzsl_ray.features import clip_zero_shot_arrays, clip_zero_shot_reports
+
+        split = ctx.split
+        try:
+            z = clip_zero_shot_arrays(ctx.cfg, split, ctx.rd.root, ctx.require("prototypes:prototypes"))
+            return clip_zero_shot_reports(z, list(split.seen), list(split.unseen), lambda_grid(ctx.cfg)).get("valclass")
+        except (OSError, ValueError, RuntimeError) as e:
+            log.warning("evaluate: clip_zero_shot (the frozen CLIP floor) skipped: %s", str(e)[:200])
+            return None
 
     def _save_classifiers(self, ctx, ev, how: str) -> None:
         """Each variant's final-fold classifier at its chosen epoch, servable (CLIP features only)."""
