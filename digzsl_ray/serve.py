@@ -82,7 +82,8 @@ def load_run_meta(run_dir: str | Path) -> dict:
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
-    cdir = get_method(cfg.method).output(run_dir, get_method(cfg.method).serve_model)
+    method = get_method(cfg.method)
+    cdir = method.output(run_dir, method.serve_ref(cfg))
     for f in ("weights.safetensors", "config.json", "classes.json"):
         if not (cdir / f).is_file():
             raise MissingInputError(f"{cdir / f}: missing; serve needs a finished run directory (digzsl run)")

@@ -134,6 +134,12 @@ class Method:
     # a served run (docs/live.md); None: the method's runs cannot grow
     add_class_stages: tuple[str, ...] = ()  # the stage names add_class reports, in order
     preflight: Any = None  # (cfg) -> None: raises ConfigError for settings the models cannot take, before any work
+    served: Any = None  # (cfg) -> "stage:output": the classifier a run of this config serves (default serve_model)
+
+    def serve_ref(self, cfg) -> str:
+        """The classifier folder reference the endpoint serves for a run of ``cfg`` (a method whose
+        main variant depends on its settings says so through ``served``)."""
+        return self.served(cfg) if self.served is not None else self.serve_model
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:

@@ -231,3 +231,13 @@ def test_an_image_size_a_patch14_tower_cannot_take_is_a_config_error_before_any_
     cfg = load_run_config("miniworld_multilabel", [f"models.clip=local-dir:{clip}", "filter.image_size=0",
                                                    "classifier.image_size=224"])
     get_method("multilabel").preflight(cfg)
+
+
+def test_a_run_without_tuning_serves_its_filtered_classifier():
+    from digzsl_ray.methods import get_method, load_run_config
+
+    m = get_method("multilabel")
+    assert m.serve_ref(load_run_config("miniworld_multilabel")) == "train-classifier:filtered_tuned"
+    untuned = load_run_config("miniworld_multilabel", ["tune.enabled=false"])
+    assert m.serve_ref(untuned) == "train-classifier:filtered"  # filtered_tuned is never trained then
+    assert get_method("digzsl").serve_ref(load_run_config("miniworld")) == "train-classifier:dct"

@@ -14,7 +14,7 @@ from digzsl_ray.methods.multilabel.stages.evaluate import EvaluateStage
 from digzsl_ray.methods.multilabel.stages.generate import GenerateStage
 from digzsl_ray.methods.multilabel.stages.prompts import PromptsStage
 from digzsl_ray.methods.multilabel.stages.tune import TuneStage
-from digzsl_ray.methods.multilabel.variants import FILTERED_TUNED, VARIANTS
+from digzsl_ray.methods.multilabel.variants import FILTERED_TUNED, VARIANTS, main_variant
 from digzsl_ray.metrics.multilabel import format_headline
 from digzsl_ray.stages.contract import Method
 from digzsl_ray.stages.prototypes import PrototypesStage
@@ -52,4 +52,6 @@ METHOD = Method(
     headline=format_headline,
     serve_loader=served_model,
     preflight=preflight,
+    # without text-encoder tuning there is no filtered_tuned classifier: the run serves filtered
+    served=lambda cfg: f"train-classifier:{main_variant(cfg)}",
 )
