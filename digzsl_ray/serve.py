@@ -244,10 +244,11 @@ def parse_k(raw, default: int, num_classes: int) -> int:
 
 
 def top_k(probs: np.ndarray, classes: list[str], seen: set[int], lam: float, k: int) -> list[dict]:
-    """Rank by calibrated score (probability minus lambda for seen classes)."""
-    score = probs.astype(np.float64).copy()
-    idx_seen = np.fromiter(seen, dtype=np.int64) if seen else np.zeros(0, dtype=np.int64)
-    score[idx_seen] -= lam
+    """Rank by calibrated score (probability minus lambda for seen classes: the evaluation's
+    :func:`digzsl_ray.metrics.zsl.calibrate`)."""
+    from digzsl_ray.metrics.zsl import calibrate
+
+    score = calibrate(np.asarray(probs)[None], sorted(seen), lam)[0]
     order = np.argsort(-score, kind="stable")[:k]
     return [{"class": classes[i], "score": round(float(score[i]), 6), "seen": i in seen,
              "probability": round(float(probs[i]), 6)} for i in order]

@@ -197,10 +197,11 @@ def scores(head, x, lam: float, seen: list[int]):
     """Calibrated stacking scores (what serving ranks by): softmax minus lambda on seen columns."""
     import torch
 
+    from digzsl_ray.metrics.zsl import calibrate
+
     with torch.no_grad():
         p = head(x).softmax(-1).double().numpy()
-    p[:, seen] -= lam
-    return p
+    return calibrate(p, list(seen), lam)
 
 
 def mean_class_acc(pred: np.ndarray, y: np.ndarray, classes) -> float:
