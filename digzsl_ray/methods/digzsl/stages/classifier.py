@@ -58,12 +58,17 @@ def decode_synthetic(batch: dict, size: int) -> dict:
     return {"image": imgs.permute(0, 2, 3, 1).numpy(), "label": np.asarray(batch["label"], dtype=np.int64)}
 
 
+def above_threshold(name, score, thresholds: dict) -> bool:
+    """Whether a synthetic row passes its class's keep threshold (``generate.keep_fraction``; None: all)."""
+    thr = thresholds.get(str(name))
+    return thr is None or float(score) >= thr
+
+
 def keep_synthetic(batch: dict, thresholds: dict, val_fraction: float, want_val: bool) -> dict:
     """Rows above their class's keep threshold, and on the requested side of the validation split."""
     keep = []
     for name, score, seed in zip(batch["class_name"], batch["cdm_score"], batch["seed"]):
-        thr = thresholds.get(str(name))
-        ok = thr is None or float(score) >= thr
+        ok = above_threshold(name, score, thresholds)
         keep.append(ok and is_validation_row(int(seed), val_fraction) == want_val)
     keep = np.asarray(keep, dtype=bool)
     return {k: np.asarray(v)[keep] for k, v in batch.items()}
@@ -267,8 +272,7 @@ def read_synthetic_rows(files: list[str], thresholds: dict, val_fraction: float)
     for f in files:
         t = pq.read_table(str(f), columns=["png", "label", "class_name", "cdm_score", "seed"]).to_pydict()
         for png, y, name, score, seed in zip(t["png"], t["label"], t["class_name"], t["cdm_score"], t["seed"]):
-            thr = thresholds.get(str(name))
-            if thr is None or float(score) >= thr:
+            if above_threshold(name, score, thresholds):
                 out["png"].append(png)
                 out["label"].append(int(y))
                 out["held"].append(is_validation_row(int(seed), val_fraction))
