@@ -453,8 +453,16 @@ def test_latency_and_memory_before_and_after_a_hostile_run(server):
         return float(np.median(ts)) * 1000
 
     def replica_mb() -> float:
+        # the largest model replica: a sum would double when Serve replaces a replica that died of something
+        # else (a node's memory monitor on a small CI machine) while the old process is still exiting
         procs = [p for p in psutil.process_iter(["cmdline"]) if "ServeReplica:digzsl:Classifier" in " ".join(p.info["cmdline"] or [])]
-        return sum(p.memory_info().rss for p in procs) / 2**20
+        sizes = []
+        for p in procs:
+            try:
+                sizes.append(p.memory_info().rss)
+            except psutil.Error:  # exited between the listing and the reading
+                pass
+        return max(sizes, default=0) / 2**20
 
     before, mem_before = p50(), replica_mb()
     hostile = [dict(content=b'{"image_base64": ' + b"[" * 20_000 + b"]" * 20_000 + b"}",
@@ -465,7 +473,7 @@ def test_latency_and_memory_before_and_after_a_hostile_run(server):
     for i in range(200):
         assert c.post("/v1/classify", **hostile[i % len(hostile)]).status_code in (400, 413)
     after, mem_after = p50(), replica_mb()
-    print(f"\nserve hostile run: p50 {before:.1f} -> {after:.1f} ms, replica RSS {mem_before:.0f} -> {mem_after:.0f} MB")
+    print(f"\nserve hostile run: p50 {before:.1f} -> {after:.1f} ms, largest replica RSS {mem_before:.0f} -> {mem_after:.0f} MB")
     assert after < 3 * before + 20
     assert mem_after < 1.2 * mem_before + 50
 
