@@ -70,9 +70,12 @@ def test_weighted_l1_and_supcon_hand_cases():
     from digzsl_ray.methods.zerodiff.nets import weighted_l1
     from digzsl_ray.methods.zerodiff.represent import supcon_loss
 
+    # the reference's form (tfvaegan): w = e^2 / sqrt(sum e^2), loss = sum(w |e|) / rows
     pred, tgt = torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([[0.0, 0.0], [0.0, 2.0]])
-    # row 0: weights (1, 0) -> 1; row 1: weights (0, 1) -> 2; mean over rows 1.5
-    assert float(weighted_l1(pred, tgt)) == pytest.approx(1.5)
+    # row 0: e (1, 0), w (1, 0) -> 1; row 1: e (0, -2), w (0, 4 / 2) -> 4; mean over rows 2.5 (1.5 without the sqrt)
+    assert float(weighted_l1(pred, tgt)) == pytest.approx(2.5)
+    # e (3, 4): w (9, 16) / 5, sum w |e| = (27 + 64) / 5 = 18.2 (3.64 without the sqrt)
+    assert float(weighted_l1(torch.tensor([[3.0, 4.0]]), torch.zeros(1, 2))) == pytest.approx(18.2)
     z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     y = torch.tensor([0, 0, 1, 1])
     assert float(supcon_loss(z, y, 1.0)) == pytest.approx(math.log(math.e + 2) - 1, abs=1e-6)
@@ -87,6 +90,42 @@ def test_minmax_is_fit_on_train_only():
     m = MinMax(tr)
     assert m(tr).min() == 0.0 and m(tr).max() == 1.0
     assert m(np.array([[4.0, 30.0]])).tolist() == [[2.0, 2.0]]  # test values may leave [0, 1]
+
+
+def test_generator_weights_come_from_their_own_seeds_only():
+    """Initial weights and training depend on drg.seed / dfg.seed, not on what the process drew before;
+    drg.seed moves the DRG and only it."""
+    from digzsl_ray.methods.zerodiff.models import build_gans, phase_seeds
+    from digzsl_ray.methods.zerodiff.nets import V2S
+
+    small = {"hidden": 8, "critic_hidden": 8, "batch_size": 4, "critic_iter": 1}
+    cfg = ZerodiffRunConfig().model_copy(update={"drg": ZerodiffRunConfig().drg.model_copy(update=small),
+                                                 "dfg": ZerodiffRunConfig().dfg.model_copy(update=small)})
+    p = NS(att=np.eye(3, dtype=np.float32), x={"train": np.zeros((1, 6), np.float32)},
+           r={"train": np.zeros((1, 5), np.float32)})
+    x, y, r, att = torch.rand(12, 6), torch.arange(12) % 3, torch.rand(12, 5), torch.eye(3)
+
+    def trained(c, fold_index: int, noise: int):
+        torch.rand(noise)  # whatever the process drew before
+        drg, dfg = build_gans(c, p, "cpu", fold_index)
+        out = {}
+        for name, model, sec, data in (("drg", drg, c.drg, r), ("dfg", dfg, c.dfg, x)):
+            gs, ts = phase_seeds(sec, fold_index)
+            torch.manual_seed(ts)
+            model.train_epoch(data, y, att, None if name == "drg" else r, torch.Generator().manual_seed(gs))
+            out[name] = model.weights()
+        return out
+
+    def same(a, b):
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    one, two = trained(cfg, 1, 3), trained(cfg, 1, 1000)
+    assert same(one["drg"], two["drg"]) and same(one["dfg"], two["dfg"])
+    other = trained(cfg.model_copy(update={"drg": cfg.drg.model_copy(update={"seed": cfg.drg.seed + 1})}), 1, 3)
+    assert not same(one["drg"], other["drg"]) and same(one["dfg"], other["dfg"])
+    assert not same(one["drg"], trained(cfg, 0, 3)["drg"])  # the folds differ
+    v = V2S(6, 3, 8, normalise=True)
+    assert torch.allclose(v(torch.rand(4, 6))[0].norm(dim=1), torch.ones(4))
 
 
 def _gan_cfg(**kw):

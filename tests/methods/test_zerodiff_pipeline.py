@@ -85,6 +85,19 @@ def test_features_and_generators_survive_a_worker_failure(env):
     v = val["unseen"]
     assert v and not set(v) & set(split.unseen) and set(v) <= set(split.seen)  # validation classes play unseen
 
+    # a second, uninterrupted run of the same seeds in fresh worker processes: byte-identical weights and the
+    # same per-epoch losses (initial weights drawn from drg.seed / dfg.seed, not from the process's random state)
+    def outputs():
+        d = ctx.path("train-generators:dir")
+        curves = {f: [{k: x for k, x in r.items() if k != "seconds"} for r in
+                      json.loads((d / f / "history.json").read_text())["history"] if "phase" in r] for f in ("val", "final")}
+        return {f"{f}/{m}": (d / f / f"{m}.safetensors").read_bytes() for f in ("val", "final") for m in ("drg", "dfg")}, curves
+
+    first = outputs()
+    gens.run(ctx)
+    second = outputs()
+    assert first[0] == second[0] and first[1] == second[1]
+
 
 def test_evaluation_contract_report_and_serving(env):
     from digzsl_ray.methods.zerodiff.serving import load_served

@@ -213,7 +213,7 @@ class DFG(_GAN):
 
     kind = "dfg"
 
-    def __init__(self, att_dim: int, x_dim: int, r_dim: int, c, device="cpu"):
+    def __init__(self, att_dim: int, x_dim: int, r_dim: int, c, device="cpu", dec_normalise: bool = False):
         super().__init__(c, device)
         nz = c.noise_dim or att_dim
         dt = c.dim_t or att_dim
@@ -224,7 +224,7 @@ class DFG(_GAN):
         self.Dt = Critic([x_dim, x_dim, att_dim, att_dim, att_dim], hd, r_index=3, r_dim=r_dim, att_dim=att_dim,
                          t_index=4, dim_t=dt).to(self.device)
         self.Dc = Critic([x_dim, att_dim], hd, r_index=1, r_dim=r_dim, att_dim=att_dim).to(self.device)
-        self.dec = V2S(x_dim, att_dim, c.dec_hidden or h).to(self.device)
+        self.dec = V2S(x_dim, att_dim, c.dec_hidden or h, dec_normalise).to(self.device)
         self.opts = {"g": self._opt(list(self.G.parameters()) + list(self.E.parameters())),
                      "d": self._opt([p for m in (self.D0, self.Dt, self.Dc) for p in m.parameters()]),
                      "dec": torch.optim.Adam(self.dec.parameters(), lr=c.dec_lr, betas=(c.beta1, 0.999))}

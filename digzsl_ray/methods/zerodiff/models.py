@@ -32,11 +32,26 @@ def generated_unseen(drg, dfg, att, classes: list[int], per_class: int, seed: in
     return (x, y, np.concatenate(rs).astype(np.float32)) if with_r else (x, y)
 
 
-def build_gans(cfg, p, device):
+def build_gans(cfg, p, device, fold_index: int = 0):
+    """(DRG, DFG) of a fold, their initial weights drawn from ``drg.seed + fold_index`` and
+    ``dfg.seed + fold_index`` whatever the process's random state (forked: the caller's is untouched)."""
+    import torch
+
     from digzsl_ray.methods.zerodiff.gan import DFG, DRG
 
     a_dim, x_dim, r_dim = p.att.shape[1], p.x["train"].shape[1], p.r["train"].shape[1]
-    return DRG(a_dim, r_dim, cfg.drg, device), DFG(a_dim, x_dim, r_dim, cfg.dfg, device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.drg.seed + fold_index)
+        drg = DRG(a_dim, r_dim, cfg.drg, device)
+        torch.manual_seed(cfg.dfg.seed + fold_index)
+        dfg = DFG(a_dim, x_dim, r_dim, cfg.dfg, device, dec_normalise=cfg.semantics.normalise)
+    return drg, dfg
+
+
+def phase_seeds(c, fold_index: int) -> tuple[int, int]:
+    """(batch generator seed, global torch seed) of one generator's training (``c``: drg or dfg
+    section): each generator trains from its own seed, so ``drg.seed`` moves the DRG and only it."""
+    return c.seed + fold_index, c.seed + fold_index + 7919
 
 
 def load_fold_models(ctx, folds, att):

@@ -119,22 +119,27 @@ class Critic(nn.Module):
 
 
 class V2S(nn.Module):
-    """Visual -> semantic regressor; ``forward`` returns (semantics, hidden activation)."""
+    """Visual -> semantic regressor; ``forward`` returns (semantics, hidden activation). With
+    ``normalise`` the semantics are L2-normalised, as the reference does when its class semantics are
+    (``--class_embedding_norm``; zerodiff_tools.py)."""
 
-    def __init__(self, x_dim: int, att_dim: int, hidden: int):
+    def __init__(self, x_dim: int, att_dim: int, hidden: int, normalise: bool = False):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(x_dim, hidden), nn.Linear(hidden, att_dim)
         self.act = nn.LeakyReLU(0.2)
+        self.normalise = normalise
         self.apply(init_weights)
 
     def forward(self, x):
         h = self.act(self.fc1(x))
-        return self.fc2(h), h
+        out = self.fc2(h)
+        return (nn.functional.normalize(out, dim=1) if self.normalise else out), h
 
 
 def weighted_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """tfvaegan's ``WeightedL1``: L1 weighted per sample by the normalised squared error."""
+    """tfvaegan's and the reference's ``WeightedL1``: per sample, L1 weighted by the squared error over
+    the square root of its sum, ``w = e^2 / sqrt(sum e^2)``; summed and divided by the batch size."""
     err = pred - target
     w = err.pow(2)  # not detached, as in tfvaegan
-    w = w / w.sum(1, keepdim=True).clamp_min(1e-12)
+    w = w / w.sum(1, keepdim=True).sqrt().clamp_min(1e-12)
     return (w * err.abs()).sum() / pred.shape[0]

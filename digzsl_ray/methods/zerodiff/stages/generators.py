@@ -41,7 +41,7 @@ def generators_worker(config: dict) -> None:
     from digzsl_ray.methods.zerodiff.features import load_features
     from digzsl_ray.methods.zerodiff.folds import folds_from, prepare
     from digzsl_ray.methods.zerodiff.spurious import spuriousness
-    from digzsl_ray.methods.zerodiff.models import build_gans, generated_unseen, load_representation
+    from digzsl_ray.methods.zerodiff.models import build_gans, generated_unseen, load_representation, phase_seeds
 
     quiet_train_worker_logs()
     cfg = ZerodiffRunConfig.model_validate(config["cfg"])
@@ -65,10 +65,8 @@ def generators_worker(config: dict) -> None:
                     saved[f] = torch.load(Path(d) / f"state-{f}.pt", map_location="cpu", weights_only=True)
     state = {}
     for f in mine:
-        drg, dfg = build_gans(cfg, prepared[f], device)
-        st = {"phase": "drg", "epoch": -1, "history": [],
-              "gen": torch.Generator().manual_seed(cfg.dfg.seed + FOLDS.index(f)).get_state()}
-        torch.manual_seed(cfg.dfg.seed + FOLDS.index(f))
+        drg, dfg = build_gans(cfg, prepared[f], device, FOLDS.index(f))
+        st = {"phase": "drg", "epoch": -1, "history": []}
         if f in saved:
             st = saved[f]
             drg.load_state_dict(st["drg"])
@@ -92,13 +90,18 @@ def generators_worker(config: dict) -> None:
         yt = torch.from_numpy(p.y["train"])
         xt, rt = torch.from_numpy(p.x["train"]), torch.from_numpy(p.r["train"])
         gen = torch.Generator()
-        gen.set_state(st["gen"])
         order = {"drg": 0, "dfg": 1, "done": 2}
         for phase, model, c in (("drg", drg, cfg.drg), ("dfg", dfg, cfg.dfg)):
             if order[st["phase"]] > order[phase]:  # finished before a restart
                 step += c.epochs
                 continue
             first = st["epoch"] + 1 if st["phase"] == phase else 0
+            if first == 0:  # a phase starts from its own seeds (a resumed one from its saved states)
+                gen_seed, torch_seed = phase_seeds(c, FOLDS.index(f))
+                gen.manual_seed(gen_seed)
+                torch.manual_seed(torch_seed)
+            else:
+                gen.set_state(st["gen"])
             step += first
             for epoch in range(first, c.epochs):
                 maybe_fail("generators", spec=config.get("fault", ""), epoch=step)
