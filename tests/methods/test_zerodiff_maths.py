@@ -179,11 +179,48 @@ def test_drg_and_progressive_and_diffgen_shapes():
     rh = drg.sample(att[y])
     assert rh.shape == (16, 5) and float(rh.min()) >= 0 and float(rh.max()) <= 1
     assert dfg.sample(att[y], rh, progressive=True).shape == (16, 6)
-    gx, gy = diffgen(dfg, x.numpy()[:4], r.numpy()[:4], np.array([0, 1, 2, 0]), att, 1, 3, 0)
+    gx, gy, gr = diffgen(dfg, drg, x.numpy()[:4], np.array([0, 1, 2, 0]), att, 1, 3, 0)
     assert gx.shape == (12, 6) and gy.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 0, 0, 0]
+    # conditioned on r_hat drawn by the DRG for the pseudo-label (one per copy), never the feature's own r
+    assert gr.shape == (12, 5) and not np.allclose(gr[0], gr[1])
+    assert np.allclose(gr, drg.sample(att[torch.from_numpy(gy)], gen=torch.Generator().manual_seed(0)).numpy())
+    again = diffgen(dfg, drg, x.numpy()[:4], np.array([0, 1, 2, 0]), att, 1, 3, 0)
+    assert np.array_equal(gx, again[0])  # seeded, including the posterior's noise
     adapted, curve = difftta(dfg, x.numpy(), r.numpy(), y.numpy(), att, 5, 1e-3, 8, 0)
     assert len(curve) == 5 and adapted is not dfg
     assert any(not torch.equal(a, b) for a, b in zip(adapted.G.parameters(), dfg.G.parameters()))
+
+
+def test_validation_halves_are_disjoint_per_class_and_seeded():
+    from digzsl_ray.methods.zerodiff.evaluate import validation_halves
+
+    y = {"test_seen": np.repeat([0, 1, 2], 6), "test_unseen": np.repeat([3, 4], 7)}
+    h = validation_halves(y, 0)
+    for k in y:
+        pool, score = h["pool"][k], h["score"][k]
+        assert not set(pool) & set(score) and sorted(np.concatenate([pool, score])) == list(range(len(y[k])))
+        for c in np.unique(y[k]):  # each class in both halves
+            assert (y[k][pool] == c).sum() == (y[k] == c).sum() // 2 and (y[k][score] == c).any()
+    assert np.array_equal(h["pool"]["test_unseen"], validation_halves(y, 0)["pool"]["test_unseen"])
+    assert not np.array_equal(h["pool"]["test_unseen"], validation_halves(y, 1)["pool"]["test_unseen"])
+
+
+def test_pseudo_labels_of_the_validation_fold_come_from_its_pool_half_only():
+    from digzsl_ray.methods.zerodiff.evaluate import validation_halves
+    from digzsl_ray.methods.zerodiff.stages.evaluate import _pseudo
+
+    y = {"test_seen": np.repeat([0, 1], 4), "test_unseen": np.repeat([2, 3], 4)}
+    probs = np.full((16, 4), 0.01)
+    probs[np.arange(16), np.concatenate([y["test_seen"][:4] * 0 + 2, y["test_seen"][4:] * 0 + 3, y["test_unseen"]])] = 0.97
+    p = NS(y=y, fold=NS(seen=[0, 1], unseen=[2, 3]))
+    fit = {"probs": [{"test_seen": probs[:8], "test_unseen": probs[8:]}]}
+    halves = validation_halves(y, 0)
+    rows, labels, info = _pseudo(fit, {"epoch": 0, "lambda": 0.0}, p, 0.5, 100, halves)
+    allowed = set(halves["pool"]["test_seen"]) | {8 + i for i in halves["pool"]["test_unseen"]}
+    assert len(rows) == 8 and set(rows) <= allowed  # every seen image here looks unseen: half of them taken
+    assert info["from_test_seen"] == 50.0 and info["accuracy_measured"] == 50.0
+    rows, _, info = _pseudo(fit, {"epoch": 0, "lambda": 0.0}, p, 0.5, 100, None)
+    assert len(rows) == 16 and info["n"] == 16
 
 
 def test_pseudo_labels_threshold_cap_and_calibration():

@@ -28,7 +28,7 @@ ZD = ["method=zerodiff", "represent.epochs=2", "represent.hidden=16", "represent
       "drg.epochs=2", "dfg.epochs=3", "drg.hidden=16", "drg.critic_hidden=16", "dfg.hidden=16",
       "dfg.critic_hidden=16", "drg.batch_size=8", "dfg.batch_size=8", "drg.critic_iter=2", "dfg.critic_iter=2",
       "generators.spurious_every=2", "synthetic.per_class=20", "softmax.epochs=3", "softmax.batch_size=16",
-      "transduct.tta_steps=3", "transduct.threshold=0.0", "features.actors=1", "features.batch_size=16"]
+      "transduct.tta_steps=3", "transduct.threshold_grid=[0.0, 0.5]", "features.actors=1", "features.batch_size=16"]
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +117,11 @@ def test_evaluation_contract_report_and_serving(env):
         assert cals["valclass"]["gzsl_H"] == m["ablation"][v]["gzsl_H"]
         assert -1.0 <= cals["valclass"]["calibration_lambda"] <= 1.0
     assert m["validation_fold"]["base"]["epoch"] in range(3)
+    # each transductive variant's threshold chosen on the validation fold's scoring half, from the grid
+    assert all(m["validation_fold"][v]["threshold"] in (0.0, 0.5) for v in ("diffgen", "difftta", "full"))
+    assert m["pseudo_labels"]["val"]["threshold"] == m["validation_fold"]["full"]["threshold"]
+    assert {"n", "accuracy_measured", "from_test_seen"} <= set(m["pseudo_labels"]["final"])
+    assert set(m["pseudo_labels_by_variant"]) == {"diffgen", "difftta", "full"}
     page = ctx.path("evaluate:report").read_text()
     assert page.count("data:image/png;base64,") >= 3 and "t-SNE" in page and "our reading" in page
     model = load_served(ctx.path("evaluate:served"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from digzsl_ray.config import EvaluateConfig, RunConfig, Section, TrainWorkers, runtime
 
@@ -120,7 +120,10 @@ class SyntheticConfig(Section):
 class TransductConfig(Section):
     threshold: float = Field(0.5, ge=0, le=1, description="ours: a test feature the base classifier assigns to an "
                              "unseen class is pseudo-labelled when that class's probability among the unseen classes "
-                             "is at least this")
+                             "is at least this (used when threshold_grid is empty)")
+    threshold_grid: list[float] = Field([0.5, 0.8], description="ours: thresholds tried on the validation fold "
+                                        "(scored on the half it did not pseudo-label); each transductive variant "
+                                        "keeps its best. Empty: `threshold` as given")
     per_class: int = Field(50, ge=1, le=10_000_000, description="ours: most pseudo-labelled features per unseen class")
     diffgen_t_start: int = Field(1, ge=0, le=999, description="ours (DiffGen): real features are noised to step "
                                  "t_start + 1 and denoised from t_start (0..n_T-1; n_T-1 = from almost pure noise)")
@@ -128,6 +131,13 @@ class TransductConfig(Section):
     tta_steps: int = Field(100, ge=0, le=1_000_000, description="ours (DiffTTA): generator adaptation steps")
     tta_lr: float = Field(1e-4, gt=0, le=10, description="ours (DiffTTA): Adam learning rate")
     tta_batch_size: int = Field(64, ge=1, le=65536, description="ours (DiffTTA): features per step")
+
+    @field_validator("threshold_grid")
+    @classmethod
+    def _probabilities(cls, v: list[float]) -> list[float]:
+        if len(v) > 20 or any(not 0.0 <= x <= 1.0 for x in v):
+            raise ValueError("threshold_grid: at most 20 probabilities in [0, 1]")
+        return v
 
 
 class SoftmaxConfig(Section):

@@ -6,9 +6,10 @@ softmax classifier is trained on real seen + synthetic unseen features (10% of t
 of each class held out as validation data) and scored every epoch.
 
 Choices (classifier epoch, lambda), by ``evaluate.calibration``:
-* ``valclass`` (default): on the validation fold, the epoch and lambda with the best GZSL H on its
-  real data (held-out seen images of seen \\ V, real images of V); the final fold's classifier is
-  read at that epoch with that lambda;
+* ``valclass`` (default): on the validation fold, the epoch and lambda with the best GZSL H on the
+  scoring half of its real data (held-out seen images of seen \\ V, real images of V; the other
+  half is what its transductive variants may pseudo-label, :func:`validation_halves`); the final
+  fold's classifier is read at that epoch with that lambda;
 * ``synthetic``: on the final fold's held-out real seen + held-out synthetic unseen features.
 * ``evaluate.select_on_test: true``: the reference protocol, best test H (labelled test-selected).
 The transductive variants pseudo-label a fold's unlabelled test pool with its base classifier at
@@ -36,6 +37,24 @@ def _hold_out(y: np.ndarray, every: int = 10) -> np.ndarray:
     return mask
 
 
+def validation_halves(y: dict, seed: int) -> dict:
+    """The validation fold's test arrays split per class into two halves (seeded): ``pool`` (what the
+    transductive variants may pseudo-label) and ``score`` (what every variant's choices are scored on).
+    {"pool"|"score": {"test_seen"|"test_unseen": row indices}}."""
+    rng = np.random.default_rng(seed + 50_021)
+    out = {"pool": {}, "score": {}}
+    for k in ("test_seen", "test_unseen"):
+        pool, score = [], []
+        for c in np.unique(y[k]):
+            rows = rng.permutation(np.where(y[k] == c)[0])
+            cut = len(rows) // 2
+            pool.append(rows[:cut])
+            score.append(rows[cut:])
+        out["pool"][k] = np.sort(np.concatenate(pool)) if pool else np.zeros(0, np.int64)
+        out["score"][k] = np.sort(np.concatenate(score)) if score else np.zeros(0, np.int64)
+    return out
+
+
 def _inputs(cfg, x: np.ndarray, r: np.ndarray) -> np.ndarray:
     return np.concatenate([x, r], 1) if cfg.softmax.input == "xr" else x
 
@@ -58,9 +77,9 @@ def fit_variant(cfg, p, drg, dfg, variant: str, pseudo: tuple | None, n_classes:
                                   cfg.synthetic.progressive, with_r=True)
     if variant in (DIFFGEN, FULL) and pseudo is not None and len(pseudo[0]):
         rows, labels = pseudo
-        gx, gy = diffgen(gen_model, pool_x[rows], pool_r[rows], labels, att, min(t.diffgen_t_start, cfg.dfg.n_t - 1),
-                         t.diffgen_copies, cfg.synthetic.seed + 11)
-        sx, sy, sr = np.concatenate([sx, gx]), np.concatenate([sy, gy]), np.concatenate([sr, np.repeat(pool_r[rows], t.diffgen_copies, 0)])
+        gx, gy, gr = diffgen(gen_model, drg, pool_x[rows], labels, att, min(t.diffgen_t_start, cfg.dfg.n_t - 1),
+                             t.diffgen_copies, cfg.synthetic.seed + 11)
+        sx, sy, sr = np.concatenate([sx, gx]), np.concatenate([sy, gy]), np.concatenate([sr, gr])
         info["diffgen_features"] = int(len(gy))
     held = _hold_out(sy)
     x = np.concatenate([_inputs(cfg, p.x["train"], p.r["train"]), _inputs(cfg, sx[~held], sr[~held])])
@@ -73,17 +92,20 @@ def fit_variant(cfg, p, drg, dfg, variant: str, pseudo: tuple | None, n_classes:
     return {"probs": probs, "states": states, "syn_val_labels": sy[held], "info": info}
 
 
-def select(fit: dict, p, grid: np.ndarray, on: str) -> dict:
+def select(fit: dict, p, grid: np.ndarray, on: str, rows: dict | None = None) -> dict:
     """The epoch and lambda with the best GZSL H on ``on``: 'fold' (the fold's own test arrays: the
     validation fold's real data, or the final fold's TEST data for select_on_test) or 'synthetic'
-    (held-out real seen + held-out synthetic unseen)."""
+    (held-out real seen + held-out synthetic unseen). ``rows``: {"test_seen"|"test_unseen": indices}
+    scored on 'fold' (the validation fold's scoring half), all when None."""
     best = None
     seen, unseen = p.fold.seen, p.fold.unseen
+    rs = rows["test_seen"] if rows else slice(None)
+    ru = rows["test_unseen"] if rows else slice(None)
     for e, pr in enumerate(fit["probs"]):
         if on == "synthetic":
             args = (pr["heldout"], p.y["heldout"], pr["syn_val"], fit["syn_val_labels"])
         else:
-            args = (pr["test_seen"], p.y["test_seen"], pr["test_unseen"], p.y["test_unseen"])
+            args = (pr["test_seen"][rs], p.y["test_seen"][rs], pr["test_unseen"][ru], p.y["test_unseen"][ru])
         lam, g = choose_lambda(*args, seen, unseen, grid)
         if best is None or g["H"] > best["H"]:
             best = {"epoch": e, "lambda": float(lam), "U": g["U"], "S": g["S"], "H": g["H"]}

@@ -7,8 +7,8 @@ their labels), as the ZeroDiff++ abstract describes.
   ``threshold``; at most ``per_class`` of the most confident per class.
 * **DiffGen** ("partially synthesised features that connect real and generated data"): a
   pseudo-labelled real feature is noised to step ``t_start + 1`` and denoised progressively by the
-  DFG under the pseudo-label's semantics and the feature's own SC representation; the results join
-  the synthetic unseen set with their pseudo-labels.
+  DFG under the pseudo-label's semantics and an SC representation the DRG draws for that label; the
+  results join the synthetic unseen set with their pseudo-labels.
 * **DiffTTA** ("adapts the generator at test time using pseudo label reconstruction"): a copy of
   the DFG's generator is fine-tuned for ``steps`` steps to reconstruct pseudo-labelled features
   x0 from x_{t+1} (t ~ U{0..n_T-1}) under their pseudo-label semantics (MSE), then generates the
@@ -44,17 +44,24 @@ def pseudo_labels(probs: np.ndarray, seen: list[int], unseen: list[int], lam: fl
     return np.concatenate(rows), np.concatenate(labels)
 
 
-def diffgen(dfg, x: np.ndarray, r: np.ndarray, labels: np.ndarray, att: torch.Tensor, t_start: int,
-            copies: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``copies`` partially synthesised features per pseudo-labelled real feature."""
+def diffgen(dfg, drg, x: np.ndarray, labels: np.ndarray, att: torch.Tensor, t_start: int,
+            copies: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``copies`` partially synthesised features per pseudo-labelled real feature, and the
+    representations they were conditioned on: r_hat drawn by the DRG from the pseudo-label's
+    semantics, never the real feature's own r (which is computed from the feature and would carry its
+    true identity into the copy)."""
     if not len(x):
-        return np.zeros((0, x.shape[1]), np.float32), np.zeros(0, np.int64)
+        return (np.zeros((0, x.shape[1]), np.float32), np.zeros(0, np.int64),
+                np.zeros((0, drg.G.net[-2].out_features), np.float32))
     gen = torch.Generator().manual_seed(seed)
     xs = torch.from_numpy(np.repeat(x, copies, 0))
-    rs = torch.from_numpy(np.repeat(r, copies, 0))
     ys = np.repeat(labels, copies)
-    out = dfg.sample(att[torch.from_numpy(ys)], rs, progressive=True, x_start=xs, t_start=t_start, gen=gen)
-    return out.cpu().numpy().astype(np.float32), ys
+    a = att[torch.from_numpy(ys)]
+    rs = drg.sample(a, gen=gen)
+    with torch.random.fork_rng(devices=[]):  # the posterior's noise: seeded, the caller's state untouched
+        torch.manual_seed(seed)
+        out = dfg.sample(a, rs, progressive=True, x_start=xs, t_start=t_start, gen=gen)
+    return out.cpu().numpy().astype(np.float32), ys, rs.cpu().numpy().astype(np.float32)
 
 
 def difftta(dfg, x: np.ndarray, r: np.ndarray, labels: np.ndarray, att: torch.Tensor, steps: int, lr: float,
