@@ -8,7 +8,8 @@ subprocess, the seed applied to everything a run draws at random but not to the 
 
     {"seeds": [...], "variants": {variant: {"zsl_top1"|"gzsl_U"|"gzsl_S"|"gzsl_H"|"ausuc"|"calibration_lambda":
       {"mean", "std", "values"}}}, "calibrations": {variant: {"synthetic"|"valclass": {metric: {...}}}},
-     "validation_fold": {variant: {"H": {...}}}, "pseudo_labels": {...}, "spuriousness": {...},
+     "validation_fold": {variant: {"H": {...}}}, "validation_gap_H": {variant: {...}} (validation-fold H minus
+     test H), "pseudo_labels": {...}, "spuriousness": {...},
      "wall_s", "peak_rss_mb", "timing_s", "machine"}
 
     python benchmarks/zerodiff_ablation.py [--seeds 0 1 2] [--out /tmp/digzsl-zd-ablation] [--keep] [--resume]
@@ -43,14 +44,19 @@ def summarise(per_seed: dict[int, dict]) -> dict:
                 for c in first["calibrations"][v]} for v in first["calibrations"]}
     val = {v: {k: _stats([float(per_seed[s]["validation_fold"][v][k]) for s in seeds]) for k in ("U", "S", "H")}
            for v in first["validation_fold"]}
-    pseudo = {f: {k: _stats([float(per_seed[s]["pseudo_labels"][f][k]) for s in seeds]) for k in ("n", "accuracy_measured")}
+    pseudo = {f: {k: _stats([float(per_seed[s]["pseudo_labels"][f][k]) for s in seeds])
+                  for k in ("n", "accuracy_measured", "from_test_seen", "threshold") if k in first["pseudo_labels"][f]}
               for f in first["pseudo_labels"]}
+    # what the validation fold promised against what the test set gave, per variant (positive: the fold flattered it)
+    gap = {v: _stats([float(per_seed[s]["validation_fold"][v]["H"]) - float(per_seed[s]["ablation"][v]["gzsl_H"])
+                      for s in seeds]) for v in first["validation_fold"]}
     spur = {f: {k: _stats([float(per_seed[s]["spuriousness"][f][k]) for s in seeds
                            if per_seed[s]["spuriousness"][f].get(k) is not None])
                 for k in ("spurious_seen_z", "spurious_unseen_z", "semantic_error_unseen")}
             for f in first["spuriousness"]}
     return {"seeds": seeds, "variants": variants, "calibrations": cals, "validation_fold": val,
-            "pseudo_labels": pseudo, "spuriousness": spur, "headline_calibration": first.get("calibration")}
+            "validation_gap_H": gap, "pseudo_labels": pseudo, "spuriousness": spur,
+            "headline_calibration": first.get("calibration")}
 
 
 def main() -> None:

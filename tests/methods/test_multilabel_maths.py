@@ -77,6 +77,14 @@ def test_asymmetric_loss_hand_worked():
     assert float(asymmetric_loss(prob, y)) == pytest.approx(want, rel=1e-6)
     assert float(asymmetric_loss(prob, y, gamma_neg=2, gamma_pos=1)) == pytest.approx(
         -np.log(0.8) * 0.2 - np.log(0.75) * 0.25 ** 2, rel=1e-6)
+    # the focusing weights carry no gradient (the references' disable_torch_grad_focal_loss=True):
+    # d/dp of -log(1 - p_m) w_neg at p = 0.3 is w_neg / (1 - p_m) = 0.25^2 / 0.75 (with the weight's own
+    # gradient it would add -log(0.75) * 2 * 0.25 = 0.144, about 3x more); positive: -w_pos / p = -0.2 / 0.8
+    p = prob.clone().requires_grad_(True)
+    asymmetric_loss(p, y, gamma_neg=2, gamma_pos=1).backward()
+    assert p.grad[0, 1].item() == pytest.approx(0.25 ** 2 / 0.75, rel=1e-5)
+    assert p.grad[0, 0].item() == pytest.approx(-0.2 / 0.8, rel=1e-5)
+    assert p.grad[0, 2].item() == 0.0
 
 
 def test_label_set_sampler_quota_redraws_and_confusions():
