@@ -50,7 +50,7 @@ def summarise(per_seed: dict[int, dict], validation: dict[int, dict]) -> dict:
         tuning = {"chosen_step": [per_seed[s]["tuning"]["chosen_step"] for s in seeds],
                   "val_acceptance_untuned": _stats([per_seed[s]["tuning"]["untuned"]["val_acceptance"] for s in seeds]),
                   "val_acceptance_chosen": _stats([per_seed[s]["tuning"]["chosen"]["val_acceptance"] for s in seeds])}
-    val = {v: _stats([validation[s][v] for s in seeds]) for v in first["ablation"]}
+    val = {v: _stats([validation[s][v] for s in seeds]) for v in first["ablation"] if v in validation[seeds[0]]}
     return {"seeds": seeds, "variants": variants, "per_label_AP": per_label, "acceptance": acceptance,
             "tuning": tuning, "validation": val, "metric_preset": first.get("metric_preset")}
 
@@ -65,7 +65,7 @@ def main() -> None:
         wall[seed], per_seed[seed] = run_seed(a.config, run, seed_overrides(seed) + a.sets, a.resume)
         peak[seed] = per_seed[seed].get("peak_rss_mb")
         validation[seed] = {v: json.loads((run / "classifier_ml" / v / "config.json").read_text())["best"]["selection"]
-                            for v in per_seed[seed]["ablation"]}
+                            for v in per_seed[seed]["ablation"] if (run / "classifier_ml" / v).is_dir()}
         print(json.dumps({"seed": seed, "wall_s": wall[seed],
                           **{v: r["zsl_mAP"] for v, r in per_seed[seed]["ablation"].items()}}), flush=True)
     result = summarise(per_seed, validation)

@@ -308,7 +308,8 @@ def _live_service(cluster, out: Path, token: str) -> None:
 
 TINY_MULTILABEL = [
     "prompts.phrases_per_pair=2", "tune.steps=2", "tune.eval_every=1", "tune.val_sets=2", "tune.batch_size=2",
-    "tune.num_inference_steps=3", "tune.grad_steps=1", "generate.images_per_label=2", "generate.rows_per_shard=8",
+    "tune.num_inference_steps=3", "tune.grad_steps=1", "generate.images_per_label=1", "generate.rows_per_shard=8",
+    "generate.max_rounds=2", "generate.max_rows=24",
     "generate.num_inference_steps=3", "generate.batch_size=8", "classifier.epochs=1", "classifier.n_ctx=4",
     # CLIP at its native 32 px instead of the 64 px the method upsamples to: a quarter of the ViT tokens for
     # the four Ray Train classifier runs (about 55 s each at 64 px); the e2e checks structure, not accuracy
@@ -328,17 +329,20 @@ def test_job_submit_multilabel_pipeline_then_serve(cluster, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     keys = ("zsl_mAP", "zsl_F1@3", "zsl_F1@5", "gzsl_mAP", "gzsl_F1@3", "gzsl_F1@5", "zsl_P@3", "zsl_R@5")
     assert all(0.0 <= metrics[k] <= 100.0 for k in keys)
-    assert set(metrics["ablation"]) == {"no_synthetic", "unfiltered", "filtered", "filtered_tuned"}
+    assert set(metrics["ablation"]) == {"clip_zero_shot", "no_synthetic", "unfiltered", "filtered", "filtered_tuned"}
+    assert metrics["ablation"]["clip_zero_shot"]["threshold"] is None  # the floor: scored, never served
     assert all(all(k in v for k in keys) for v in metrics["ablation"].values())
     assert metrics["metric_preset"] == "dualcoop" and metrics["task"] == "multi_label" and 0 < metrics["threshold"] < 1
     unseen = json.loads((out / "run.json").read_text())["unseen"]
-    # every unseen label is in at least 2 planned images of each set; every row records its decision
+    # every row records its decision; the rounds of the accepted quota are listed, within max_rows
     for image_set in ("base", "tuned"):
         m = json.loads((out / "synthetic_ml" / image_set / "_manifest.json").read_text())
         rows = pq.read_table(out / "synthetic_ml" / image_set / m["shards"][0]).to_pylist()
         assert {"target_labels", "probs", "accepted", "labels", "labels_added", "reason"} <= set(rows[0])
         assert all(len(r["probs"]) == len(unseen) and (r["labels"] != []) == r["accepted"] for r in rows)
         assert set(m["acceptance"]["per_label"]) == set(unseen)
+        assert m["quota_counts"] == "accepted" and 1 <= len(m["rounds"]) <= 2 and m["rows"] <= 24
+        assert m["rows"] == sum(r["rows"] for r in m["rounds"])
     from transformers import CLIPTextModel
 
     CLIPTextModel.from_pretrained(str(out / "text_encoder_tuned" / "text_encoder"))  # a stock diffusers folder

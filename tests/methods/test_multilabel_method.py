@@ -74,6 +74,29 @@ def test_label_sets_meet_the_quota_and_prompts_come_from_their_pair():
     assert [len(p) for _, p in a] == [len(p) for _, p in b] and all(x != y for (x, _), (y, _) in zip(a, b))
 
 
+def test_accepted_quota_rounds_plan_only_for_labels_short_of_it():
+    from digzsl_ray.methods.multilabel.generation import accepted_counts, draw_round, plan_rows, round_needs
+
+    rows = [{"targets": [0, 1], "accepted": True}, {"targets": [0, 2], "accepted": False},
+            {"targets": [1, 2], "accepted": False}, {"targets": [0], "accepted": True}]
+    held, kept = accepted_counts(rows)
+    assert held == {0: 3, 1: 2, 2: 2} and kept == {0: 2, 1: 1, 2: 0}
+    # quota 2: label 0 met it; label 1 is 1 short at acceptance 1/2 -> 2 more appearances; label 2 is 2 short
+    # with nothing accepted yet -> acceptance taken as 5% -> 40; label 3 never drawn -> 2 / 0.05
+    assert round_needs(held, kept, [0, 1, 2, 3], 2) == {1: 2, 2: 40, 3: 40}
+    names = ["a", "b", "c", "d"]
+    sets, _ = draw_round({1: 2, 2: 40, 3: 40}, names, 2, True, [["a", "b"]], seed=0)
+    count = {c: sum(c in s for s in sets) for c in range(4)}
+    assert count[0] == 0 and count[1] >= 2 and count[2] >= 40 and count[3] >= 40
+    again, _ = draw_round({1: 2, 2: 40, 3: 40}, names, 2, True, [["a", "b"]], seed=0)
+    assert again == sets
+    used: dict = {}
+    first = plan_rows([(1, 2)], names, {("b", "c"): ["p0", "p1"]}, 0, "generate", 0, used)
+    later = plan_rows([(1, 2)], names, {("b", "c"): ["p0", "p1"]}, 0, "generate", 7, used)
+    assert (first[0].index, later[0].index) == (0, 7) and first[0].seed != later[0].seed
+    assert first[0].prompt != later[0].prompt  # the next phrase of the pair, not the first again
+
+
 def test_filter_decisions_map_back_to_dataset_labels(monkeypatch, tmp_path):
     from digzsl_ray.prototypes import save_prototypes
 
@@ -177,12 +200,13 @@ def test_multilabel_config_and_method_registration():
     m = get_method("multilabel")
     assert m.multi_label and [s.name for s in m.stages] == ["prototypes", "prompts", "tune-text-encoder", "generate",
                                                             "train-classifier", "evaluate"]
-    assert m.variants == ("no_synthetic", "unfiltered", "filtered", "filtered_tuned")
+    assert m.variants == ("clip_zero_shot", "no_synthetic", "unfiltered", "filtered", "filtered_tuned")
     with pytest.raises(ConfigError, match="generate.confusions"):
         load_run_config("miniworld_multilabel", ["generate.confusions=[[a, a]]"])
     for name in ("coco", "nuswide"):
         c = load_run_config(name)
         assert c.method == "multilabel" and c.models.sd and c.prompts.backend == "chat"
+        assert c.generate.quota_counts == "accepted" and c.generate.images_per_label == 200 and c.generate.max_rows == 0
 
 
 def test_a_tuned_text_encoder_folder_loads_into_a_stock_pipeline_and_scenes_render_at_64px(tmp_path):

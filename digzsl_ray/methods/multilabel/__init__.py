@@ -14,7 +14,7 @@ from digzsl_ray.methods.multilabel.stages.evaluate import EvaluateStage
 from digzsl_ray.methods.multilabel.stages.generate import GenerateStage
 from digzsl_ray.methods.multilabel.stages.prompts import PromptsStage
 from digzsl_ray.methods.multilabel.stages.tune import TuneStage
-from digzsl_ray.methods.multilabel.variants import FILTERED_TUNED, VARIANTS, main_variant
+from digzsl_ray.methods.multilabel.variants import FILTERED_TUNED, REPORTED, main_variant
 from digzsl_ray.metrics.multilabel import format_headline
 from digzsl_ray.stages.contract import Method
 from digzsl_ray.stages.prototypes import PrototypesStage
@@ -44,7 +44,7 @@ METHOD = Method(
                 "a CLIP classifier with learned contexts and a feature-fusion branch",
     config=MultilabelRunConfig,
     stages=(PrototypesStage(), PromptsStage(), TuneStage(), GenerateStage(), ClassifierStage(), EvaluateStage()),
-    variants=VARIANTS,
+    variants=REPORTED,
     main_variant=FILTERED_TUNED,
     serve_model=f"train-classifier:{FILTERED_TUNED}",
     report=build_report,

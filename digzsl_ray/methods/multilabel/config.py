@@ -34,8 +34,16 @@ class PromptsConfig(Section):
 
 
 class GenerateConfig(Section):
-    images_per_label: int = Field(32, ge=1, le=10_000_000, description="quota: generated images whose target set "
-                                  "holds each unseen label (the reference counts 200 *accepted* images per label)")
+    images_per_label: int = Field(4, ge=1, le=10_000_000, description="quota per unseen label: accepted images "
+                                  "whose target set holds it (the reference: 200), or generated ones with "
+                                  "quota_counts: generated")
+    quota_counts: Literal["accepted", "generated"] = Field(
+        "accepted", description="'accepted': generate in rounds until each label is held by images_per_label images "
+        "the filter accepted (the reference), within max_rows / max_rounds; 'generated': one round holding each "
+        "label images_per_label times, whatever the filter says")
+    max_rows: int = Field(400, ge=0, le=100_000_000, description="accepted quota: most generated images per image set "
+                          "(0: no limit; the reference has none); labels the filter rarely accepts stay short")
+    max_rounds: int = Field(6, ge=1, le=1000, description="accepted quota: most generation rounds per image set")
     set_size: int = Field(2, ge=1, le=16, description="labels drawn per target set (duplicates removed)")
     redraw_single: bool = Field(True, description="a set that collapsed to one label gets one more draw (COCO); "
                                 "False keeps single-label sets (NUS)")
@@ -117,7 +125,10 @@ class ClassifierConfig(Section):
     patience: int = Field(3, ge=1, le=100_000, description="early stop after this many epochs without validation "
                           "improvement")
     batch_size: int = Field(32, ge=1, le=65536, description="images per step per worker")
-    lr: float = Field(2e-3, gt=0.0, le=10.0, description="AdamW learning rate (contexts and branch)")
+    lr: float = Field(2e-3, gt=0.0, le=10.0, description="AdamW learning rate of the contexts")
+    branch_lr: float = Field(1e-4, gt=0.0, le=10.0, description="learning rate of the fusion branches (the reference: 1e-4)")
+    branch_optimizer: Literal["sgd", "adamw"] = Field("sgd", description="optimiser of the fusion branches: 'sgd' "
+                                                     "(momentum 0.9, the reference's) or 'adamw'")
     weight_decay: float = Field(1e-4, ge=0.0, le=10.0, description="AdamW weight decay")
     gamma_neg: float = Field(2.0, ge=0.0, le=100.0, description="asymmetric loss: negative focusing (reference: 2)")
     gamma_pos: float = Field(1.0, ge=0.0, le=100.0, description="asymmetric loss: positive focusing (reference: 1)")

@@ -1,17 +1,20 @@
 """Label-set image generation and the CLIP filter: the row plan and the Ray Data callable classes.
 
 A row is one image: (target label set, prompt, seed). :func:`plan_rows` draws the target sets with
-:class:`.sampling.LabelSetSampler` until every unseen label is held by ``images_per_label``
-generated images; each set's prompt is the next phrase of its pair (:mod:`.stages.prompts`). The
-*same* rows are generated with the untuned and with the tuned text encoder, so the two image sets
-differ only in the encoder (a paired comparison). Rows are cut into shards of ``rows_per_shard``;
-a shard is the unit of resume. Generation and filtering are two pipelined Ray Data stages
-(:class:`SceneGenerator`, then :class:`SceneFilter`), and every row records its filter decision.
+:class:`.sampling.LabelSetSampler`; each set's prompt is the next phrase of its pair
+(:mod:`.stages.prompts`). Rows are cut into shards of ``rows_per_shard``; a shard is the unit of
+resume. Generation and filtering are two pipelined Ray Data stages (:class:`SceneGenerator`, then
+:class:`SceneFilter`), and every row records its filter decision.
 
-Where the reference counts its quota in *accepted* images (sampling until 200 per label passed the
-filter), ours counts generated images, fixed before anything runs: a shard's rows never depend on
-another shard's outcome, so any shard can be generated on any actor and resumed alone. Acceptance
-rates per label are reported; the filtered variants train on fewer images than the quota.
+The quota (``generate.images_per_label``) counts *accepted* images, as the reference does (it
+samples until 200 per label passed the filter), in rounds: round 0 holds each unseen label
+``FIRST_ROUND_FACTOR`` times the quota (the *same* rows for the untuned and the tuned text encoder,
+a paired comparison); each later round draws label sets among the labels still short of their
+quota only, each held ``ceil(short / acceptance so far)`` times, until every label met its quota,
+``generate.max_rows`` rows were generated or ``generate.max_rounds`` rounds ran. A round's rows
+depend only on the rounds before it, so a killed run resumes shard by shard. With
+``generate.quota_counts: generated`` there is one round holding each label ``images_per_label``
+times (the counting of earlier versions).
 """
 
 from __future__ import annotations
@@ -50,14 +53,65 @@ def draw_sets(labels: list[int], names: list[str], quota: int, set_size: int, re
     return sets, sampler.notes
 
 
-def plan_rows(sets: list[tuple[int, ...]], names: list[str], phrases: dict, seed: int, tag: str) -> list[Row]:
-    """One row per target set: its pair's next phrase, seed from (tag, seed) + row index."""
+FIRST_ROUND_FACTOR = 4  # round 0 holds each label 4x its accepted quota (an acceptance of 25% would fill it)
+MIN_RATE = 0.05  # a label's acceptance is taken as at least this when planning (0 accepted so far: 20x its shortfall)
+
+
+def round_needs(held: dict[int, int], accepted: dict[int, int], labels: list[int], quota: int) -> dict[int, int]:
+    """Appearances to plan per label still short of ``quota`` accepted images: the shortfall over the
+    label's acceptance so far (at least :data:`MIN_RATE`). Labels at their quota are left out."""
+    out = {}
+    for c in labels:
+        short = quota - accepted.get(c, 0)
+        if short > 0:
+            rate = max(MIN_RATE, accepted.get(c, 0) / held[c] if held.get(c) else MIN_RATE)
+            out[c] = int(np.ceil(short / rate))
+    return out
+
+
+def draw_round(needs: dict[int, int], names: list[str], set_size: int, redraw_single: bool, confusions: list,
+               seed: int) -> tuple[list[tuple[int, ...]], list[str]]:
+    """Target sets among the labels of ``needs`` until each is held ``needs[label]`` times."""
+    from digzsl_ray.methods.multilabel.sampling import LabelSetSampler
+
+    labels = sorted(needs)
+    local = [names[i] for i in labels]
+    top = max(needs.values())
+    pairs = [tuple(c) for c in confusions if set(c) <= set(local)]
+    sampler = LabelSetSampler(local, quota=top, set_size=min(set_size, len(local)), redraw_single=redraw_single,
+                              confusions=pairs, seed=seed)
+    sampler.counts[:] = [top - needs[c] for c in labels]
+    sets = []
+    while not sampler.done():
+        s = sampler.draw()
+        sampler.accept(s)
+        sets.append(tuple(sorted(labels[i] for i in s)))
+    return sets, sampler.notes
+
+
+def accepted_counts(rows: list[dict]) -> tuple[dict[int, int], dict[int, int]]:
+    """(images holding each target label, accepted images holding it) over filtered rows with
+    ``targets`` (label indices) and ``accepted``."""
+    held: dict[int, int] = {}
+    kept: dict[int, int] = {}
+    for r in rows:
+        for t in r["targets"]:
+            held[int(t)] = held.get(int(t), 0) + 1
+            kept[int(t)] = kept.get(int(t), 0) + int(bool(r["accepted"]))
+    return held, kept
+
+
+def plan_rows(sets: list[tuple[int, ...]], names: list[str], phrases: dict, seed: int, tag: str,
+              start: int = 0, used: dict | None = None) -> list[Row]:
+    """One row per target set: its pair's next phrase, seed from (tag, seed) + row index. ``start``:
+    the first row index; ``used``: phrases already taken per pair (updated), so later rounds go on
+    with the next phrases."""
     from digzsl_ray.methods.multilabel.prompts import phrase_for
 
     base = class_seed("multilabel", seed, tag)
-    used: dict[tuple[str, ...], int] = {}
+    used = {} if used is None else used
     rows = []
-    for i, s in enumerate(sets):
+    for i, s in enumerate(sets, start):
         key = tuple(names[j] for j in s)
         k = used.get(key, 0)
         used[key] = k + 1

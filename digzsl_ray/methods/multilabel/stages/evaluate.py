@@ -7,6 +7,11 @@ The main variant's figures are the top-level keys (``zsl_mAP``, ``zsl_F1@3``, ..
 under ``ablation``. The served decision threshold (a label is answered when its probability exceeds
 it) is chosen on validation data only: the F1 over held-out real seen images (seen columns) and
 held-out synthetic images (unseen columns) together, on ``metrics.threshold_grid`` thresholds.
+
+Beside the trained variants, ``clip_zero_shot``: the frozen CLIP with the run's prototypes and no
+training (class-token features at ``classifier.image_size``, the positional grid resized as the
+classifier does; each label's score its cosine to the label's prototype times CLIP's logit scale),
+scored by the same metric preset. It is not served (no threshold).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import time
 import numpy as np
 
 from digzsl_ray.io import read_json, write_json
-from digzsl_ray.methods.multilabel.variants import main_variant, variants
+from digzsl_ray.methods.multilabel.variants import CLIP_ZERO_SHOT, main_variant, variants
 from digzsl_ray.stages.contract import Stage, file_sha
 from digzsl_ray.stages.rundir import stage_timing, write_metrics
 
@@ -55,6 +60,29 @@ def variant_metrics(s, split, preset: str) -> dict:
     ap = average_precision(s["test_unseen_scores"][:, unseen], s["test_unseen_labels"][:, unseen], preset)
     m["per_label_AP"] = {split.classes[u]: round(float(a), 2) for u, a in zip(unseen, ap)}
     return m
+
+
+def clip_zero_shot_scores(ctx) -> dict:
+    """The floor's scores and multi-hot labels of the test images (``test_unseen_*``, ``test_seen_*``)."""
+    from digzsl_ray.features import FrozenCLIP, zero_shot_logits
+    from digzsl_ray.methods.multilabel.stages.classifier import multi_hot
+    from digzsl_ray.models.presets import clip_image_size
+    from digzsl_ray.models.vit import set_vit_resolution
+    from digzsl_ray.prototypes import load_prototypes
+
+    cfg, split = ctx.cfg, ctx.split
+    clip = FrozenCLIP(cfg.models.clip, cfg.models.clip_pretrained, cfg.models.device,
+                      cache_dir=ctx.rd.root / "features")
+    if set_vit_resolution(clip.model.visual, cfg.classifier.image_size):
+        clip.size = clip_image_size(clip.model)
+    protos = load_prototypes(ctx.require("prototypes:prototypes"))[0]
+    out = {}
+    for key in ("test_unseen", "test_seen"):
+        items = split.items[key]
+        feats = clip.of_paths([it.path for it in items], progress=ctx.progress, desc=f"clip_zero_shot {key}")[0]
+        out[f"{key}_scores"] = zero_shot_logits(feats, protos, clip.scale)
+        out[f"{key}_labels"] = multi_hot([list(it.labels) for it in items], len(split.classes))
+    return out
 
 
 class EvaluateStage(Stage):
@@ -95,6 +123,12 @@ class EvaluateStage(Stage):
             thresholds[v], ablation[v]["val_F1_at_threshold"] = choose_threshold(blocks, cfg.metrics.threshold_grid)
             ablation[v]["threshold"] = thresholds[v]
             ablation[v]["best_epoch"] = read_json(d / "config.json")["best"]["epoch"]
+        try:
+            floor = variant_metrics(clip_zero_shot_scores(ctx), split, preset)
+            ablation = {CLIP_ZERO_SHOT: {**floor, "threshold": None, "val_F1_at_threshold": None, "best_epoch": None},
+                        **ablation}
+        except (OSError, ValueError, RuntimeError) as e:
+            log.warning("evaluate: clip_zero_shot (the frozen CLIP floor) skipped: %s", str(e)[:200])
         acceptance = {}
         for image_set in ("base", "tuned"):
             p = ctx.path(f"generate:{image_set}_manifest")
