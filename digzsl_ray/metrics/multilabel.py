@@ -182,11 +182,13 @@ def zsl_gzsl(scores: np.ndarray, labels: np.ndarray, unseen: list[int], proto: P
 def format_headline(metrics: dict, variants) -> str:
     """The results table `digzsl run` prints for a multi-label run, one row per variant."""
     cols = ("zsl_mAP", "zsl_F1@3", "zsl_F1@5", "gzsl_mAP", "gzsl_F1@3", "gzsl_F1@5")
-    lines = [f"{'variant':<16}" + "".join(f"{c:>11}" for c in cols)]
+    floor = metrics.get("ablation", {}).get("clip_zero_shot")  # the frozen CLIP, when the run reports it
+    lines = [f"{'variant':<16}" + "".join(f"{c:>11}" for c in cols) + (f"{'vs CLIP':>9}" if floor else "")]
     for name in variants:
         r = metrics.get("ablation", {}).get(name)
         if r:
-            lines.append(f"{name:<16}" + "".join(f"{r[c]:>11.1f}" for c in cols))
+            lines.append(f"{name:<16}" + "".join(f"{r[c]:>11.1f}" for c in cols)
+                         + (f"{r['zsl_mAP'] - floor['zsl_mAP']:>+9.1f}" if floor else ""))
     lines.append(f"(percent; metric preset {metrics.get('metric_preset')!r}; main variant {metrics.get('variant')!r}, "
                  f"served threshold {metrics.get('threshold')} chosen on validation data)")
     return "\n".join(lines)
