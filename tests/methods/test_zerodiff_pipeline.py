@@ -122,6 +122,12 @@ def test_evaluation_contract_report_and_serving(env):
     assert m["pseudo_labels"]["val"]["threshold"] == m["validation_fold"]["full"]["threshold"]
     assert {"n", "accuracy_measured", "from_test_seen"} <= set(m["pseudo_labels"]["final"])
     assert set(m["pseudo_labels_by_variant"]) == {"diffgen", "difftta", "full"}
+    # ZSL top-1 from the separate ZSL classifier, its epoch chosen on the validation fold; the ZSL pool of the
+    # transductive variants is test_unseen alone
+    zc = m["zsl_classifier"]
+    assert set(zc["epoch"]) == {"base", "diffgen", "difftta", "full"} and all(e in range(3) for e in zc["epoch"].values())
+    assert all(v["from_test_seen"] == 0.0 for v in zc["pseudo_labels"].values())
+    assert set(zc["gzsl_classifier_zsl_top1"]) == set(zc["epoch"])
     page = ctx.path("evaluate:report").read_text()
     assert page.count("data:image/png;base64,") >= 3 and "t-SNE" in page and "our reading" in page
     model = load_served(ctx.path("evaluate:served"))

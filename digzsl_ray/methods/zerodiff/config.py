@@ -146,6 +146,9 @@ class SoftmaxConfig(Section):
     batch_size: int = Field(256, ge=1, le=1_000_000, description="batch (reference: syn_num)")
     lr: float = Field(1e-3, gt=0, le=10, description="Adam learning rate, betas (0.5, 0.999)")
     seed: int = Field(0, ge=0, description="seed")
+    zsl_classifier: bool = Field(True, description="ZSL top-1 from a separate softmax over the unseen classes trained "
+                                 "on synthetic unseen features only (the reference's); False: the GZSL classifier's "
+                                 "argmax over the unseen columns")
 
 
 class ZerodiffEvaluateConfig(EvaluateConfig):

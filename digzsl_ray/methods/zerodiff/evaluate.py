@@ -59,8 +59,10 @@ def _inputs(cfg, x: np.ndarray, r: np.ndarray) -> np.ndarray:
     return np.concatenate([x, r], 1) if cfg.softmax.input == "xr" else x
 
 
-def fit_variant(cfg, p, drg, dfg, variant: str, pseudo: tuple | None, n_classes: int) -> dict:
-    """Train one variant's classifier on fold ``p``; every epoch's probabilities and weights."""
+def synthetic_set(cfg, p, drg, dfg, variant: str, pseudo: tuple | None) -> tuple:
+    """(features, labels, representations, info) of a variant's synthetic unseen set on fold ``p``:
+    DRG -> DFG samples (from the DiffTTA-adapted DFG for difftta/full) plus, for diffgen/full, the
+    DiffGen copies of the pseudo-labelled rows ``pseudo = (rows of [test_seen; test_unseen], labels)``."""
     from digzsl_ray.methods.zerodiff.models import generated_unseen
 
     t = cfg.transduct
@@ -81,6 +83,14 @@ def fit_variant(cfg, p, drg, dfg, variant: str, pseudo: tuple | None, n_classes:
                              t.diffgen_copies, cfg.synthetic.seed + 11)
         sx, sy, sr = np.concatenate([sx, gx]), np.concatenate([sy, gy]), np.concatenate([sr, gr])
         info["diffgen_features"] = int(len(gy))
+    info["synthetic_rows"] = int(len(sy))
+    return sx, sy, sr, info
+
+
+def fit_variant(cfg, p, drg, dfg, variant: str, pseudo: tuple | None, n_classes: int) -> dict:
+    """Train one variant's GZSL classifier on fold ``p`` (real seen + synthetic unseen); every epoch's
+    probabilities and weights."""
+    sx, sy, sr, info = synthetic_set(cfg, p, drg, dfg, variant, pseudo)
     held = _hold_out(sy)
     x = np.concatenate([_inputs(cfg, p.x["train"], p.r["train"]), _inputs(cfg, sx[~held], sr[~held])])
     y = np.concatenate([p.y["train"], sy[~held]])
@@ -88,8 +98,32 @@ def fit_variant(cfg, p, drg, dfg, variant: str, pseudo: tuple | None, n_classes:
     evals["syn_val"] = _inputs(cfg, sx[held], sr[held])
     columns = None if len(p.fold.seen) + len(p.fold.unseen) == n_classes else sorted(p.fold.seen + p.fold.unseen)
     probs, states = fit_softmax(x, y, n_classes, evals, cfg.softmax, cfg.softmax.seed, columns)
-    info["synthetic_rows"] = int(len(sy))
     return {"probs": probs, "states": states, "syn_val_labels": sy[held], "info": info}
+
+
+def fit_zsl_variant(cfg, p, drg, dfg, variant: str, pseudo: tuple | None, n_classes: int) -> dict:
+    """The reference's separate ZSL classifier: a softmax over the fold's unseen classes only, trained on
+    the variant's synthetic unseen features alone; every epoch's probabilities of the fold's
+    test_unseen rows (the other columns -inf)."""
+    sx, sy, sr, info = synthetic_set(cfg, p, drg, dfg, variant, pseudo)
+    probs, states = fit_softmax(_inputs(cfg, sx, sr), sy, n_classes,
+                                {"test_unseen": _inputs(cfg, p.x["test_unseen"], p.r["test_unseen"])},
+                                cfg.softmax, cfg.softmax.seed, sorted(p.fold.unseen))
+    return {"probs": probs, "states": states, "info": info}
+
+
+def select_zsl(fit: dict, p, rows: np.ndarray | None = None) -> dict:
+    """The epoch with the best ZSL top-1 (mean per-class accuracy over the unseen classes) on the fold's
+    test_unseen rows ``rows`` (all when None)."""
+    from digzsl_ray.metrics.zsl import zsl_top1
+
+    ru = rows if rows is not None else slice(None)
+    best = None
+    for e, pr in enumerate(fit["probs"]):
+        acc = zsl_top1(pr["test_unseen"][ru], p.y["test_unseen"][ru], p.fold.unseen)
+        if best is None or acc > best["zsl_top1"]:
+            best = {"epoch": e, "zsl_top1": float(acc)}
+    return best
 
 
 def select(fit: dict, p, grid: np.ndarray, on: str, rows: dict | None = None) -> dict:

@@ -102,23 +102,75 @@ def evaluate_all(ctx, progress: bool = True) -> dict:
             bar.update(len(thresholds) - 1)  # the final fold fits the chosen threshold only
     bar.close()
     used = {v: {f: pseudo[(f, th)][2] for f in FOLDS} for v, th in chosen_threshold.items()}
-    return {"fits": fits, "sel": sel, "pseudo": used, "models": models, "att": att}
+    ev = {"fits": fits, "sel": sel, "pseudo": used, "models": models, "att": att, "halves": halves,
+          "thresholds": chosen_threshold}
+    if cfg.softmax.zsl_classifier:
+        ev.update(_zsl_classifiers(ctx, ev, progress))
+    return ev
 
 
-def _pseudo(base_fit: dict, base_sel: dict, p, threshold: float, per_class: int, halves: dict | None) -> tuple:
-    """(rows of the fold's test pool, pseudo-labels, info) from the base classifier at its chosen epoch
-    and lambda; on the validation fold only the ``pool`` half is pseudo-labelled. ``from_test_seen``:
-    the share of pseudo-labels drawn from seen-class images (wrong by construction, a measurement)."""
+def _zsl_classifiers(ctx, ev: dict, progress: bool) -> dict:
+    """The separate ZSL classifier of every variant (synthetic unseen features only, unseen columns only;
+    the reference's). The transductive variants pseudo-label the ZSL test pool, test_unseen alone (on
+    the validation fold its pool half), with base's ZSL classifier at its chosen epoch, argmax over the
+    unseen columns, at the threshold their GZSL counterpart chose. The epoch is chosen on the validation
+    fold's scoring half (``evaluate.select_on_test``: on the test set, labelled)."""
+    from tqdm.auto import tqdm
+
+    from digzsl_ray.methods.zerodiff.evaluate import fit_zsl_variant, select_zsl
+
+    cfg, n = ctx.cfg, len(ctx.split.classes)
+    models, halves = ev["models"], ev["halves"]
+    fits: dict = {f: {} for f in FOLDS}
+    sel: dict = {}
+    pseudo: dict = {}
+    bar = tqdm(total=len(FOLDS) * len(VARIANTS), desc="evaluate ZSL classifiers", disable=not progress)
+    for variant in VARIANTS:
+        for f in FOLDS:
+            p, drg, dfg, _ = models[f]
+            pz = None
+            if variant != BASE:
+                th = ev["thresholds"][variant]
+                if (f, th) not in pseudo:
+                    pseudo[(f, th)] = _pseudo(fits[f][BASE], sel[BASE][f], p, th, cfg.transduct.per_class,
+                                              halves[f], zsl=True)
+                pz = pseudo[(f, th)][:2]
+            fit = fit_zsl_variant(cfg, p, drg, dfg, variant, pz, n)
+            fits[f][variant] = fit
+            s = sel.setdefault(variant, {})
+            if f == "val":
+                s["val"] = select_zsl(fit, p, halves["val"]["score"]["test_unseen"])
+            else:
+                s["final"] = (select_zsl(fit, p) if cfg.evaluate.select_on_test
+                              else {"epoch": s["val"]["epoch"], "zsl_top1": None})
+            bar.update()
+    bar.close()
+    info = {f"{f}@{th}": v[2] for (f, th), v in pseudo.items()}
+    return {"zsl_fits": fits, "zsl_sel": sel, "zsl_pseudo": info}
+
+
+def _pseudo(base_fit: dict, base_sel: dict, p, threshold: float, per_class: int, halves: dict | None,
+            zsl: bool = False) -> tuple:
+    """(rows of the fold's test pool [test_seen; test_unseen], pseudo-labels, info) from the base
+    classifier at its chosen epoch and lambda; on the validation fold only the ``pool`` half is
+    pseudo-labelled. ``zsl``: the ZSL pool (test_unseen alone) labelled by base's ZSL classifier over
+    the unseen columns. ``from_test_seen``: the share of pseudo-labels drawn from seen-class images
+    (wrong by construction, a measurement)."""
     from digzsl_ray.methods.zerodiff.transduct import pseudo_labels
 
     pr = _pick(base_fit, base_sel)
     n_seen = len(p.y["test_seen"])
     if halves:
-        allowed = np.concatenate([halves["pool"]["test_seen"], n_seen + halves["pool"]["test_unseen"]])
+        allowed = np.concatenate([[] if zsl else halves["pool"]["test_seen"], n_seen + halves["pool"]["test_unseen"]])
     else:
-        allowed = np.arange(n_seen + len(p.y["test_unseen"]))
-    pool = np.concatenate([pr["test_seen"], pr["test_unseen"]])[allowed]
-    rows, labels = pseudo_labels(pool, p.fold.seen, p.fold.unseen, base_sel["lambda"], threshold, per_class)
+        allowed = np.arange(n_seen if zsl else 0, n_seen + len(p.y["test_unseen"]))
+    allowed = allowed.astype(np.int64)
+    if zsl:
+        pool = pr["test_unseen"][allowed - n_seen]
+        rows, labels = pseudo_labels(pool, [], p.fold.unseen, 0.0, threshold, per_class)
+    else:
+        pool = np.concatenate([pr["test_seen"], pr["test_unseen"]])[allowed]
+        rows, labels = pseudo_labels(pool, p.fold.seen, p.fold.unseen, base_sel["lambda"], threshold, per_class)
     rows = allowed[rows]
     truth = np.concatenate([p.y["test_seen"], p.y["test_unseen"]])[rows]
     info = {"n": int(len(rows)), "threshold": float(threshold),
@@ -140,6 +192,18 @@ def reports_of(ctx, ev: dict, how: str) -> dict:
         r = full_report(pr["test_seen"], p.y["test_seen"], pr["test_unseen"], p.y["test_unseen"],
                         np.zeros((0, len(split.classes))), np.zeros(0), np.zeros((0, len(split.classes))), np.zeros(0),
                         list(split.seen), list(split.unseen), grid, lam=s["lambda"])
+        if "zsl_fits" in ev:  # ZSL top-1 from the separate ZSL classifier (the reference's)
+            from digzsl_ray.metrics.zsl import per_class_accuracy, zsl_top1
+
+            zs = ev["zsl_sel"][v]["final"]  # the validation fold's epoch (select_on_test: the test set's)
+            zp = ev["zsl_fits"]["final"][v]["probs"][zs["epoch"]]["test_unseen"]
+            unseen = list(split.unseen)
+            pred = np.asarray(unseen)[zp[:, unseen].argmax(1)]
+            r["zsl_top1_gzsl_classifier"] = r["zsl_top1"]
+            r["zsl_top1"] = float(zsl_top1(zp, p.y["test_unseen"], unseen))
+            r["per_class_zsl"] = {int(c): float(a) for c, a in zip(unseen, per_class_accuracy(p.y["test_unseen"],
+                                                                                               pred, unseen))}
+            r["zsl_epoch"] = zs["epoch"]
         r["validation"] = {"gzsl_U": s["U"], "gzsl_S": s["S"], "gzsl_H": s["H"], "epoch": s["epoch"],
                            "data": {"val": "validation fold: real held-out seen images + real images of the "
                                            "validation classes",
@@ -190,6 +254,16 @@ class EvaluateStage(Stage):
             metrics["calibrations"][CLIP_ZERO_SHOT] = {"valclass": calibration_summary(floor)}
         metrics["validation_fold"] = {v: {k: round(float(x), 3) for k, x in ev["sel"][v]["val"].items()}
                                       for v in VARIANTS}
+        if "zsl_sel" in ev:
+            metrics["zsl_classifier"] = {
+                "note": "zsl_top1 of every variant comes from a separate classifier over the unseen classes trained "
+                        "on synthetic unseen features only (the reference's); zsl_top1_gzsl_classifier is the GZSL "
+                        "classifier's argmax over the unseen columns",
+                "validation_zsl_top1": {v: round(ev["zsl_sel"][v]["val"]["zsl_top1"], 3) for v in VARIANTS},
+                "epoch": {v: ev["zsl_sel"][v]["final"]["epoch"] for v in VARIANTS},
+                "gzsl_classifier_zsl_top1": {v: round(float(reports[v]["zsl_top1_gzsl_classifier"]), 3)
+                                             for v in VARIANTS},
+                "pseudo_labels": ev["zsl_pseudo"]}
         metrics["pseudo_labels"] = ev["pseudo"].get(FULL, {})  # the main variant's, at its chosen threshold
         metrics["pseudo_labels_by_variant"] = ev["pseudo"]
         metrics["pseudo_labels_note"] = ("accuracy_measured: pseudo-label accuracy against the true labels, a "
