@@ -121,7 +121,7 @@ class TransductConfig(Section):
     threshold: float = Field(0.5, ge=0, le=1, description="ours: a test feature the base classifier assigns to an "
                              "unseen class is pseudo-labelled when that class's probability among the unseen classes "
                              "is at least this (used when threshold_grid is empty)")
-    threshold_grid: list[float] = Field([0.5, 0.8], description="ours: thresholds tried on the validation fold "
+    threshold_grid: list[float] = Field([0.3, 0.5], description="ours: thresholds tried on the validation fold "
                                         "(scored on the half it did not pseudo-label); each transductive variant "
                                         "keeps its best. Empty: `threshold` as given")
     per_class: int = Field(50, ge=1, le=10_000_000, description="ours: most pseudo-labelled features per unseen class")

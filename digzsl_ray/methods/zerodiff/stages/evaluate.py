@@ -112,8 +112,8 @@ def evaluate_all(ctx, progress: bool = True) -> dict:
 def _zsl_classifiers(ctx, ev: dict, progress: bool) -> dict:
     """The separate ZSL classifier of every variant (synthetic unseen features only, unseen columns only;
     the reference's). The transductive variants pseudo-label the ZSL test pool, test_unseen alone (on
-    the validation fold its pool half), with base's ZSL classifier at its chosen epoch, argmax over the
-    unseen columns, at the threshold their GZSL counterpart chose. The epoch is chosen on the validation
+    the validation fold its pool half), with base's GZSL classifier at its chosen epoch, argmax over
+    the unseen columns, at the threshold their GZSL counterpart chose. The epoch is chosen on the validation
     fold's scoring half (``evaluate.select_on_test``: on the test set, labelled)."""
     from tqdm.auto import tqdm
 
@@ -131,9 +131,10 @@ def _zsl_classifiers(ctx, ev: dict, progress: bool) -> dict:
             pz = None
             if variant != BASE:
                 th = ev["thresholds"][variant]
-                if (f, th) not in pseudo:
-                    pseudo[(f, th)] = _pseudo(fits[f][BASE], sel[BASE][f], p, th, cfg.transduct.per_class,
-                                              halves[f], zsl=True)
+                if (f, th) not in pseudo:  # base's GZSL classifier (confident enough to threshold; the ZSL
+                    # classifier's softmax over the unseen columns alone is flat on these features)
+                    pseudo[(f, th)] = _pseudo(ev["fits"][f][BASE], ev["sel"][BASE][f if f == "val" else "final"], p,
+                                              th, cfg.transduct.per_class, halves[f], zsl=True)
                 pz = pseudo[(f, th)][:2]
             fit = fit_zsl_variant(cfg, p, drg, dfg, variant, pz, n)
             fits[f][variant] = fit
@@ -153,8 +154,8 @@ def _pseudo(base_fit: dict, base_sel: dict, p, threshold: float, per_class: int,
             zsl: bool = False) -> tuple:
     """(rows of the fold's test pool [test_seen; test_unseen], pseudo-labels, info) from the base
     classifier at its chosen epoch and lambda; on the validation fold only the ``pool`` half is
-    pseudo-labelled. ``zsl``: the ZSL pool (test_unseen alone) labelled by base's ZSL classifier over
-    the unseen columns. ``from_test_seen``: the share of pseudo-labels drawn from seen-class images
+    pseudo-labelled. ``zsl``: the ZSL pool (test_unseen alone) labelled by the argmax over the unseen
+    columns. ``from_test_seen``: the share of pseudo-labels drawn from seen-class images
     (wrong by construction, a measurement)."""
     from digzsl_ray.methods.zerodiff.transduct import pseudo_labels
 
@@ -165,9 +166,9 @@ def _pseudo(base_fit: dict, base_sel: dict, p, threshold: float, per_class: int,
     else:
         allowed = np.arange(n_seen if zsl else 0, n_seen + len(p.y["test_unseen"]))
     allowed = allowed.astype(np.int64)
-    if zsl:
+    if zsl:  # the argmax over the unseen columns only (the seen ones pushed to -inf)
         pool = pr["test_unseen"][allowed - n_seen]
-        rows, labels = pseudo_labels(pool, [], p.fold.unseen, 0.0, threshold, per_class)
+        rows, labels = pseudo_labels(pool, p.fold.seen, p.fold.unseen, np.inf, threshold, per_class)
     else:
         pool = np.concatenate([pr["test_seen"], pr["test_unseen"]])[allowed]
         rows, labels = pseudo_labels(pool, p.fold.seen, p.fold.unseen, base_sel["lambda"], threshold, per_class)
