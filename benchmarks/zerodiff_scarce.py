@@ -4,7 +4,7 @@ For each fraction of the seen classes' training features (`features.train_fracti
 0.3) and each seed, runs `digzsl run --config miniworld --set method=zerodiff` with the seed overrides
 of `zerodiff_ablation.py` and enough generator epochs that the critics see each training feature
 hundreds of times (`--epochs`, per fraction: the DRG and the DFG both train that many epochs; the
-spuriousness metrics every `--spurious-every` epochs). Writes `benchmarks/results/zerodiff_scarce.json`:
+spuriousness metrics and a checkpoint every `--spurious-every` epochs). Writes `benchmarks/results/zerodiff_scarce.json`:
 
     {"fractions": {"0.1": {"seeds", "variants": {variant: {metric: {"mean", "std", "values"}}},
                            "calibrations", "validation_fold", "pseudo_labels", "spuriousness",
@@ -52,7 +52,7 @@ def main() -> None:
     result = {"fractions": {}, "budget": "2-core CPU machine; wall_s per run below (digzsl run, every stage)"}
     for frac, epochs in zip(a.fractions, a.epochs):
         sets = [f"features.train_fraction={frac}", f"drg.epochs={epochs}", f"dfg.epochs={epochs}",
-                f"generators.spurious_every={a.spurious_every}"] + a.sets
+                f"generators.spurious_every={a.spurious_every}", f"generators.checkpoint_every={a.spurious_every}"] + a.sets
         per_seed, wall = {}, {}
         for seed in a.seeds:
             run = out / f"fraction-{frac}" / f"seed-{seed}"

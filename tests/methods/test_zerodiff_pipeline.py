@@ -27,7 +27,7 @@ pytestmark = pytest.mark.ray
 ZD = ["method=zerodiff", "represent.epochs=2", "represent.hidden=16", "represent.r_dim=8", "represent.proj_dim=4",
       "drg.epochs=2", "dfg.epochs=3", "drg.hidden=16", "drg.critic_hidden=16", "dfg.hidden=16",
       "dfg.critic_hidden=16", "drg.batch_size=8", "dfg.batch_size=8", "drg.critic_iter=2", "dfg.critic_iter=2",
-      "generators.spurious_every=2", "synthetic.per_class=20", "softmax.epochs=3", "softmax.batch_size=16",
+      "generators.spurious_every=2", "generators.checkpoint_every=2", "synthetic.per_class=20", "softmax.epochs=3", "softmax.batch_size=16",
       "transduct.tta_steps=3", "transduct.threshold_grid=[0.0, 0.5]", "features.actors=1", "features.batch_size=16"]
 
 

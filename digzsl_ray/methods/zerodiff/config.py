@@ -107,6 +107,9 @@ class GeneratorWorkers(TrainWorkers):
 
 class GeneratorsConfig(Section):
     workers: GeneratorWorkers = runtime(default_factory=GeneratorWorkers, description="Ray Train scaling")
+    checkpoint_every: int = runtime(1, ge=1, le=100_000, description="checkpoint every this many epochs and at the end "
+                                    "of each phase (a lost worker replays at most this many; long runs of small epochs, "
+                                    "e.g. scarce data, spend most of their time checkpointing at 1)")
     spurious_every: int = Field(1, ge=1, le=100_000, description="log the spuriousness metrics every this many DFG epochs "
                                 "(their samples use their own seeds: training is the same whatever this is)")
 

@@ -122,7 +122,8 @@ def generators_worker(config: dict) -> None:
                 st["phase"], st["epoch"], st["gen"] = phase, epoch, gen.get_state()
                 if last:
                     st["phase"], st["epoch"] = ("dfg" if phase == "drg" else "done"), -1
-                checkpoint({"fold": f, "phase": phase, "epoch": epoch, "wasserstein": m["wasserstein"]})
+                if last or (epoch + 1) % cfg.generators.checkpoint_every == 0:
+                    checkpoint({"fold": f, "phase": phase, "epoch": epoch, "wasserstein": m["wasserstein"]})
                 step += 1
         out = Path(config["out"]) / f
         out.mkdir(parents=True, exist_ok=True)
