@@ -58,6 +58,14 @@ PRESETS: dict[str, Protocol] = {
 }
 
 
+
+def multi_hot(label_lists, n: int) -> np.ndarray:
+    """``[N, n]`` float32 0/1 targets from lists of label indices."""
+    y = np.zeros((len(label_lists), n), dtype=np.float32)
+    for i, ls in enumerate(label_lists):
+        y[i, list(ls)] = 1.0
+    return y
+
 def protocol(preset: str | Protocol | dict | None = None, **overrides) -> Protocol:
     """A preset by name (default ``dualcoop``), a Protocol, or a dict of switches; ``overrides`` win."""
     if isinstance(preset, Protocol):

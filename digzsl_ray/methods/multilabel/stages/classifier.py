@@ -35,17 +35,11 @@ from digzsl_ray.distributed.faults import current_spec
 from digzsl_ray.generation import is_validation_row
 from digzsl_ray.io import atomic_path, read_json, write_npz
 from digzsl_ray.methods.multilabel.variants import NO_SYNTHETIC, SET_OF, UNFILTERED, variants
+from digzsl_ray.metrics.multilabel import multi_hot
 from digzsl_ray.stages.contract import Stage, file_sha
 from digzsl_ray.stages.rundir import stage_timing
 
 log = logging.getLogger("digzsl")
-
-
-def multi_hot(label_lists, n: int) -> np.ndarray:
-    y = np.zeros((len(label_lists), n), dtype=np.float32)
-    for i, ls in enumerate(label_lists):
-        y[i, list(ls)] = 1.0
-    return y
 
 
 def _items(items) -> dict:

@@ -65,7 +65,7 @@ def variant_metrics(s, split, preset: str) -> dict:
 def clip_zero_shot_scores(ctx) -> dict:
     """The floor's scores and multi-hot labels of the test images (``test_unseen_*``, ``test_seen_*``)."""
     from digzsl_ray.features import FrozenCLIP, zero_shot_logits
-    from digzsl_ray.methods.multilabel.stages.classifier import multi_hot
+    from digzsl_ray.metrics.multilabel import multi_hot
     from digzsl_ray.models.presets import clip_image_size
     from digzsl_ray.models.vit import set_vit_resolution
     from digzsl_ray.prototypes import load_prototypes
