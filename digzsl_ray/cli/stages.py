@@ -158,7 +158,7 @@ def register(sub) -> None:
         if len({st.help for _, st in owners}) == 1:
             text = owners[0][1].help + ("" if len(owners) > 1 or owners[0][0] == "digzsl" else f" (method {owners[0][0]})")
         else:
-            text = "; ".join(f"{m}: {st.help}" for m, st in owners)
+            text = "; ".join(f"method {m}: {st.help}" for m, st in owners)
         p = sub.add_parser(stage_name, help=text, description=text[0].upper() + text[1:] + ".")
         add_config_args(p)
         seen_args: set = set()

@@ -9,10 +9,20 @@ import pytest
 
 from digzsl_ray.cli.main import build_parser, main
 
-COMMANDS = [[], ["miniworld"], ["miniworld", "make"], ["miniworld", "pretrain"], ["miniworld", "train-oracle"],
-            ["miniworld", "check"], ["config"], ["config", "show"], ["config", "explain"], ["data"], ["data", "check"],
-            ["prototypes"], ["train-cdm"], ["learn-tokens"], ["generate"], ["train-classifier"], ["evaluate"],
-            ["run"], ["serve"]]
+def _commands(parser=None, path=()) -> list[list[str]]:
+    """Every command and subcommand the parser knows (walked, so a new one is checked too)."""
+    import argparse
+
+    parser = parser or build_parser()
+    out = [list(path)]
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for name, sub in a.choices.items():
+                out += _commands(sub, (*path, name))
+    return out
+
+
+COMMANDS = _commands()
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "digzsl")
@@ -22,6 +32,19 @@ def test_help_everywhere(cmd, capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: digzsl") and len(out) > 80
+
+
+def test_every_stage_of_every_method_is_a_command_whose_help_describes_it(capsys):
+    from digzsl_ray.methods import get_method, registered
+
+    assert {"run", "serve", "add-class", "models", "compare", "config", "data", "miniworld"} <= {c[0] for c in COMMANDS if c}
+    for name in registered():
+        for stage in get_method(name).stages:
+            assert [stage.name] in COMMANDS, f"method {name}: stage {stage.name} has no command"
+            with pytest.raises(SystemExit):
+                build_parser().parse_args([stage.name, "--help"])
+            out = " ".join(capsys.readouterr().out.split()).lower()
+            assert " ".join(stage.help.split())[:60].lower() in out, (name, stage.name)
 
 
 def test_bad_config_is_one_line_exit_2(capsys):
