@@ -41,7 +41,7 @@ class GenerateConfig(Section):
         "accepted", description="'accepted': generate in rounds until each label is held by images_per_label images "
         "the filter accepted (the reference), within max_rows / max_rounds; 'generated': one round holding each "
         "label images_per_label times, whatever the filter says")
-    max_rows: int = Field(400, ge=0, le=100_000_000, description="accepted quota: most generated images per image set "
+    max_rows: int = Field(300, ge=0, le=100_000_000, description="accepted quota: most generated images per image set "
                           "(0: no limit; the reference has none); labels the filter rarely accepts stay short")
     max_rounds: int = Field(6, ge=1, le=1000, description="accepted quota: most generation rounds per image set")
     set_size: int = Field(2, ge=1, le=16, description="labels drawn per target set (duplicates removed)")
