@@ -44,7 +44,9 @@ def summarise(per_seed: dict[int, dict], validation: dict[int, dict]) -> dict:
     per_label = {v: {n: round(statistics.fmean(per_seed[s]["ablation"][v]["per_label_AP"][n] for s in seeds), 2)
                      for n in labels} for v in first["ablation"]}
     acceptance = {k: {"overall": _stats([float(per_seed[s]["acceptance"][k]["overall"]) for s in seeds])}
-                  for k in first.get("acceptance", {})}
+                  for k in first.get("acceptance", {}) if k != "paired"}
+    if "paired" in first.get("acceptance", {}):  # base vs tuned encoder on the shared round-0 rows (McNemar)
+        acceptance["paired"] = {s: per_seed[s]["acceptance"]["paired"] for s in seeds}
     tuning = None
     if first.get("tuning"):
         tuning = {"chosen_step": [per_seed[s]["tuning"]["chosen_step"] for s in seeds],

@@ -200,3 +200,18 @@ def format_headline(metrics: dict, variants) -> str:
     lines.append(f"(percent; metric preset {metrics.get('metric_preset')!r}; main variant {metrics.get('variant')!r}, "
                  f"served threshold {metrics.get('threshold')} chosen on validation data)")
     return "\n".join(lines)
+
+
+def mcnemar(a: np.ndarray, b: np.ndarray) -> dict:
+    """Exact McNemar test of two paired 0/1 outcomes (the same rows judged twice): the discordant
+    counts and the two-sided binomial p-value of ``a_only`` against ``b_only`` under p = 1/2."""
+    from math import comb
+
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
+    n = a_only + b_only
+    k = min(a_only, b_only)
+    p = 1.0 if n == 0 else min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return {"rows": int(len(a)), "both": int((a & b).sum()), "neither": int((~a & ~b).sum()), "a_only": a_only,
+            "b_only": b_only, "p_value": round(p, 6)}
+

@@ -104,3 +104,16 @@ def test_label_set_sampler_quota_redraws_and_confusions():
     assert any(len(nus.draw()) == 1 for _ in range(200))  # NUS rule: single-label sets occur
     with pytest.raises(ValueError, match="not sampled"):
         LabelSetSampler(["bus"], confusions=COCO_CONFUSIONS)
+
+
+def test_mcnemar_exact_hand_cases():
+    from digzsl_ray.metrics.multilabel import mcnemar
+
+    a = np.array([1, 1, 1, 0, 0, 1, 0, 0], bool)
+    b = np.array([1, 0, 0, 0, 1, 1, 0, 0], bool)
+    m = mcnemar(a, b)  # discordant: a only 2, b only 1 -> p = 2 * (C(3,0) + C(3,1)) / 8 = 1.0
+    assert (m["both"], m["neither"], m["a_only"], m["b_only"], m["p_value"]) == (2, 3, 2, 1, 1.0)
+    m = mcnemar(np.ones(10, bool), np.zeros(10, bool))  # 10 against 0: p = 2 / 1024
+    assert m["p_value"] == pytest.approx(2 / 1024, abs=1e-6)
+    assert mcnemar(np.zeros(3, bool), np.zeros(3, bool))["p_value"] == 1.0
+

@@ -62,6 +62,24 @@ def variant_metrics(s, split, preset: str) -> dict:
     return m
 
 
+def paired_acceptance(ctx) -> dict:
+    """The untuned and the tuned encoder on the rows both generated (round 0: the same label sets,
+    prompts and seeds): the filter's acceptance of each and an exact McNemar test (``a`` = base,
+    ``b`` = tuned), so a change of acceptance can be told from the draw."""
+    from digzsl_ray.methods.multilabel.generation import read_set
+    from digzsl_ray.metrics.multilabel import mcnemar
+
+    sets = {}
+    for s in ("base", "tuned"):
+        t = read_set(ctx.path(f"generate:{s}"), ["index", "seed", "accepted"]).to_pydict()
+        sets[s] = {(i, sd): a for i, sd, a in zip(t["index"], t["seed"], t["accepted"])}
+    shared = sorted(set(sets["base"]) & set(sets["tuned"]))
+    out = mcnemar(np.array([sets["base"][k] for k in shared]), np.array([sets["tuned"][k] for k in shared]))
+    out.update(base_pct=round(100 * (out["both"] + out["a_only"]) / max(1, out["rows"]), 2),
+               tuned_pct=round(100 * (out["both"] + out["b_only"]) / max(1, out["rows"]), 2))
+    return out
+
+
 def clip_zero_shot_scores(ctx) -> dict:
     """The floor's scores and multi-hot labels of the test images (``test_unseen_*``, ``test_seen_*``)."""
     from digzsl_ray.features import FrozenCLIP, zero_shot_logits
@@ -134,6 +152,8 @@ class EvaluateStage(Stage):
             p = ctx.path(f"generate:{image_set}_manifest")
             if p.is_file():
                 acceptance[image_set] = read_json(p)["acceptance"]
+        if {"base", "tuned"} <= set(acceptance):
+            acceptance["paired"] = paired_acceptance(ctx)
         tune = ctx.path("tune-text-encoder:summary")
         metrics = {k: v for k, v in ablation[main].items() if k != "per_label_AP"}
         metrics.update({"variant": main, "metric_preset": preset, "threshold": thresholds[main],
