@@ -159,6 +159,18 @@ def test_classifier_starts_as_its_contexts_alone_and_saves_only_what_trains(tmp_
     assert torch.allclose(served(img), want, atol=1e-5)
 
 
+def test_ctx_init_puts_the_prompt_words_at_the_end_of_the_positive_context():
+    from digzsl_ray.methods.multilabel.classifier import PromptContexts
+
+    clip, tok = _clip()
+    torch.manual_seed(0)
+    ctx = PromptContexts(clip, tok, ["red circle", "faramu"], n_ctx=6, ctx_init="a photo of a")
+    words = clip.token_embedding(tok(["a photo of a"]))[0, 1:5]
+    assert torch.equal(ctx.ctx_pos[2:].detach(), words) and not torch.equal(ctx.ctx_neg[2:].detach(), words)
+    with pytest.raises(ValueError, match="ctx_init"):
+        PromptContexts(clip, tok, ["red circle"], n_ctx=2, ctx_init="a photo of a")
+
+
 def test_class_subsampling_keeps_positives_and_respects_the_cap():
     rng = np.random.default_rng(0)
     cols = np.arange(10, 30)

@@ -24,7 +24,8 @@ from torch import nn
 class PromptContexts(nn.Module):
     """Learned positive/negative contexts and the text features they give every class name."""
 
-    def __init__(self, clip, tokenizer, class_names: list[str], n_ctx: int = 16, init_std: float = 0.02):
+    def __init__(self, clip, tokenizer, class_names: list[str], n_ctx: int = 16, init_std: float = 0.02,
+                 ctx_init: str = ""):
         super().__init__()
         if n_ctx < 1:
             raise ValueError(f"n_ctx must be at least 1, got {n_ctx}")
@@ -44,6 +45,13 @@ class PromptContexts(nn.Module):
         self.ctx_pos = nn.Parameter(torch.randn(n_ctx, width) * init_std)
         self.ctx_neg = nn.Parameter(torch.randn(n_ctx, width) * init_std)
         self.n_ctx = n_ctx
+        if ctx_init:  # CoOp's initialisation: the positive context ends with the words of a prompt
+            init_ids = tokenizer([ctx_init])
+            k = int(init_ids[0].argmax()) - 1  # tokens between SOT and EOT
+            if not 1 <= k <= n_ctx:
+                raise ValueError(f"ctx_init {ctx_init!r} is {k} tokens; it must be 1 to n_ctx={n_ctx}")
+            with torch.no_grad():
+                self.ctx_pos[n_ctx - k:] = clip.token_embedding(init_ids)[0, 1:1 + k]
 
     def encode(self, clip, ctx: torch.Tensor) -> torch.Tensor:
         """Normalised text features ``[C, E]`` of every class with context ``ctx``."""
@@ -102,7 +110,7 @@ class MultiLabelCLIP(nn.Module):
     ``branch``) + :class:`PromptContexts`. Only the contexts and the branches train."""
 
     def __init__(self, clip, tokenizer, class_names: list[str], n_ctx: int = 16, image_size: int = 0,
-                 branch: bool = True, logit_scale: float = 20.0, agg_scale: float = 5.0):
+                 branch: bool = True, logit_scale: float = 20.0, agg_scale: float = 5.0, ctx_init: str = ""):
         super().__init__()
         from digzsl_ray.methods.multilabel.fusion import convert_vit
         from digzsl_ray.models.vit import set_vit_resolution
@@ -113,7 +121,7 @@ class MultiLabelCLIP(nn.Module):
         self.branches = convert_vit(clip.visual.transformer) if branch else 0
         if branch and not self.branches:
             raise ValueError("the feature-fusion branch needs a ViT image tower with self-attention blocks")
-        self.contexts = PromptContexts(clip, tokenizer, class_names, n_ctx)
+        self.contexts = PromptContexts(clip, tokenizer, class_names, n_ctx, ctx_init=ctx_init)
         self.logit_scale, self.agg_scale = logit_scale, agg_scale
 
     def trainable(self) -> list[nn.Parameter]:

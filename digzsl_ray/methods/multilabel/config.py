@@ -116,6 +116,8 @@ class TuneConfig(Section):
 class ClassifierConfig(Section):
     n_ctx: int = Field(16, ge=1, le=64, description="learned context tokens of the positive and of the negative "
                        "prompt (DualCoOp; shared across classes)")
+    ctx_init: str = Field("", max_length=200, description="CoOp's initialisation: the positive context's last tokens "
+                          "start as this prompt's words (e.g. 'a photo of a'); empty: random (DualCoOp's default)")
     image_size: int = Field(0, ge=0, le=4096, description="CLIP input side (0: CLIP's native size; others resize a "
                             "ViT's positional grid and must be a multiple of its patch size)")
     branch: bool = Field(True, description="add the zero-initialised global feature-fusion branch (the method); "

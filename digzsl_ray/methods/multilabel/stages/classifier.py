@@ -119,7 +119,8 @@ def classifier_worker(config: dict) -> None:
 
     clip, _, tokenizer = load_clip(cfg.models.clip, cfg.models.clip_pretrained, device=device)
     mean, std = clip_norm(clip)
-    net = MultiLabelCLIP(clip, tokenizer, names, c.n_ctx, c.image_size, c.branch, c.logit_scale, c.agg_scale).to(device)
+    net = MultiLabelCLIP(clip, tokenizer, names, c.n_ctx, c.image_size, c.branch, c.logit_scale, c.agg_scale,
+                         c.ctx_init).to(device)
     size = clip_image_size(clip)
     model = ray.train.torch.prepare_model(net) if world > 1 else net
     opts = make_optimisers(net, c)
