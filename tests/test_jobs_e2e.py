@@ -308,6 +308,7 @@ def _live_service(cluster, out: Path, token: str) -> None:
 
 TINY_MULTILABEL = [
     "prompts.phrases_per_pair=2", "tune.steps=2", "tune.eval_every=1", "tune.val_sets=2", "tune.batch_size=2",
+    "tune.confirm_sets=4",
     "tune.num_inference_steps=3", "tune.grad_steps=1", "generate.images_per_label=1", "generate.rows_per_shard=8",
     "generate.max_rounds=2", "generate.max_rows=24",
     "generate.num_inference_steps=3", "generate.batch_size=8", "classifier.epochs=1", "classifier.n_ctx=4",

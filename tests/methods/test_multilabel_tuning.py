@@ -1,6 +1,7 @@
 """Text-encoder tuning on the shipped tiny SD and CLIP: only the text encoder changes, deterministically."""
 
 import open_clip
+import pytest
 import torch
 
 from digzsl_ray.methods.multilabel.tuning import TextEncoderTuner, TuningSettings
@@ -39,3 +40,17 @@ def test_one_step_updates_only_the_text_encoder_and_is_deterministic():
     torch.manual_seed(0)
     again, _, _ = _tuner()
     assert again.step(prompts, targets, seeds=[1, 2])["loss"] == out["loss"]
+
+
+def test_a_tuned_checkpoint_is_exported_only_when_its_gain_exceeds_two_standard_errors():
+    from digzsl_ray.methods.multilabel.stages.tune import confirmed
+
+    untuned = [True] * 10 + [False] * 90
+    small = [True] * 13 + [False] * 87  # +3 points on 3 discordant sets: SE sqrt(3 - 9/100) = 1.71 -> not confirmed
+    c = confirmed(untuned, small)
+    assert c["gain_pct"] == 3.0 and c["se_pct"] == pytest.approx((3 - 9 / 100) ** 0.5, abs=1e-3)
+    assert not c["confirmed"]
+    big = [True] * 30 + [False] * 70  # +20 points on 20 discordant sets -> confirmed
+    assert confirmed(untuned, big)["confirmed"] and confirmed(untuned, big)["p_value"] < 0.001
+    assert not confirmed(big, untuned)["confirmed"]  # a loss is never exported
+

@@ -107,6 +107,9 @@ class TuneConfig(Section):
     eval_every: int = Field(15, ge=1, le=1_000_000, description="steps between validations and checkpoints")
     val_sets: int = Field(32, ge=1, le=100_000, description="validation label sets (a seed stream of their own; "
                           "never test images): the checkpoint with the highest filter acceptance on them is exported")
+    confirm_sets: int = Field(96, ge=0, le=100_000, description="independent label sets the chosen checkpoint is "
+                              "confirmed on against the untuned encoder: exported only when its acceptance gain "
+                              "exceeds two standard errors (0: not checked)")
     seed: int = Field(0, ge=0, description="seed of the tuning label sets and latents")
     gradient_checkpointing: bool = runtime(False, description="recompute UNet activations in the backward pass")
     workers: TrainWorkers = runtime(default_factory=TrainWorkers, description="Ray Train scaling (data parallel: "

@@ -11,9 +11,13 @@ through the last K denoising steps and the VAE decoder into the text encoder (:m
 with several workers the encoder is wrapped in DDP, so gradients are averaged. Every
 ``tune.eval_every`` steps rank 0 measures the filter's acceptance rate on ``tune.val_sets``
 validation label sets (their own seed stream: images no training step saw, no test image) and
-checkpoints; the exported encoder is the checkpoint with the best validation acceptance (ties:
-the higher mean target probability), step 0 (the untuned encoder) included, so tuning can never
-export something validation says is worse.
+checkpoints; the chosen encoder is the checkpoint with the best validation acceptance (ties: the
+higher mean target probability), step 0 (the untuned encoder) included, so tuning can never
+export something validation says is worse. The best of several noisy validations is then
+confirmed on ``tune.confirm_sets`` independent label sets (a seed stream of their own): the
+untuned and the chosen encoder render the same sets, and the chosen one is exported only when
+its gain in acceptance exceeds two standard errors of the paired difference; otherwise the
+untuned encoder is exported and ``summary.json`` says so (``confirmation``).
 """
 
 from __future__ import annotations
@@ -44,17 +48,33 @@ def _draw(rng, labels: list[int], set_size: int, redraw_single: bool, confused) 
     return tuple(sorted(s))
 
 
-def validation_rows(cfg, split, phrases) -> list:
-    """The fixed validation label sets of tuning (a seed stream no training step uses)."""
+def validation_rows(cfg, split, phrases, confirm: bool = False) -> list:
+    """The fixed validation label sets of tuning (a seed stream no training step uses); ``confirm``:
+    the independent confirmation sets (``tune.confirm_sets``, a stream of their own)."""
     import numpy as np
 
     from digzsl_ray.methods.multilabel.generation import plan_rows
 
     g = cfg.generate
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.tune.seed, 515151]))
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.tune.seed, 525252 if confirm else 515151]))
     sets = [_draw(rng, list(split.unseen), g.set_size, g.redraw_single, confused_sets(cfg, split))
-            for _ in range(cfg.tune.val_sets)]
-    return plan_rows(sets, split.classes, phrases, cfg.tune.seed, "tune-val")
+            for _ in range(cfg.tune.confirm_sets if confirm else cfg.tune.val_sets)]
+    return plan_rows(sets, split.classes, phrases, cfg.tune.seed, "tune-confirm" if confirm else "tune-val")
+
+
+def confirmed(untuned, tuned) -> dict:
+    """Paired acceptance of the untuned and the chosen encoder on the confirmation sets (0/1 per set):
+    the gain, its standard error (paired proportions: sqrt(b + c - (b - c)^2 / n) / n over the
+    discordant counts b, c) and whether the gain exceeds two standard errors."""
+    import numpy as np
+
+    from digzsl_ray.metrics.multilabel import mcnemar
+
+    m = mcnemar(np.asarray(tuned, bool), np.asarray(untuned, bool))  # a = tuned, b = untuned
+    n, b, c = max(1, m["rows"]), m["a_only"], m["b_only"]
+    gain = 100.0 * (b - c) / n
+    se = 100.0 * float(np.sqrt(max(0.0, b + c - (b - c) ** 2 / n))) / n
+    return {**m, "gain_pct": round(gain, 3), "se_pct": round(se, 3), "confirmed": bool(gain > 2 * se and gain > 0)}
 
 
 def confused_sets(cfg, split) -> list[frozenset]:
@@ -115,6 +135,18 @@ def tune_worker(config: dict) -> None:
         pipe.text_encoder = ray.train.torch.prepare_model(encoder)
     pos = {c: i for i, c in enumerate(unseen)}
     val = [Row(**r) for r in config["val_rows"]]
+    confirm_rows = [Row(**r) for r in config.get("confirm_rows", [])]
+
+    def accepted_on(rows) -> list[bool]:
+        encoder.eval()
+        out = []
+        for i in range(0, len(rows), t.batch_size):
+            part = rows[i:i + t.batch_size]
+            with torch.no_grad():
+                imgs = tuner.images([r.prompt for r in part], [r.seed for r in part], grad=False)
+            out += [bool(d.accepted) for d in disc.decide(imgs, [list(r.targets) for r in part])]
+        encoder.train()
+        return out
 
     def validate() -> dict:
         encoder.eval()
@@ -133,6 +165,7 @@ def tune_worker(config: dict) -> None:
     def snapshot() -> dict:
         return {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
 
+    untuned_state = snapshot() if rank == 0 and confirm_rows else None  # loaded fresh: the untuned weights
     start, history, best, best_state = 0, [], None, None
     st = restore_state()
     if st:
@@ -185,13 +218,28 @@ def tune_worker(config: dict) -> None:
     if rank == 0:
         if best_state is None:  # zero steps and nothing restored: the untuned encoder
             best_state, best = snapshot(), {"step": 0, **validate()}
+        confirmation = None
+        if confirm_rows and best["step"] != 0:  # the winner of several noisy validations, checked on new sets
+            encoder.load_state_dict(untuned_state)
+            before = accepted_on(confirm_rows)
+            encoder.load_state_dict(best_state)
+            confirmation = {"step": best["step"], **confirmed(before, accepted_on(confirm_rows))}
+            log.info("tune: step %d on %d confirmation sets: acceptance %+.1f points (SE %.1f) -> %s", best["step"],
+                     len(confirm_rows), confirmation["gain_pct"], confirmation["se_pct"],
+                     "exported" if confirmation["confirmed"] else "not confirmed, the untuned encoder is exported")
+            if not confirmation["confirmed"]:
+                best_state, best = untuned_state, {**next(h for h in history if h.get("step") == 0),
+                                                   "not_confirmed_step": best["step"]}
         encoder.load_state_dict(best_state)
         out_dir = Path(config["out"])
         encoder.save_pretrained(str(out_dir / "text_encoder"), safe_serialization=True)
         first = next((h for h in history if h.get("step") == 0), {})
         write_json(out_dir / "summary.json", {
             "chosen_step": best["step"], "chosen": best, "untuned": first, "history": history,
-            "steps": t.steps, "selection": "highest filter acceptance on validation label sets (tune.val_sets)",
+            "confirmation": confirmation, "steps": t.steps,
+            "selection": "highest filter acceptance on validation label sets (tune.val_sets), exported only when "
+                         "its gain over the untuned encoder on tune.confirm_sets independent sets exceeds two "
+                         "standard errors (tune.confirm_sets 0: not checked)",
             "step_seconds_mean": round(sum(step_s) / len(step_s), 4) if step_s else None,
             "step_seconds_steps": len(step_s), "world_size": world, "batch_size_per_worker": t.batch_size,
             "fingerprint": config["fingerprint"]})
@@ -241,6 +289,7 @@ class TuneStage(Stage):
             "confused": [sorted(c) for c in confused_sets(cfg, split)], "parents": parents,
             "prototypes": str(ctx.require("prototypes:prototypes")),
             "val_rows": [r.__dict__ for r in validation_rows(cfg, split, phrases)],
+            "confirm_rows": [r.__dict__ for r in validation_rows(cfg, split, phrases, confirm=True)],
             "out": str(ctx.path("tune-text-encoder:dir")), "fingerprint": fp},
             name=f"tune-{fp}", storage=ctx.rd.ray_storage, num_workers=w.num_workers, use_gpu=w.use_gpu,
             cpus_per_worker=w.cpus_per_worker, max_failures=w.max_failures, keep=1)
