@@ -135,6 +135,41 @@ def test_job_queue_one_at_a_time_409_400_429_and_states(tmp_path):
     assert e.value.status == 404
 
 
+def test_a_job_stalled_without_a_free_cpu_says_so_and_the_note_goes_when_it_moves(tmp_path):
+    calls: list = []
+    hold, go_on = threading.Event(), threading.Event()
+
+    def add_class(run_dir, job_dir, name, rep):  # stage "token" stalls (its Ray tasks pending) until go_on
+        with rep.stage("token"):
+            rep.progress(0.1)
+            hold.set()
+            go_on.wait(20)
+            rep.progress(0.6)
+            calls.append(name)
+        return {"status": "succeeded", "version": "v1", "metrics": {}}
+
+    free = {"cpus": (0.0, 2.0)}
+    runner = JobRunner(tmp_path, add_class, ("token",), lambda: [], queue_size=2, stall_s=0.3,
+                       free_cpus=lambda: free["cpus"])
+    job = runner.submit("slow one", name_problem)
+    assert hold.wait(10)
+    deadline = time.time() + 10
+    while "waiting" not in runner.store.get(job["id"]) and time.time() < deadline:
+        time.sleep(0.1)
+    w = runner.store.get(job["id"])["waiting"]
+    assert w["for"] == "a free CPU" and "0 of the cluster's 2 CPUs free" in w["detail"]
+    assert runner.store.get(job["id"])["status"] == "running"  # still running, now saying why it waits
+    go_on.set()
+    deadline = time.time() + 10
+    while not runner.idle() and time.time() < deadline:
+        time.sleep(0.05)
+    final = runner.store.get(job["id"])
+    assert final["status"] == "succeeded" and "waiting" not in final and calls == ["slow one"]
+    # a stall with CPUs free is not blamed on the cluster
+    free["cpus"] = (1.0, 2.0)
+    assert runner.check_stalled() is None
+
+
 def test_a_job_resumes_after_a_restart_skipping_its_finished_stages(tmp_path):
     calls: list = []
     store = JobStore(tmp_path)

@@ -14,6 +14,11 @@ later stage has no finished job to go by, so ``eta_s`` is a lower bound).
 starts; a running one stops at its next progress report; either way its partial outputs are
 removed, only state.json stays). A service that starts finds the queued and running jobs of its run
 directory and runs them again; the finished stages are skipped, so a job resumes where it was.
+
+A running job whose progress has not moved for ``stall_s`` seconds while the cluster has no free CPU
+gets ``waiting`` in its state (``GET /v1/jobs/{id}``): what it waits for and since when (its Ray
+tasks are pending; an idle serving replica may hold the CPUs until Serve scales it down). The
+next progress report removes it.
 """
 
 from __future__ import annotations
@@ -185,6 +190,7 @@ class Reporter:
         if not force and now - self._last_write < 0.5:
             return
         self._last_write = now
+        self.state.pop("waiting", None)  # moving again
         stages = self.state["stages"]
         self.state["progress"] = round(sum(s.get("progress", 0.0) for s in stages.values()) / max(len(stages), 1), 4)
         self.state["eta_s"], self.state["eta_basis"] = self._eta()
@@ -229,13 +235,27 @@ def run_job(store: JobStore, state: dict, add_class, metrics=None, cancelled=Non
     return state
 
 
+def ray_free_cpus() -> tuple[float, float] | None:
+    """(free CPUs, total CPUs) of the Ray cluster this process is connected to, None without one."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        return float(ray.available_resources().get("CPU", 0.0)), float(ray.cluster_resources().get("CPU", 0.0))
+    except Exception:  # noqa: BLE001
+        return None
+
+
 class JobRunner:
     """One worker thread running the queued jobs of a run directory in order (one at a time: two
     add requests at once are queued, never run side by side over the same version chain)."""
 
     def __init__(self, run_dir: str | Path, add_class, stages: tuple[str, ...], known_names, queue_size: int = 8,
-                 metrics=None):
+                 metrics=None, stall_s: float = 30.0, free_cpus=None):
         self.store = JobStore(run_dir)
+        self.stall_s = stall_s
+        self.free_cpus = free_cpus or ray_free_cpus  # () -> (free, total) or None when unknown
         self.add_class, self.stages, self.known_names = add_class, stages, known_names
         self.metrics, self.queue_size = metrics, queue_size
         self._q: queue.Queue = queue.Queue()
@@ -251,6 +271,45 @@ class JobRunner:
             self._q.put(s["id"])
         self._thread = threading.Thread(target=self._loop, name="digzsl-add-class", daemon=True)
         self._thread.start()
+        self._watch = threading.Thread(target=self._watchdog, name="digzsl-add-class-watch", daemon=True)
+        self._watch.start()
+
+    def check_stalled(self) -> dict | None:
+        """Mark the running job ``waiting`` when its state has not changed for ``stall_s`` and no CPU is
+        free; the state written, or None."""
+        with self._lock:
+            job_id = self._running
+        if job_id is None:
+            return None
+        p = self.store.dir(job_id) / STATE
+        try:
+            mtime = p.stat().st_mtime
+            state = read_json(p)
+        except (OSError, ValueError):
+            return None
+        idle = time.time() - mtime
+        if state.get("status") != "running" or idle < self.stall_s or "waiting" in state:
+            return None
+        cpus = self.free_cpus()
+        if cpus is None or cpus[0] >= 1:
+            return None
+        state["waiting"] = {"for": "a free CPU", "since": round(mtime, 3),
+                            "detail": f"no progress for {idle:.0f} s and 0 of the cluster's {cpus[1]:g} CPUs free: "
+                                      "the job's Ray tasks are pending until one frees (an idle serving replica holds "
+                                      "its CPU until Serve scales it down, serve.generate_downscale_delay_s)"}
+        if p.stat().st_mtime != mtime:  # the job moved meanwhile: its own write wins
+            return None
+        self.store.save(state)
+        log.warning("add-class job %s: %s", job_id, state["waiting"]["detail"])
+        return state
+
+    def _watchdog(self) -> None:
+        while True:
+            time.sleep(max(1.0, self.stall_s / 3))
+            try:
+                self.check_stalled()
+            except Exception:  # noqa: BLE001 - a probe must never stop the runner
+                log.debug("add-class watchdog", exc_info=True)
 
     def submit(self, name: str, name_problem) -> dict:
         """Queue a job for ``name``: 400 for a bad name, 409 for a known or pending one, 429 when full."""
