@@ -195,6 +195,9 @@ class ServeConfig(Section):
     body_timeout_s: float = Field(10.0, gt=0.0, le=3600.0, description="a request body must arrive whole within this "
                                   "(slow or short bodies get 408 instead of holding a request slot)")
     max_header_bytes: int = Field(16_384, ge=1024, le=1_048_576, description="largest accepted request headers (431)")
+    max_body_reads_per_client: int = Field(32, ge=1, le=100_000, description="request bodies one client address may "
+                                           "be sending at once per Ingress replica; more answer 429 at once, so slow "
+                                           "senders cannot fill the request slots (body_timeout_s cuts each one)")
     max_jpeg_scans: int = Field(64, ge=1, le=10_000, description="JPEGs with more scans are refused before decoding "
                                 "(a progressive JPEG has about 10; each scan costs a full decoding pass)")
     request_timeout_s: float = Field(60.0, gt=0.0, le=86_400.0, description="end-to-end HTTP request timeout of "

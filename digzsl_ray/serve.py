@@ -48,10 +48,11 @@ log = logging.getLogger("digzsl")
 # serve.* keys that build_app args may override (serve run / serve deploy / digzsl serve)
 OVERRIDABLE = ("max_batch_size", "batch_wait_timeout_s", "max_body_bytes", "max_pixels", "default_k", "min_replicas",
                "max_replicas", "num_cpus", "num_gpus", "body_timeout_s", "max_header_bytes", "max_jpeg_scans",
-               "docs", "api_token_file", "protect_classify", "model_in_ingress", "generate_max_n", "generate_max_queued",
+               "max_body_reads_per_client", "docs", "api_token_file", "protect_classify", "model_in_ingress", "generate_max_n", "generate_max_queued",
                "generate_max_batch_size", "generate_min_replicas", "generate_max_replicas", "generate_num_gpus",
                "generate_num_cpus", "generate_downscale_delay_s")
-LIMIT_KEYS = ("max_body_bytes", "max_pixels", "default_k", "body_timeout_s", "max_header_bytes", "max_jpeg_scans")
+LIMIT_KEYS = ("max_body_bytes", "max_pixels", "default_k", "body_timeout_s", "max_header_bytes", "max_jpeg_scans",
+              "max_body_reads_per_client")
 MAX_ECHO = 80  # characters of a client's input that an error message may quote
 
 
@@ -518,6 +519,7 @@ def build_app(args: dict):
             self.access, self.jobs, self.generator = access, jobs, generator
             self.metrics = Metrics()
             self._served = None
+            self._reading: dict[str, int] = {}  # client address -> request bodies it is sending now
 
         @property
         def meta(self) -> dict:
@@ -572,6 +574,11 @@ def build_app(args: dict):
                         raise RequestError(413, f"request body too large: {cl[:20]} bytes, the limit is {limit}")
                 except ValueError:
                     raise RequestError(400, f"bad Content-Length header {_echo(cl)}") from None
+            client = request.client.host if request.client else "?"
+            if self._reading.get(client, 0) >= self.limits["max_body_reads_per_client"]:
+                raise RequestError(429, f"too many request bodies in flight from one client (the limit is "
+                                        f"{self.limits['max_body_reads_per_client']}); retry when they are sent")
+            self._reading[client] = self._reading.get(client, 0) + 1
             chunks, total = [], 0
 
             async def read() -> None:
@@ -589,6 +596,12 @@ def build_app(args: dict):
                                         f"({total} bytes arrived)") from None
             except ClientDisconnect:
                 raise RequestError(499, "client disconnected") from None
+            finally:
+                left = self._reading.get(client, 1) - 1
+                if left > 0:
+                    self._reading[client] = left
+                else:
+                    self._reading.pop(client, None)
             body = b"".join(chunks)
             request._body = body  # starlette's body cache: lets request.form() parse what was read
             return body
