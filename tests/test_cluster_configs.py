@@ -352,16 +352,16 @@ def test_serve_import_path_is_consistent_with_the_package():
     for f in sorted(CLUSTER.iterdir()):
         mentions |= set(re.findall(r"digzsl_ray[\w.]*:\w+", f.read_text()))
     assert mentions == {SERVE_IMPORT_PATH}, mentions
-    # ... which lives in digzsl_ray/serve.py. Read it without importing it (it may not exist yet).
+    # ... which the package digzsl_ray/serve/ exports. Read it without importing it.
     module, attr = SERVE_IMPORT_PATH.split(":")
-    source = REPO / (module.replace(".", "/") + ".py")
-    assert source.parent.is_dir() and (source.parent / "__init__.py").is_file()
-    if not source.is_file():
-        pytest.skip(f"{source.relative_to(REPO)} does not exist yet")
-    tree = ast.parse(source.read_text())
-    functions = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
-    assert attr in functions, f"{source.relative_to(REPO)} defines no top-level {attr}()"
-    names = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
-    names |= {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    package = REPO / module.replace(".", "/")
+    assert (package / "__init__.py").is_file(), f"{module} is not a package"
+    trees = {p.name: ast.parse(p.read_text()) for p in sorted(package.glob("*.py"))}
+    init = trees["__init__.py"]
+    exported = {a.asname or a.name for n in init.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    defined = {n.name for t in trees.values() for n in t.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    assert attr in exported and attr in defined, f"{module} exports no top-level {attr}()"
+    names = {n.name for t in trees.values() for n in ast.walk(t) if isinstance(n, ast.ClassDef)}
+    names |= {n.value for t in trees.values() for n in ast.walk(t) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
     missing = SERVE_DEPLOYMENTS - names
-    assert not missing, f"serve_config.yaml configures deployments {sorted(missing)} that serve.py does not define"
+    assert not missing, f"serve_config.yaml configures deployments {sorted(missing)} that {module} does not define"

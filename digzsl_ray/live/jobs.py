@@ -235,18 +235,6 @@ def run_job(store: JobStore, state: dict, add_class, metrics=None, cancelled=Non
     return state
 
 
-def ray_free_cpus() -> tuple[float, float] | None:
-    """(free CPUs, total CPUs) of the Ray cluster this process is connected to, None without one."""
-    try:
-        import ray
-
-        if not ray.is_initialized():
-            return None
-        return float(ray.available_resources().get("CPU", 0.0)), float(ray.cluster_resources().get("CPU", 0.0))
-    except Exception:  # noqa: BLE001
-        return None
-
-
 class JobRunner:
     """One worker thread running the queued jobs of a run directory in order (one at a time: two
     add requests at once are queued, never run side by side over the same version chain)."""
@@ -255,7 +243,7 @@ class JobRunner:
                  metrics=None, stall_s: float = 30.0, free_cpus=None):
         self.store = JobStore(run_dir)
         self.stall_s = stall_s
-        self.free_cpus = free_cpus or ray_free_cpus  # () -> (free, total) or None when unknown
+        self.free_cpus = free_cpus or (lambda: None)  # () -> (free, total) CPUs, or None when unknown
         self.add_class, self.stages, self.known_names = add_class, stages, known_names
         self.metrics, self.queue_size = metrics, queue_size
         self._q: queue.Queue = queue.Queue()

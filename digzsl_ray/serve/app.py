@@ -1,4 +1,4 @@
-"""The online classification endpoint, a live service (Ray Serve): ``build_app(args)``.
+"""The Serve application: ``build_app(args)`` and its deployments.
 
 Deployments: ``Ingress`` (FastAPI; parses and validates requests, decodes images), ``Classifier``
 (the model; dynamic request batching with ``@serve.batch``; with ``serve.model_in_ingress`` the
@@ -32,7 +32,6 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import io
 import json
 import logging
 from pathlib import Path
@@ -41,6 +40,17 @@ import numpy as np
 from fastapi import (
     Request,  # real (not postponed) annotations: the app is pickled into Serve replicas
 )
+
+from digzsl_ray.serve.requests import (
+    RequestError,
+    _echo,
+    decode_image,
+    multi_label_answer,
+    parse_k,
+    parse_threshold,
+    top_k,
+)
+from digzsl_ray.serve.rundir import Scheduled, add_class_fn, load_run_meta, run_config, version_store
 
 log = logging.getLogger("digzsl")
 
@@ -53,236 +63,14 @@ OVERRIDABLE = ("max_batch_size", "batch_wait_timeout_s", "max_body_bytes", "max_
                "generate_num_cpus", "generate_downscale_delay_s")
 LIMIT_KEYS = ("max_body_bytes", "max_pixels", "default_k", "body_timeout_s", "max_header_bytes", "max_jpeg_scans",
               "max_body_reads_per_client")
-MAX_ECHO = 80  # characters of a client's input that an error message may quote
-
-
-def _echo(value) -> str:
-    from digzsl_ray.errors import short
-
-    return short(value, MAX_ECHO)
-
-
-class RequestError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-def run_config(run_dir: Path, overrides: list[str] | None = None):
-    """The run directory's resolved config (config.yaml) with its method's config class."""
-    from digzsl_ray.methods import load_run_config
-
-    cfg_path = Path(run_dir) / "config.yaml"
-    return load_run_config(cfg_path if cfg_path.is_file() else None, overrides)
-
-
-def load_run_meta(run_dir: str | Path) -> dict:
-    """What serving needs from a run directory: serve config, classes, lambda, model version."""
-    from digzsl_ray.errors import MissingInputError
-    from digzsl_ray.methods import get_method
-
-    run_dir = Path(run_dir)
-    cfg = run_config(run_dir)
-    method = get_method(cfg.method)
-    cdir = method.output(run_dir, method.serve_ref(cfg))
-    for f in ("weights.safetensors", "config.json", "classes.json"):
-        if not (cdir / f).is_file():
-            raise MissingInputError(f"{cdir / f}: missing; serve needs a finished run directory (digzsl run)")
+def ray_free_cpus() -> tuple[float, float] | None:
+    """(free CPUs, total CPUs) of the Ray cluster this replica runs on (the add-class watchdog's probe)."""
     try:
-        classes = json.loads((cdir / "classes.json").read_text())
-        metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
-        names, seen, unseen = classes["classes"], classes["seen"], classes["unseen"]
-        lam = float(metrics.get("calibration_lambda", 0.0))
-        task = str(metrics.get("task", "single_label"))
-        threshold = float(metrics.get("threshold", 0.5))
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise MissingInputError(f"{run_dir}: classifier/classes.json or metrics.json is damaged "
-                                f"({type(e).__name__}: {str(e)[:120]}); rerun `digzsl evaluate` or `digzsl run`") from None
-    digest = hashlib.sha256((cdir / "weights.safetensors").read_bytes()).hexdigest()[:12]
-    return {"serve": cfg.serve.model_dump(), "classes": names, "seen": seen, "unseen": unseen, "lambda": lam,
-            "model_version": f"{cfg.name}-{digest}", "classifier_dir": str(cdir), "task": task,
-            "threshold": threshold, "method": cfg.method}
+        import ray
 
-
-def parse_threshold(raw, default: float) -> float:
-    """A request's ``threshold`` (multi-label runs): a number strictly between 0 and 1, else 400."""
-    if raw is None or raw == "":
-        return default
-    if isinstance(raw, bool):
-        raise RequestError(400, "bad threshold: expected a number between 0 and 1, got a boolean")
-    try:
-        t = float(raw)
-    except (TypeError, ValueError):
-        raise RequestError(400, f"bad threshold: got {_echo(raw)}, expected a number between 0 and 1") from None
-    if not 0.0 < t < 1.0:
-        raise RequestError(400, f"bad threshold: got {_echo(raw)}, expected a number between 0 and 1 (exclusive)")
-    return t
-
-
-def multi_label_answer(probs: np.ndarray, classes: list[str], seen: set[int], threshold: float, k: int) -> dict:
-    """Every label whose probability exceeds ``threshold`` (highest first) and the top ``k``."""
-    p = probs.astype(np.float64)
-    order = np.argsort(-p, kind="stable")
-
-    def row(i):
-        return {"class": classes[i], "probability": round(float(p[i]), 6), "seen": int(i) in seen}
-
-    return {"labels": [row(i) for i in order if p[i] > threshold], "predictions": [row(i) for i in order[:k]],
-            "threshold": threshold}
-
-
-IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # never EPS/PS (Ghostscript) or other exotica
-MAX_ASPECT = 20  # longer side / shorter side
-
-
-def jpeg_scans(data: bytes, limit: int | None = None) -> int:
-    """Start-of-scan (SOS) segments of a JPEG, counted by walking its marker segments: a segment's
-    payload (an ICC profile, EXIF, a thumbnail) is skipped by its length, and after each SOS header
-    the entropy-coded data is skipped to the next marker (there an 0xFF is followed by 0x00, a
-    restart marker or fill bytes). A progressive JPEG has about ten scans, while one crafted with
-    thousands of empty scans costs seconds of CPU per scan. Stops counting past ``limit``."""
-    if data[:2] != b"\xff\xd8":
-        return 0
-    n, i, scans = len(data), 2, 0
-    while i + 1 < n:
-        if data[i] != 0xFF:  # not at a marker: resynchronise on the next 0xFF
-            j = data.find(b"\xff", i)
-            if j < 0:
-                break
-            i = j
-            continue
-        m = data[i + 1]
-        if m == 0xFF:  # fill byte
-            i += 1
-            continue
-        if m == 0xD9:  # EOI
-            break
-        if m == 0x01 or 0xD0 <= m <= 0xD8:  # markers without a length
-            i += 2
-            continue
-        if i + 3 >= n:
-            break
-        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
-        if m != 0xDA:
-            continue
-        scans += 1
-        if limit is not None and scans > limit:
-            break
-        while True:  # entropy-coded data up to the next marker
-            j = data.find(b"\xff", i)
-            if j < 0 or j + 1 >= n:
-                return scans
-            nxt = data[j + 1]
-            if nxt == 0x00 or 0xD0 <= nxt <= 0xD7 or nxt == 0xFF:
-                i = j + 1 if nxt == 0xFF else j + 2
-                continue
-            i = j
-            break
-    return scans
-
-
-def decode_image(data: bytes, size: int, max_pixels: int, max_jpeg_scans: int = 64) -> np.ndarray:
-    """Validated image -> ``uint8 [3, size, size]``; raises :class:`RequestError` on bad input.
-
-    Decoded as a viewer shows it (:func:`digzsl_ray.images.to_rgb`: EXIF orientation, 16-bit
-    grayscale scaled, transparency on white). Work is bounded before decoding: pixel count, aspect
-    ratio and, for JPEG, the number of scans."""
-    from PIL import Image, UnidentifiedImageError
-
-    from digzsl_ray.images import to_uint8_tensor
-
-    if not data:
-        raise RequestError(400, "empty image")
-    scans = jpeg_scans(data, limit=max_jpeg_scans)
-    if scans > max_jpeg_scans:
-        raise RequestError(400, f"JPEG with more than {max_jpeg_scans} scans; at most {max_jpeg_scans} are decoded (a progressive "
-                                f"JPEG has about 10)")
-    try:
-        im = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-    except UnidentifiedImageError:
-        raise RequestError(400, "not an image: the bytes are not a supported format "
-                                f"({', '.join(IMAGE_FORMATS)})") from None
-    except Image.DecompressionBombError as e:
-        raise RequestError(413, f"image too large: {e}") from None
-    except ValueError as e:  # e.g. a PNG text or ICC chunk over PIL's safety limit
-        raise RequestError(400, f"not a usable image: {str(e)[:160]}") from None
-    except Exception as e:  # PIL raises many types for malformed headers
-        raise RequestError(400, f"not an image ({type(e).__name__})") from None
-    w, h = im.size
-    if w * h > max_pixels:
-        raise RequestError(413, f"image too large: {w}x{h} = {w * h} pixels, the limit is {max_pixels}")
-    if min(w, h) < 1 or max(w, h) > MAX_ASPECT * min(w, h):
-        raise RequestError(400, f"unsupported image shape {w}x{h}: the longer side may be at most {MAX_ASPECT} "
-                                f"times the shorter")
-    try:
-        im.load()
-    except Image.DecompressionBombError as e:
-        raise RequestError(413, f"image too large: {e}") from None
-    except Exception as e:  # truncated data, bad chunks, decoder errors
-        raise RequestError(400, f"truncated or corrupt image ({type(e).__name__}: {str(e)[:160]})") from None
-    try:
-        return to_uint8_tensor(im, size).numpy()
-    except Exception as e:
-        raise RequestError(400, f"could not convert the image ({type(e).__name__}: {str(e)[:160]})") from None
-
-
-def parse_k(raw, default: int, num_classes: int) -> int:
-    if raw is None or raw == "":
-        return default
-    expected = f"expected an integer from 1 to {num_classes}"
-    if isinstance(raw, bool):
-        raise RequestError(400, f"bad k: got {_echo(raw)}, {expected}")
-    try:
-        k = int(raw)
-        if isinstance(raw, float) and raw != k:
-            raise ValueError
-    except (TypeError, ValueError, OverflowError):
-        raise RequestError(400, f"bad k: got {_echo(str(raw)[:MAX_ECHO])}, {expected}") from None
-    if not 1 <= k <= num_classes:
-        shown = str(k) if abs(k) < 10**12 else "a number of more than 12 digits"
-        raise RequestError(400, f"bad k: got {shown}, {expected}")
-    return k
-
-
-def top_k(probs: np.ndarray, classes: list[str], seen: set[int], lam: float, k: int) -> list[dict]:
-    """Rank by calibrated score (probability minus lambda for seen classes: the evaluation's
-    :func:`digzsl_ray.metrics.zsl.calibrate`)."""
-    from digzsl_ray.metrics.zsl import calibrate
-
-    score = calibrate(np.asarray(probs)[None], sorted(seen), lam)[0]
-    order = np.argsort(-score, kind="stable")[:k]
-    return [{"class": classes[i], "score": round(float(score[i]), 6), "seen": i in seen,
-             "probability": round(float(probs[i]), 6)} for i in order]
-
-
-def version_store(run_dir: str | Path, meta: dict | None = None):
-    """The run's :class:`~digzsl_ray.live.versions.VersionStore` (version 0: its own classifier)."""
-    from digzsl_ray.live.versions import VersionStore, base_from_meta
-
-    return VersionStore(run_dir, base_from_meta(run_dir, meta or load_run_meta(run_dir)))
-
-
-def add_class_fn(run_dir: str | Path, versions=None, overrides: list[str] | None = None):
-    """``(run_dir, job_dir, name, reporter) -> result`` for the run's method, with the run config
-    (plus ``overrides``, ``key=value``), its data split and version store bound; ``(None, ())``
-    when the method cannot add classes."""
-    from digzsl_ray.data import load_split
-    from digzsl_ray.methods import get_method
-
-    run_dir = Path(run_dir)
-    cfg = run_config(run_dir, overrides)
-    method = get_method(cfg.method)
-    if method.add_class is None:
-        return None, ()
-    versions = versions or version_store(run_dir)
-    cache: dict = {}
-
-    def run(run_dir_, job_dir, name, rep):
-        if "split" not in cache:  # read once per process, when the first job runs
-            cache["split"] = load_split(cfg.data, run_dir, validate=False, progress=False)
-        return method.add_class(Path(run_dir_), Path(job_dir), name, rep, versions, cfg, cache["split"])
-
-    return run, tuple(method.add_class_stages)
+        return float(ray.available_resources().get("CPU", 0.0)), float(ray.cluster_resources().get("CPU", 0.0))
+    except Exception:  # noqa: BLE001 - a probe, never a failure
+        return None
 
 
 _METRICS: list = []
@@ -295,45 +83,6 @@ def request_metrics():
 
         _METRICS.append(Metrics())
     return _METRICS[0]
-
-
-class Scheduled:
-    """Reads the served version from ``models/active.json`` at most every ``interval`` seconds
-    (a stat call): every ingress replica follows an activation within that time."""
-
-    def __init__(self, versions, interval: float = 0.2):
-        import time
-
-        from digzsl_ray.live.versions import serving_meta
-
-        self.versions, self.interval, self._serving = versions, interval, serving_meta
-        self._clock = time.monotonic
-        self._checked, self._stamp = 0.0, None
-        try:
-            self.meta = serving_meta(versions.active())
-        except Exception as e:  # a damaged active.json at start: say so, answer with version 0 meanwhile
-            log.error("model versions: cannot read the active version (%s); serving version %s until it is "
-                      "repaired", e, versions.base["id"])
-            self.meta = serving_meta(versions.base)
-
-    def current(self) -> dict:
-        now = self._clock()
-        if now - self._checked < self.interval:
-            return self.meta
-        self._checked = now
-        try:
-            st = self.versions.active_path.stat()
-            stamp = (st.st_mtime_ns, st.st_size)
-        except OSError:
-            stamp = None
-        if stamp != self._stamp:
-            self._stamp = stamp
-            try:
-                self.meta = self._serving(self.versions.active())
-            except Exception as e:  # a damaged active.json must not take the service down: keep answering
-                log.error("model versions: cannot read the active version (%s); still serving %s", e,
-                          self.meta["model_version"])
-        return self.meta
 
 
 def build_app(args: dict):
@@ -858,7 +607,7 @@ def build_app(args: dict):
             fn, stages = add_class_fn(run_dir, self.versions)
             self.max_name_length = max_name_length
             self.runner = JobRunner(run_dir, fn, stages, lambda: self.versions.active()["classes"],
-                                    queue_size=queue_size, metrics=Metrics())
+                                    queue_size=queue_size, metrics=Metrics(), free_cpus=ray_free_cpus)
 
         def submit(self, name) -> dict:
             from digzsl_ray.live.jobs import JobError
@@ -977,62 +726,3 @@ def make_generation(cfg):
         return out
 
     return run
-
-
-def serve_blocking(args) -> int:
-    """``digzsl serve --run OUT``: a local (or RAY_ADDRESS) cluster, the app on host:port, until Ctrl-C
-    or SIGTERM; either shuts down Serve (proxy and replicas) and the cluster it started, exit code 0."""
-    import os
-    import signal
-    import time
-
-    from ray import serve
-
-    from digzsl_ray.distributed.cluster import init_ray
-
-    overrides = [o if o.startswith("serve.") else f"serve.{o}" for o in args.overrides]
-    if args.host is not None:
-        overrides.append(f"serve.host={args.host}")
-    if args.port is not None:  # validated like the config (1..65535), 0 included
-        overrides.append(f"serve.port={args.port}")
-    load_run_meta(args.run)  # a directory that cannot be served is a one-line error before Ray starts
-    cfg = run_config(Path(args.run), overrides)
-    host, port = cfg.serve.host, cfg.serve.port
-    if cfg.serve.direct_ingress:
-        import ray
-
-        if os.environ.get("RAY_ADDRESS") and os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") != "1":
-            log.warning("serve.direct_ingress: joining the cluster at RAY_ADDRESS; it serves directly only if every "
-                        "node was started with RAY_SERVE_ENABLE_DIRECT_INGRESS=1")
-        if not ray.is_initialized():
-            os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"  # read by the Serve processes the cluster starts
-    init_ray()
-    serve.start(http_options={"host": host, "port": port, "request_timeout_s": cfg.serve.request_timeout_s})
-
-    def on_sigterm(signum, frame):  # `kill`, systemd, Kubernetes: stop like Ctrl-C, replicas included
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)  # after ray.init, which installs a handler of its own
-    app_args = {"run_dir": str(Path(args.run).resolve())} | {k: v for k, v in cfg.serve.model_dump().items()
-                                                             if k in OVERRIDABLE}
-    try:  # a signal may come while the replicas still start: shut down all the same
-        serve.run(build_app(app_args), name="digzsl", route_prefix="/")
-        print(f"serving {args.run} on http://{host}:{port}  (POST /v1/classify, GET /v1/classes, GET /healthz; "
-              f"POST /v1/classes, /v1/generate, GET /v1/jobs/<id>, /v1/models: docs/live.md); Ctrl-C to stop",
-              flush=True)
-        if cfg.serve.direct_ingress:
-            print("direct ingress: the ingress replicas listen on their own ports from "
-                  f"{os.environ.get('RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT', '30000')} (docs/live.md)", flush=True)
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        import ray
-
-        # Shutting down signals Ray's own processes; a second signal must not cut the shutdown short.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        serve.shutdown()  # the proxy and every replica (each in its own process group) stop with it
-        ray.shutdown()
-    return 0
