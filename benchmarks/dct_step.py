@@ -30,7 +30,7 @@ CLASSES = None  # filled from the MiniWorld world in _setup
 def _setup(threads: int):
     import torch
 
-    from digzsl_ray.cdm import CDM, CDMHead
+    from digzsl_ray.methods.digzsl.cdm import CDM, CDMHead
     from digzsl_ray.config import RunConfig
     from digzsl_ray.miniworld import world
     from digzsl_ray.models.presets import (

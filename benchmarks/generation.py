@@ -30,7 +30,7 @@ from common import save  # noqa: E402
 
 def make_cdm(out: Path) -> list[int]:
     """A CDM for MiniWorld (untrained head: CLIP zero-shot), saved where ImageGenerator loads it."""
-    from digzsl_ray.cdm import CDMHead, save_cdm
+    from digzsl_ray.methods.digzsl.cdm import CDMHead, save_cdm
     from digzsl_ray.config import RunConfig
     from digzsl_ray.miniworld import world
     from digzsl_ray.models.presets import clip_image_size, clip_norm, load_clip
@@ -68,7 +68,7 @@ def bare(n: int, batch: int, steps: int, guidance: float, threads: int, prompts:
 def ours(n: int, batch: int, steps: int, guidance: float, threads: int, prompts, cdm_dir: Path, unseen) -> float:
     import ray
 
-    from digzsl_ray.generation import ImageGenerator
+    from digzsl_ray.methods.digzsl.generation import ImageGenerator
 
     rows = [{"prompt": p, "seed": i, "label": unseen[i % len(unseen)]} for i, p in enumerate(prompts[: n + batch])]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows) // batch)

@@ -89,7 +89,7 @@ def dct_update_seconds(pipe, batch: int, steps: int) -> float:
     import open_clip
     import torch
 
-    from digzsl_ray.cdm import CDM, CDMHead
+    from digzsl_ray.methods.digzsl.cdm import CDM, CDMHead
     from digzsl_ray.methods.digzsl.config import TokensConfig
     from digzsl_ray.methods.digzsl.dct import DCTLearner
 

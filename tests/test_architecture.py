@@ -140,3 +140,24 @@ def test_error_path_is_light():
             "print(rc, heavy)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "2 []", r.stdout + r.stderr
+
+
+# Shared modules that one method happens to be the only user of today, but that are generic by nature
+# (an actor pool, multi-label metrics, ViT resizing): any other single-method module belongs to its method.
+GENERIC_SINGLE_USER = {"digzsl_ray.distributed.pool", "digzsl_ray.metrics.multilabel", "digzsl_ray.models.vit"}
+
+
+def test_method_only_code_lives_in_its_method():
+    def owner(name: str) -> str:
+        if name.startswith("digzsl_ray.methods.") and name.count(".") >= 3:
+            return "method:" + name.split(".")[2]
+        return "core" if _is_core(name) else name.split(".")[1]
+
+    bad = []
+    for mod in (m for m in MODS if _is_core(m)):
+        users = {owner(n) for n in MODS if n != mod and mod in _internal(n)}
+        methods = {u for u in users if u.startswith("method:")}
+        if len(methods) == 1 and users <= methods | {"cli", "serve", "miniworld"} and mod not in GENERIC_SINGLE_USER:
+            bad.append(f"{mod} (used by {sorted(users)})")
+    assert not bad, f"core modules only one method uses: move them under methods/<name>/: {bad}"
+

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def test_plan_shards_is_deterministic_and_keyed_by_what_images_depend_on():
-    from digzsl_ray.generation import plan_shards, shard_rows
+    from digzsl_ray.methods.digzsl.generation import plan_shards, shard_rows
 
     classes = [{"name": "red ring", "label": 3, "slug": "red-ring", "prompts": ["p"] * 5, "token": "<t>",
                 "token_sha256": "aa"}]
@@ -20,7 +20,7 @@ def test_plan_shards_is_deterministic_and_keyed_by_what_images_depend_on():
 
 
 def test_keep_thresholds_keep_the_top_fraction():
-    from digzsl_ray.generation import keep_thresholds
+    from digzsl_ray.methods.digzsl.generation import keep_thresholds
 
     t = keep_thresholds({"a": [0.1, 0.9, 0.5, 0.7], "b": [0.2]}, 0.5)
     assert t == {"a": 0.7, "b": 0.2}

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.gpu
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_dct_update_in_half_precision_changes_only_the_row(tmp_path, precision):
-    from digzsl_ray.cdm import CDM, CDMHead
+    from digzsl_ray.methods.digzsl.cdm import CDM, CDMHead
     from digzsl_ray.methods.digzsl.config import TokensConfig
     from digzsl_ray.methods.digzsl.dct import DCTLearner
     from digzsl_ray.models.presets import (

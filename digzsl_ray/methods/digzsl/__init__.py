@@ -2,7 +2,7 @@
 
 Stages in order: shared prototypes -> CDM (Ray Train) -> discriminative class tokens (actor pool)
 -> generation (Ray Data) -> classifier (Ray Train fed by Ray Data) -> evaluation and report.
-Maths: :mod:`.dct` (token learning), the shared :mod:`digzsl_ray.cdm` and
+Maths: :mod:`.dct` (token learning), the shared :mod:`.cdm` and
 :mod:`digzsl_ray.classifier`; config sections: :mod:`.config`; variants: :mod:`.variants`.
 """
 

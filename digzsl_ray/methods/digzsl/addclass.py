@@ -251,7 +251,8 @@ def add_class(run_dir: Path, job_dir: Path, name: str, rep, versions, cfg, split
     import torch
 
     from digzsl_ray.classifier import load_classifier, save_classifier
-    from digzsl_ray.generation import plan_shards, prompts_for, read_manifest
+    from digzsl_ray.generation import read_manifest
+    from digzsl_ray.methods.digzsl.generation import plan_shards, prompts_for
     from digzsl_ray.methods.digzsl.dct import init_word_for, placeholder_for
     from digzsl_ray.methods.digzsl.stages.generate import build_manifest, generate_shards
     from digzsl_ray.methods.digzsl.stages.tokens import learn_on_pool, load_index, write_result

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from digzsl_ray.errors import UserError
-from digzsl_ray.generation import prompts_for
+from digzsl_ray.methods.digzsl.generation import prompts_for
 from digzsl_ray.methods.digzsl.config import TokensConfig
 from digzsl_ray.models.sd import decode, denoise, encode_text, scaled_latents
 from digzsl_ray.seeds import class_seed

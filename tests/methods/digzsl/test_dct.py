@@ -7,7 +7,7 @@ import pytest
 import torch
 from tiny import make_tiny_models
 
-from digzsl_ray.cdm import CDM, CDMHead
+from digzsl_ray.methods.digzsl.cdm import CDM, CDMHead
 from digzsl_ray.methods.digzsl.config import TokensConfig
 from digzsl_ray.methods.digzsl.dct import (
     DCTLearner,

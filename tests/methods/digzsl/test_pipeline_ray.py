@@ -84,7 +84,7 @@ def test_prototypes_and_cdm_survive_a_worker_failure(env):
     assert execute(cdm, ctx) == metrics  # complete: its metrics come back without training
     assert weights.stat().st_mtime == mtime
     # loadable with one call
-    from digzsl_ray.cdm import load_cdm
+    from digzsl_ray.methods.digzsl.cdm import load_cdm
 
     model = load_cdm(ctx.path("train-cdm:dir"))
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, len(split.classes))
@@ -92,7 +92,7 @@ def test_prototypes_and_cdm_survive_a_worker_failure(env):
 
 def _reference_tokens(env) -> dict[str, torch.Tensor]:
     """Tokens of an uninterrupted single-process run with the actors' thread count."""
-    from digzsl_ray.cdm import load_cdm
+    from digzsl_ray.methods.digzsl.cdm import load_cdm
     from digzsl_ray.methods.digzsl.dct import DCTLearner
     from digzsl_ray.methods.digzsl.stages.tokens import class_jobs
     from digzsl_ray.models.presets import load_sd_pipeline

@@ -34,7 +34,7 @@ def _items_payload(items) -> dict:
 
 def _val_accuracy(head, f_val, y_val: np.ndarray, columns: np.ndarray, device) -> float:
     """Top-1 accuracy (percent) of ``head`` on validation features, the argmax over ``columns`` only."""
-    from digzsl_ray.cdm import head_scores
+    from digzsl_ray.methods.digzsl.cdm import head_scores
 
     if not len(y_val):
         return 0.0
@@ -52,7 +52,7 @@ def cdm_worker(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from digzsl_ray.cdm import (
+    from digzsl_ray.methods.digzsl.cdm import (
         CDMHead,
         extract_features,
         head_scores,

@@ -69,7 +69,7 @@ def cdm_synthetic_val_scores(ctx, held=None) -> tuple[np.ndarray, np.ndarray]:
     """CDM logits of the held-out DCT images (the no-synthetic baseline's unseen validation data)."""
     import torch
 
-    from digzsl_ray.cdm import load_cdm
+    from digzsl_ray.methods.digzsl.cdm import load_cdm
     from digzsl_ray.images import decode_png_bytes
     from digzsl_ray.models.presets import pick_device
 

@@ -16,13 +16,12 @@ import logging
 import time
 
 from digzsl_ray.errors import MissingInputError
-from digzsl_ray.generation import (
+from digzsl_ray.generation import collect_shards, read_manifest
+from digzsl_ray.methods.digzsl.generation import (
     ImageGenerator,
-    collect_shards,
     keep_thresholds,
     plan_shards,
     prompts_for,
-    read_manifest,
     shard_rows,
     write_shard,
 )

@@ -96,7 +96,7 @@ class TokenWorker:
                  actor_id: int):
         import torch
 
-        from digzsl_ray.cdm import load_cdm
+        from digzsl_ray.methods.digzsl.cdm import load_cdm
         from digzsl_ray.data.worlds import world_oracle
         from digzsl_ray.methods.digzsl.config import DigzslRunConfig
         from digzsl_ray.methods.digzsl.dct import DCTLearner
@@ -135,7 +135,7 @@ class TokenWorker:
         return float((self.oracle.predict(images) == self.oracle.classes.index(name)).float().mean())
 
     def learn_shard(self, shard: list[dict]) -> list[dict]:
-        from digzsl_ray.generation import prompts_for
+        from digzsl_ray.methods.digzsl.generation import prompts_for
 
         out = []
         t, g = self.cfg.tokens, self.cfg.generate
