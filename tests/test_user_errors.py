@@ -1,6 +1,11 @@
 """Every user mistake through the real CLI: one line on stderr naming what is wrong, exit code 2, no
 traceback, nothing written. Covers the framework's error contract and the hostile inputs of an
-outside test (configs, datasets, run directories)."""
+outside test (configs, datasets, run directories).
+
+Most cases call ``digzsl_ray.cli.main.main(argv)`` in this process (the same code path as the console
+script, without an interpreter start per case); the stage and serve cases, which sit next to a Ray
+start, and one config case run the real ``python -m digzsl_ray.cli`` in a subprocess, where a
+traceback printed by anything (logging included) would show."""
 
 from __future__ import annotations
 
@@ -14,9 +19,31 @@ import pytest
 from tiny import TINY_UNSEEN, make_tiny_dataset
 
 
-def cli(*args, cwd=None) -> subprocess.CompletedProcess:
+def cli_subprocess(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "digzsl_ray.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=120, cwd=cwd, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+
+
+def cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    """``digzsl ARGS`` in this process: exit code, stdout and stderr as a subprocess would give them."""
+    import contextlib
+    import io
+    import os
+
+    from digzsl_ray.cli.main import main
+
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as e:  # argparse's own errors
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def assert_user_error(r: subprocess.CompletedProcess, *needles: str, max_chars: int = 2100) -> str:
@@ -186,12 +213,12 @@ def test_an_earlier_stage_missing_is_one_line(data, tmp_path, stage, needle):
     if stage == "generate":  # the CDM is there; the tokens are what is missing
         (out / "cdm").mkdir(parents=True)
         (out / "cdm" / "head.safetensors").write_bytes(b"x")
-    assert_user_error(cli(stage, *_digzsl(data), "--out", out), needle, "missing")
+    assert_user_error(cli_subprocess(stage, *_digzsl(data), "--out", out), needle, "missing")
     assert not (out / "ray").exists()  # refused before any cluster started
 
 
 def test_a_model_folder_that_is_not_what_the_config_says(data, tmp_path):
-    assert_user_error(cli("prototypes", *_digzsl(data), "--set", f"models.clip=local-dir:{tmp_path / 'nope'}",
+    assert_user_error(cli_subprocess("prototypes", *_digzsl(data), "--set", f"models.clip=local-dir:{tmp_path / 'nope'}",
                           "--out", tmp_path / "run"), "models.clip", "is not a directory")
 
 
@@ -199,13 +226,13 @@ def test_a_run_directory_of_another_run(data, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"dataset": "tiny", "classes": ["a", "b"], "unseen": ["b"]}))
-    assert_user_error(cli("prototypes", *_digzsl(data), "--out", out), "made for a different dataset")
+    assert_user_error(cli_subprocess("prototypes", *_digzsl(data), "--out", out), "made for a different dataset")
     (out / "run.json").write_text(json.dumps({"method": "zerodiff", "classes": [], "unseen": []}))
-    assert_user_error(cli("prototypes", *_digzsl(data), "--out", out), "method 'zerodiff'")
+    assert_user_error(cli_subprocess("prototypes", *_digzsl(data), "--out", out), "method 'zerodiff'")
 
 
 def test_serve_a_directory_without_a_classifier(tmp_path):
-    assert_user_error(cli("serve", "--run", tmp_path), "classifier", "missing")
+    assert_user_error(cli_subprocess("serve", "--run", tmp_path), "classifier", "missing")
 
 
 def test_serve_a_damaged_run_directory_or_a_bad_port(tmp_path):
@@ -214,10 +241,10 @@ def test_serve_a_damaged_run_directory_or_a_bad_port(tmp_path):
     for f in ("weights.safetensors", "config.json"):
         (cdir / f).write_text("{}")
     (cdir / "classes.json").write_text("{not json")
-    assert_user_error(cli("serve", "--run", tmp_path), "damaged")
+    assert_user_error(cli_subprocess("serve", "--run", tmp_path), "damaged")
     (cdir / "classes.json").write_text('{"classes": ["a"], "seen": [0], "unseen": []}')
-    assert_user_error(cli("serve", "--run", tmp_path, "--port", "0"), "serve.port", ">= 1")
-    assert_user_error(cli("serve", "--run", tmp_path, "--port", "99999"), "serve.port", "<= 65535")
+    assert_user_error(cli_subprocess("serve", "--run", tmp_path, "--port", "0"), "serve.port", ">= 1")
+    assert_user_error(cli_subprocess("serve", "--run", tmp_path, "--port", "99999"), "serve.port", "<= 65535")
 
 
 def test_miniworld_make_with_unknown_parts(tmp_path):
@@ -226,5 +253,5 @@ def test_miniworld_make_with_unknown_parts(tmp_path):
 
 def test_bad_config_writes_nothing(tmp_path):
     out = tmp_path / "run"
-    assert_user_error(cli("run", "--set", "cdm.epochs=0", "--out", out), "cdm.epochs")
+    assert_user_error(cli_subprocess("run", "--set", "cdm.epochs=0", "--out", out), "cdm.epochs")
     assert not out.exists()
