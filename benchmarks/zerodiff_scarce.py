@@ -13,7 +13,7 @@ spuriousness metrics and a checkpoint every `--spurious-every` epochs). Writes `
      "budget": ..., "machine"}
 
     python benchmarks/zerodiff_scarce.py [--fractions 0.1 0.3] [--epochs 300 100] [--seeds 0 1 2]
-        [--out /tmp/digzsl-zd-scarce] [--keep] [--resume] [--set KEY=VALUE ...]
+        [--out /tmp/digzsl-zd-scarce] [--keep] [--resume] [--evaluate-only] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -39,12 +39,26 @@ def curve(run: Path) -> dict:
     return out
 
 
+def evaluate_only(config: str, run: Path, overrides: list[str]) -> tuple[float, dict]:
+    import subprocess
+    import time
+
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "digzsl_ray.cli", "evaluate", "--config", config, "--out", str(run)]
+    for o in overrides:
+        cmd += ["--set", o]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return round(time.perf_counter() - t0, 1), json.loads((run / "metrics.json").read_text())
+
+
 def main() -> None:
     ap = seed_parser(__doc__.split("\n\n")[0], "miniworld", "/tmp/digzsl-zd-scarce", "zerodiff_scarce")
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.3])
     ap.add_argument("--epochs", type=int, nargs="+", default=[300, 100],
                     help="DRG and DFG epochs per fraction (one value per --fractions entry)")
     ap.add_argument("--spurious-every", type=int, default=25)
+    ap.add_argument("--evaluate-only", action="store_true",
+                    help="redo only `digzsl evaluate` on the kept run directories (no Ray; the generators reused)")
     a = ap.parse_args()
     if len(a.epochs) != len(a.fractions):
         ap.error("--epochs needs one value per --fractions entry")
@@ -56,8 +70,11 @@ def main() -> None:
         per_seed, wall = {}, {}
         for seed in a.seeds:
             run = out / f"fraction-{frac}" / f"seed-{seed}"
-            wall[seed], per_seed[seed] = run_seed(a.config, run, ["method=zerodiff"] + seed_overrides(seed) + sets,
-                                                  a.resume)
+            overrides = ["method=zerodiff"] + seed_overrides(seed) + sets
+            if a.evaluate_only:
+                wall[seed], per_seed[seed] = evaluate_only(a.config, run, overrides)
+            else:
+                wall[seed], per_seed[seed] = run_seed(a.config, run, overrides, a.resume)
             print(json.dumps({"fraction": frac, "seed": seed, "wall_s": wall[seed],
                               **{v: [r["zsl_top1"], r["gzsl_H"], r["ausuc"]] for v, r in per_seed[seed]["ablation"].items()}}),
                   flush=True)
