@@ -71,6 +71,16 @@ def build_report(ctx, pairs: int = 12, per_pair: int = 4):
         parts.append(f"<p>Text-encoder tuning: exported step {tuning.get('chosen_step')}; validation acceptance "
                      f"{tuning.get('untuned', {}).get('val_acceptance', float('nan')):.1f}% untuned, "
                      f"{tuning.get('chosen', {}).get('val_acceptance', float('nan')):.1f}% chosen.</p>")
+    conf = read_json_or_empty(ctx.path("tune-text-encoder:summary")).get("confirmation") if tuning else None
+    if conf:
+        parts.append(f"<p>Confirmation of step {conf['step']} on {conf['rows']} independent label sets: acceptance "
+                     f"{conf['gain_pct']:+.1f} points (standard error {conf['se_pct']:.1f}): "
+                     f"{'exported' if conf['confirmed'] else 'not confirmed, the untuned encoder was exported'}.</p>")
+    paired = (metrics.get("acceptance") or {}).get("paired")
+    if paired:
+        parts.append(f"<p>The two encoders on the {paired['rows']} label sets both rendered: accepted "
+                     f"{paired['base_pct']:.1f}% (untuned) and {paired['tuned_pct']:.1f}% (tuned); untuned only "
+                     f"{paired['a_only']}, tuned only {paired['b_only']}, McNemar p = {paired['p_value']:.3g}.</p>")
 
     # 1. Generated images per label pair (untuned | tuned), with decisions.
     sets = image_sets(cfg)
@@ -93,7 +103,7 @@ def build_report(ctx, pairs: int = 12, per_pair: int = 4):
     parts.append("</table>")
 
     # 2. Acceptance rates per label.
-    acc = metrics.get("acceptance", {})
+    acc = {k: v for k, v in metrics.get("acceptance", {}).items() if "per_label" in v}  # the image sets ("paired": a test)
     if acc:
         fig, ax = plt.subplots(figsize=(max(8, len(candidates) * 0.5), 4))
         width = 0.8 / max(1, len(acc))
