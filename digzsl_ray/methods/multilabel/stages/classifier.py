@@ -107,6 +107,7 @@ def classifier_worker(config: dict) -> None:
     from digzsl_ray.metrics.multilabel import mean_ap
     from digzsl_ray.models.presets import clip_image_size, clip_norm, load_clip
 
+    # 1. Config, threads, device; the frozen CLIP with the contexts (and the fusion branches), optimisers.
     quiet_train_worker_logs()
     cfg = MultilabelRunConfig.model_validate(config["cfg"])
     c = cfg.classifier
@@ -125,6 +126,7 @@ def classifier_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(net) if world > 1 else net
     opts = make_optimisers(net, c)
 
+    # 2. This worker's shard of the real seen images and of the variant's synthetic images; validation images.
     def shard(n: int) -> list[int]:
         return [(rank + k * world) % n for k in range(-(-n // world))] if n else []
 
@@ -146,6 +148,7 @@ def classifier_worker(config: dict) -> None:
     x_val = load_images(data["val"]["paths"], size)
     y_val = multi_hot(data["val"]["labels"], len(names))
 
+    # 3. Scoring, validation (held-out real seen mAP, the selection for every variant) and one pass of training.
     def prep(x_uint8):
         return normalise(x_uint8.to(device).float() / 255.0, mean, std)
 
@@ -190,6 +193,8 @@ def classifier_worker(config: dict) -> None:
             total, n = total + float(loss.detach()), n + 1
         return total / max(1, n)
 
+    # 4. Epochs (resumed from the last checkpoint after a failure): a real pass, a synthetic pass, validation,
+    #    early stop after classifier.patience epochs without improvement.
     start, best, best_state, history, stale = 0, None, None, [], 0
     st = restore_state()
     if st:
@@ -218,6 +223,7 @@ def classifier_worker(config: dict) -> None:
                                                       "epoch": epoch, "best": best, "best_state": best_state,
                                                       "history": history, "stale": stale}, rank)
 
+    # 5. Rank 0: the best epoch's weights, scores of validation and test images -> OUT/classifier_ml/<variant>/.
     if rank == 0:
         net.load_state_dict(best_state, strict=False)
         out = Path(config["out"])

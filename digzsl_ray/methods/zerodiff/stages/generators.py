@@ -43,6 +43,7 @@ def generators_worker(config: dict) -> None:
     from digzsl_ray.methods.zerodiff.spurious import spuriousness
     from digzsl_ray.methods.zerodiff.models import build_gans, generated_unseen, load_representation, phase_seeds
 
+    # 1. Config, threads, device; this worker's folds.
     quiet_train_worker_logs()
     cfg = ZerodiffRunConfig.model_validate(config["cfg"])
     torch.set_num_threads(cfg.models.torch_threads)
@@ -50,12 +51,14 @@ def generators_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     mine = [f for i, f in enumerate(FOLDS) if i % world == rank]
+    # 2. Each fold's scaled features, representations r and semantics.
     folds = folds_from(load_features(Path(config["features"])), config["plan"])
     att_np = np.asarray(config["att"], np.float32)
     att = torch.from_numpy(att_np)
     rep = Path(config["represent"])
     prepared = {f: prepare(folds[f], load_representation(rep, f, folds[f].x["train"].shape[1], config["represent_cfg"]),
                            att_np) for f in mine}
+    # 3. Networks from their own seeds; a restarted worker loads its folds' last checkpoint.
     ckpt = ray.train.get_checkpoint()
     saved = {}
     if ckpt:
@@ -75,6 +78,7 @@ def generators_worker(config: dict) -> None:
             st["history"].append({"resumed_at": {"phase": st["phase"], "epoch": st["epoch"] + 1}})
         state[f] = (drg, dfg, st)
 
+    # 4. A checkpoint: every fold's whole state (networks, optimisers, penalty weight, RNG states, history).
     def checkpoint(metrics: dict) -> None:
         with tempfile.TemporaryDirectory() as d:
             for f in mine:
@@ -83,6 +87,8 @@ def generators_worker(config: dict) -> None:
                            Path(d) / f"state-{f}.pt")
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
+    # 5. Per fold: the DRG's epochs, then the DFG's (spuriousness every generators.spurious_every DFG epochs),
+    #    each phase from its own seed; checkpoints every generators.checkpoint_every epochs.
     step = 0
     for f in mine:
         drg, dfg, st = state[f]
@@ -125,6 +131,7 @@ def generators_worker(config: dict) -> None:
                 if last or (epoch + 1) % cfg.generators.checkpoint_every == 0:
                     checkpoint({"fold": f, "phase": phase, "epoch": epoch, "wasserstein": m["wasserstein"]})
                 step += 1
+        # 6. The fold's trained weights and history -> OUT/generators/<fold>/.
         out = Path(config["out"]) / f
         out.mkdir(parents=True, exist_ok=True)
         for name, model in (("drg", drg), ("dfg", dfg)):
