@@ -58,8 +58,8 @@ log = logging.getLogger("digzsl")
 # serve.* keys that build_app args may override (serve run / serve deploy / digzsl serve)
 OVERRIDABLE = ("max_batch_size", "batch_wait_timeout_s", "max_body_bytes", "max_pixels", "default_k", "min_replicas",
                "max_replicas", "num_cpus", "num_gpus", "body_timeout_s", "max_header_bytes", "max_jpeg_scans",
-               "max_body_reads_per_client", "docs", "api_token_file", "protect_classify", "model_in_ingress", "generate_max_n", "generate_max_queued",
-               "generate_max_batch_size", "generate_min_replicas", "generate_max_replicas", "generate_num_gpus",
+               "max_body_reads_per_client", "docs", "api_token_file", "protect_classify", "model_in_ingress",
+               "generate_max_n", "generate_max_queued", "generate_max_batch_size", "generate_min_replicas", "generate_max_replicas", "generate_num_gpus",
                "generate_num_cpus", "generate_downscale_delay_s")
 LIMIT_KEYS = ("max_body_bytes", "max_pixels", "default_k", "body_timeout_s", "max_header_bytes", "max_jpeg_scans",
               "max_body_reads_per_client")
