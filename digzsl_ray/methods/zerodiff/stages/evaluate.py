@@ -76,8 +76,7 @@ def evaluate_all(ctx, progress: bool = True) -> dict:
             for th in tried:
                 if th is not None and (f, th) not in pseudo:
                     pseudo[(f, th)] = _pseudo(fits[f][BASE], sel[BASE][f if f == "val" else "final"], p, th,
-                                              t.per_class,
-                                              halves[f])
+                                              t.per_class, halves[f])
                 fit = fit_variant(cfg, p, drg, dfg, variant, pseudo[(f, th)][:2] if th is not None else None, n)
                 s = select(fit, p, grid, "fold", halves[f]["score"] if halves[f] else None) if f == "val" else None
                 if best is None or (s is not None and s["H"] > best[1]["H"]):
