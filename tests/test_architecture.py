@@ -23,7 +23,7 @@ RAY_ALLOWED = (
     "digzsl_ray.pretrain.job",  # the Ray Train pretraining job
 )
 # Not the shared core: the methods and their registry, the worlds, the application layer.
-NOT_CORE = ("digzsl_ray.methods", "digzsl_ray.miniworld", "digzsl_ray.cli", "digzsl_ray.serve")
+NOT_CORE = ("digzsl_ray.methods", "digzsl_ray.miniworld", "digzsl_ray.cli", "digzsl_ray.serve", "digzsl_ray.api")
 
 
 def _modules() -> dict[str, Path]:
@@ -63,6 +63,8 @@ def _internal(name: str) -> set[str]:
 
 
 def _is_core(name: str) -> bool:
+    if name == "digzsl_ray":  # the package's __init__: the Python API's names (lazily from digzsl_ray.api)
+        return False
     return not any(name == p or name.startswith(p + ".") for p in NOT_CORE)
 
 

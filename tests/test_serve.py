@@ -442,6 +442,26 @@ def test_images_decode_as_a_viewer_shows_them(server):
     assert probs(rotated) == probs(enc(Image.fromarray(arr), "PNG"))
 
 
+def test_the_python_api_answers_as_the_endpoint(server):
+    """digzsl_ray.Classifier in this process gives /v1/classify's answers (paths, bytes, PIL, arrays)."""
+    import digzsl_ray as dz
+    from digzsl_ray.errors import UserError
+
+    clf = dz.Classifier(server["run"])
+    blobs = [png_bytes(300 + i) for i in range(4)]
+    got = clf([blobs[0], Image.open(io.BytesIO(blobs[1])), np.asarray(Image.open(io.BytesIO(blobs[2]))), blobs[3]], k=4)
+    for data, mine in zip(blobs, got):
+        want = server["client"].post("/v1/classify", files={"image": ("x.png", data, "image/png")},
+                                     data={"k": "4"}).json()
+        assert [p["class"] for p in mine["predictions"]] == [p["class"] for p in want["predictions"]]
+        assert all(abs(a["score"] - b["score"]) < 1e-5 and a["seen"] == b["seen"]
+                   for a, b in zip(mine["predictions"], want["predictions"]))
+        assert mine["model_version"] == want["model_version"]
+    assert len(dz.classify(server["run"], blobs[0])["predictions"]) == 3  # the run's serve.default_k
+    with pytest.raises(UserError, match="unknown class"):
+        dz.generate(server["run"], "no such class")
+
+
 def test_latency_and_memory_before_and_after_a_hostile_run(server):
     """p50 of a good request and the model replicas' memory, before and after a burst of hostile requests."""
     import psutil

@@ -143,15 +143,10 @@ def build_app(args: dict):
             m = self.models.get(classifier_dir)
             if m is not None:
                 return m
-            from digzsl_ray.classifier import load_classifier
-            from digzsl_ray.methods import get_method
+            from digzsl_ray.serve.model import load_model
 
-            loader = get_method(self.method).serve_loader if self.method else None
-            if loader is not None:  # the method's own model: per-label probabilities (multi-label) or logits
-                m = loader(classifier_dir, self.device)
-            else:
-                shared = next((x for x in self.models.values() if getattr(x, "kind", "") == "clip"), None)
-                m, _, _ = load_classifier(classifier_dir, self.device, clip_model=shared)
+            shared = next((x for x in self.models.values() if getattr(x, "kind", "") == "clip"), None)
+            m = load_model(classifier_dir, self.method, self.device, shared)
             if len(self.models) >= self.KEEP:  # the oldest version other than the first goes
                 self.models.pop(next(k for k in list(self.models)[1:]))
             self.models[classifier_dir] = m
@@ -181,7 +176,7 @@ def build_app(args: dict):
 
         @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
         async def predict(self, images: list[np.ndarray], dirs: list[str]) -> list[np.ndarray]:
-            import torch
+            from digzsl_ray.serve.model import probabilities
 
             self.batches += 1
             self.images += len(images)
@@ -191,10 +186,8 @@ def build_app(args: dict):
             # a batch that spans an activation holds requests of two versions: one forward per version
             for d in dict.fromkeys(dirs):
                 idx = [i for i, x in enumerate(dirs) if x == d]
-                x = torch.from_numpy(np.stack([images[i] for i in idx])).to(self.device)
-                with torch.no_grad():
-                    o = self._model(d)(x).float()
-                    probs = (o if self.multi_label else o.softmax(-1)).cpu().numpy()
+                probs = probabilities(self._model(d), np.stack([images[i] for i in idx]), self.multi_label,
+                                      self.device)
                 for j, i in enumerate(idx):
                     out[i] = probs[j]
             return out
