@@ -332,6 +332,11 @@ def test_job_submit_multilabel_pipeline_then_serve(cluster, tmp_path):
     assert all(0.0 <= metrics[k] <= 100.0 for k in keys)
     assert set(metrics["ablation"]) == {"clip_zero_shot", "no_synthetic", "unfiltered", "filtered", "filtered_tuned"}
     assert metrics["ablation"]["clip_zero_shot"]["threshold"] is None  # the floor: scored, never served
+    # one selection criterion for every variant: the held-out real seen scenes' mAP (not the variant's own
+    # held-out synthetic images, which differ between variants)
+    for v in ("no_synthetic", "unfiltered", "filtered", "filtered_tuned"):
+        best = json.loads((out / "classifier_ml" / v / "config.json").read_text())["best"]
+        assert best["selection"] == best["val_seen_mAP"], (v, best)
     assert all(all(k in v for k in keys) for v in metrics["ablation"].values())
     assert metrics["metric_preset"] == "dualcoop" and metrics["task"] == "multi_label" and 0 < metrics["threshold"] < 1
     unseen = json.loads((out / "run.json").read_text())["unseen"]
