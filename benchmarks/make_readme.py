@@ -91,7 +91,16 @@ ABOUT = {
                          "each seed sets `seed`, `drg.seed` = `dfg.seed` = 9182 + seed, `synthetic.seed`, "
                          "`softmax.seed` and `data.val_seed`; ZSL/GZSL under both calibrations, the validation "
                          "fold's figures (what the choices were made on), pseudo-label counts and accuracy "
-                         "(measurement only), the spuriousness metrics, wall time and peak memory.",
+                         "(measurement only), the spuriousness metrics, wall time and peak memory; the floor "
+                         "`clip_zero_shot`; `validation_gap_H` (validation-fold H minus test H per variant).",
+    "zerodiff_scarce": "ZeroDiff++'s variants in the scarce-data regime (`python benchmarks/zerodiff_scarce.py`): "
+                       "`features.train_fraction` 0.1 and 0.3 with 300 / 100 generator epochs (about 1,200 "
+                       "generator steps, so the critics see each training feature hundreds of times), three seeds; "
+                       "per fraction the ablation's figures, the spuriousness and its curve over the DFG epochs.",
+    "zerodiff_beat_clip": "Evaluation-only recipes on finished ZeroDiff runs against the floor "
+                          "(`python benchmarks/zerodiff_beat_clip.py RUN...`): more synthetic features per class, "
+                          "the classifier input ([x ; r] or x), the GZSL classifier for ZSL; test and validation "
+                          "figures of every variant.",
     "zerodiff_scale": "ZeroDiff's throughput and memory (`python benchmarks/zerodiff_scale.py`): feature extraction "
                       "(MiniWorld CLIP tower, bare in-process vs the stage's Ray Data actor pool, PNG decoding "
                       "included), one DFG epoch as a bare single-process loop vs inside the stage's Ray Train "
