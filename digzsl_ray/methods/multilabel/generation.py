@@ -39,18 +39,9 @@ class Row:
 
 def draw_sets(labels: list[int], names: list[str], quota: int, set_size: int, redraw_single: bool,
               confusions: list, seed: int) -> tuple[list[tuple[int, ...]], list[str]]:
-    """Target label sets (label indices) until every label is held by ``quota`` sets; and the sampler's notes."""
-    from digzsl_ray.methods.multilabel.sampling import LabelSetSampler
-
-    local = [names[i] for i in labels]
-    sampler = LabelSetSampler(local, quota=quota, set_size=min(set_size, len(local)), redraw_single=redraw_single,
-                              confusions=[tuple(c) for c in confusions], seed=seed)
-    sets = []
-    while not sampler.done():
-        s = sampler.draw()
-        sampler.accept(s)
-        sets.append(tuple(sorted(labels[i] for i in s)))
-    return sets, sampler.notes
+    """Target label sets (label indices) until every label is held by ``quota`` sets; and the sampler's
+    notes. A confusion pair naming a label outside ``labels`` is an error."""
+    return draw_round({c: quota for c in labels}, names, set_size, redraw_single, confusions, seed, strict=True)
 
 
 FIRST_ROUND_FACTOR = 4  # round 0 holds each label 4x its accepted quota (an acceptance of 25% would fill it)
@@ -59,9 +50,10 @@ MIN_RATE = 0.05  # a label's acceptance is taken as at least this when planning 
 
 def round_needs(held: dict[int, int], accepted: dict[int, int], labels: list[int], quota: int) -> dict[int, int]:
     """Appearances to plan per label still short of ``quota`` accepted images: the shortfall over the
-    label's acceptance so far (at least :data:`MIN_RATE`). Labels at their quota are left out."""
+    label's acceptance so far (at least :data:`MIN_RATE`), in label-index order. Labels at their quota
+    are left out."""
     out = {}
-    for c in labels:
+    for c in sorted(labels):
         short = quota - accepted.get(c, 0)
         if short > 0:
             rate = max(MIN_RATE, accepted.get(c, 0) / held[c] if held.get(c) else MIN_RATE)
@@ -70,14 +62,15 @@ def round_needs(held: dict[int, int], accepted: dict[int, int], labels: list[int
 
 
 def draw_round(needs: dict[int, int], names: list[str], set_size: int, redraw_single: bool, confusions: list,
-               seed: int) -> tuple[list[tuple[int, ...]], list[str]]:
-    """Target sets among the labels of ``needs`` until each is held ``needs[label]`` times."""
+               seed: int, strict: bool = False) -> tuple[list[tuple[int, ...]], list[str]]:
+    """Target sets among the labels of ``needs`` (in its order) until each is held ``needs[label]``
+    times. Confusion pairs naming other labels are left out (``strict``: an error)."""
     from digzsl_ray.methods.multilabel.sampling import LabelSetSampler
 
-    labels = sorted(needs)
+    labels = list(needs)
     local = [names[i] for i in labels]
     top = max(needs.values())
-    pairs = [tuple(c) for c in confusions if set(c) <= set(local)]
+    pairs = [tuple(c) for c in confusions if strict or set(c) <= set(local)]
     sampler = LabelSetSampler(local, quota=top, set_size=min(set_size, len(local)), redraw_single=redraw_single,
                               confusions=pairs, seed=seed)
     sampler.counts[:] = [top - needs[c] for c in labels]
