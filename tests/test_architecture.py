@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "digzsl_ray"
@@ -39,6 +40,7 @@ def _modules() -> dict[str, Path]:
 MODS = _modules()
 
 
+@functools.lru_cache(maxsize=None)
 def _imports(name: str) -> list[tuple[str, int]]:
     """Every module ``name`` imports (absolute names, relative imports resolved), with line numbers."""
     path = MODS[name]
