@@ -89,23 +89,37 @@ class Section(BaseModel):
 
 # 1. Data -------------------------------------------------------------------------------------------
 class DataConfig(Section):
-    format: Literal["miniworld", "miniworld-multilabel", "digzsl", "xlsa17", "coco", "nuswide",
+    format: Literal["miniworld", "miniworld-multilabel", "digzsl", "xlsa17", "imagefolder", "coco", "nuswide",
                     "nuswide-dualcoop"] = Field(
         "miniworld",
         description="'miniworld': render the built-in world into `root` when missing ('miniworld-multilabel': "
         "its multi-label scenes); 'digzsl': a dataset in "
         "the project format at `root`; 'xlsa17': att_splits.mat from `splits_dir` with images under `root`; "
+        "'imagefolder': one folder of images per class under `root` (torchvision ImageFolder / Hugging Face "
+        "imagefolder layout), unseen classes from `unseen_classes` or `unseen_classes_file`, test images from "
+        "`test_root` or held out by `test_fraction`; "
         "multi-label: 'coco' (instances JSONs in `annotations`, Bansal class lists, images under `root`), "
         "'nuswide' (the official release in `annotations`) or 'nuswide-dualcoop' (DualCoOp's formatted files "
         "in `annotations`), images under `root`")
-    root: str = Field("", description="dataset directory (digzsl/miniworld) or image root (xlsa17, coco, nuswide); "
-                      "empty for miniworld means OUT/data/miniworld")
+    root: str = Field("", description="dataset directory (digzsl/miniworld), image root (xlsa17, coco, nuswide) or "
+                      "the folder of class folders (imagefolder); empty for miniworld means OUT/data/miniworld")
     annotations: str = Field("", description="coco: folder of instances_{train,val}2014.json; nuswide: the "
                              "release root (Concepts81.txt, NUS_WID_Tags/, AllLabels/, ImageList/); "
                              "nuswide-dualcoop: the root holding annotations/Tag_all and annotations/zsl")
     seen_classes_file: str = Field("", description="coco: seen class list (Bansal's mscoco_seen_classes.json "
                                    "or one name per line)")
-    unseen_classes_file: str = Field("", description="coco: unseen class list (mscoco_unseen_classes.json)")
+    unseen_classes_file: str = Field("", description="coco: unseen class list (mscoco_unseen_classes.json); "
+                                     "imagefolder: the unseen classes, a JSON list or one name per line (folder "
+                                     "names or cleaned class names), instead of `unseen_classes`")
+    unseen_classes: list[str] = Field(default_factory=list, description="imagefolder: the unseen classes, by folder "
+                                      "name or cleaned class name ('001.Black_footed_Albatross' or 'black footed "
+                                      "albatross'); all their images are test images")
+    test_root: str = Field("", description="imagefolder: a second folder with the same class folders holding the "
+                           "test images (test_seen, and test_unseen with the unseen classes' images of `root`); "
+                           "empty: hold out `test_fraction` of each seen class instead")
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="imagefolder without `test_root`: fraction of each "
+                                 "seen class's images held out as test_seen (at least one per class, one kept)")
+    test_seed: int = Field(0, ge=0, description="imagefolder without `test_root`: seed of the held-out test draw")
     concepts_file: str = Field("", description="nuswide-dualcoop: optional official Concepts81.txt to check "
                                "the unseen names against")
     keep_unlabelled: bool = Field(False, description="nuswide: keep test images without any label (LESA/BiAM "
@@ -116,7 +130,8 @@ class DataConfig(Section):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of each seen class's trainval "
                                 "images held out for model selection")
     class_names_file: str = Field("", description="text file with one class name per line in label order; "
-                                  "overrides the names of the split files (FLO ships none)")
+                                  "overrides the names of the split files (FLO ships none) or, for imagefolder, "
+                                  "the folder names (in sorted folder order)")
     val_seed: int = Field(0, ge=0, description="seed of the validation draw (which trainval images are held out)")
     val_split: int = Field(1, ge=1, le=3, description="xlsa17 trainclassesK/valclassesK list to use as validation classes")
     check_images: bool = runtime(True, description="open every image once before any model work")

@@ -197,3 +197,77 @@ def test_corrupted_captioned_folder_is_a_user_error(tmp_path, case):
     with pytest.raises(UserError) as e:
         read_captioned_folder(root)
     assert len(str(e.value)) < 3000
+
+
+# Class-folder trees (data.format: imagefolder) ----------------------------------------------------
+def _class_tree(root: Path) -> Path:
+    from PIL import Image
+
+    for k, folder in enumerate(("001.Red_Fox", "002.Grey_Wolf", "003.Snow_Leopard")):
+        (root / folder).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (k * 80, i * 40, 0)).save(root / folder / f"{i}.png")
+    return root
+
+
+def _corrupt_tree(name: str, root: Path, tmp: Path) -> list[str]:
+    """Corrupt the tree at ``root``; the extra overrides the case needs."""
+    import os
+
+    if name == "class folder of empty .png files":
+        (root / "004.Hare").mkdir()
+        for f in ("a.png", "b.jpg"):
+            (root / "004.Hare" / f).write_bytes(b"")
+    elif name == "a pipe named .png is the only file":
+        (root / "004.Hare").mkdir()
+        os.mkfifo(root / "004.Hare" / "a.png")  # never opened (opening it would block)
+    elif name == "dangling link .png":
+        os.symlink(tmp / "gone.png", root / "001.Red_Fox" / "x.png")
+    elif name == "link loop only":
+        (root / "004.Hare").mkdir()
+        os.symlink(root / "004.Hare", root / "004.Hare" / "again")
+    elif name == "link to /etc":
+        os.symlink("/etc", root / "004.Etc")
+    elif name == "control character in a folder name":  # whitespace (a newline) is cleaned to a space
+        shutil.copytree(root / "001.Red_Fox", root / "bad\x07name")
+    elif name == "test_root is a file":
+        (tmp / "f.png").write_bytes(b"x")
+        return [f"data.test_root={tmp / 'f.png'}"]
+    elif name == "test_root is root":
+        return [f"data.test_root={root}"]
+    elif name == "root is a file":
+        return [f"data.root={root / '001.Red_Fox' / '0.png'}"]
+    elif name == "unseen file nested 100,000 deep":
+        (tmp / "u.json").write_text("[" * 100_000 + "]" * 100_000)
+        return [f"data.unseen_classes_file={tmp / 'u.json'}", "data.unseen_classes=[]"]
+    elif name == "unseen file holds numbers":
+        (tmp / "u.json").write_text('["snow leopard", 3]')
+        return [f"data.unseen_classes_file={tmp / 'u.json'}", "data.unseen_classes=[]"]
+    elif name in IMAGEFOLDER_UNSEEN:
+        return [f"data.unseen_classes={json.dumps(IMAGEFOLDER_UNSEEN[name])}"]
+    else:
+        raise KeyError(name)
+    return []
+
+
+IMAGEFOLDER_UNSEEN = {"unseen '../..'": ["../.."], "unseen empty name": [""], "unseen bidi override": ["\u202e"],
+                      "unseen 5000 characters": ["x" * 5000], "unseen every class": ["001.Red_Fox", "grey wolf",
+                                                                                       "snow leopard"]}
+IMAGEFOLDER_CASES = ["class folder of empty .png files", "a pipe named .png is the only file", "dangling link .png",
+                     "link loop only", "link to /etc", "control character in a folder name", "test_root is a file",
+                     "test_root is root", "root is a file", "unseen file nested 100,000 deep",
+                     "unseen file holds numbers", *IMAGEFOLDER_UNSEEN]
+
+
+@pytest.mark.parametrize("case", IMAGEFOLDER_CASES)
+def test_corrupted_class_tree_is_a_user_error(tmp_path, case):
+    from digzsl_ray.data import load_split
+    from digzsl_ray.methods import load_run_config
+
+    root = _class_tree(tmp_path / "d")
+    extra = _corrupt_tree(case, root, tmp_path)
+    cfg = load_run_config(None, ["data.format=imagefolder", f"data.root={root}",
+                                 "data.unseen_classes=[snow leopard]", *extra])
+    with pytest.raises(UserError) as e:
+        load_split(cfg.data, validate=True, progress=False)
+    assert len(str(e.value)) < 3000

@@ -112,6 +112,12 @@ def cmd_data_check(args) -> int:
     cfg = load_run_config(args)
     split = load_split(cfg.data, out=args.out, validate=True)
     print(split.summary())
+    if split.notes.get("test_images"):
+        print(f"test images: {split.notes['test_images']}")
+    if split.notes.get("ignored_files"):  # imagefolder: files it did not read as images
+        first = ", ".join(ascii(p) for p in split.notes.get("ignored_examples", []))
+        print(f"skipped {split.notes['ignored_files']} file(s) without an image extension or outside the class "
+              f"folders, first: {first}")
     return 0
 
 

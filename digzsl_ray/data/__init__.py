@@ -1,4 +1,4 @@
-"""Datasets: the in-memory ZSL split, its readers (project format, xlsa17) and validation."""
+"""Datasets: the in-memory ZSL split, its readers (project format, xlsa17, class folders, multi-label) and validation."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def dataset_root(data_cfg, out: str | Path | None) -> Path:
                               f"OUT/data/{data_cfg.format}: give --out OUT (or set data.root)")
         return Path(out) / "data" / data_cfg.format
     raise ConfigError(f"data.root: empty; format {data_cfg.format!r} needs the dataset directory "
-                      f"(digzsl) or the image root (xlsa17, coco, nuswide)")
+                      f"(digzsl), the image root (xlsa17, coco, nuswide) or the folder of class folders (imagefolder)")
 
 
 def load_split(data_cfg, out: str | Path | None = None, validate: bool = True, progress: bool = True) -> ZSLSplit:
@@ -45,6 +45,8 @@ def load_split(data_cfg, out: str | Path | None = None, validate: bool = True, p
         split = read_dataset(root, data_cfg.val_fraction, seed=data_cfg.val_seed)
     elif data_cfg.format in MULTI_LABEL_FORMATS:
         split = _read_multi_label(data_cfg, root)
+    elif data_cfg.format == "imagefolder":
+        split = _read_imagefolder(data_cfg, root)
     else:
         from digzsl_ray.data.xlsa17 import read_xlsa17
 
@@ -63,6 +65,25 @@ def load_split(data_cfg, out: str | Path | None = None, validate: bool = True, p
     if validate:
         validate_split(split, images=data_cfg.check_images, progress=progress)
     return split
+
+
+def _read_imagefolder(data_cfg, root: Path) -> ZSLSplit:
+    from digzsl_ray.data.coco import read_class_list
+    from digzsl_ray.data.imagefolder import read_imagefolder
+
+    if data_cfg.unseen_classes and data_cfg.unseen_classes_file:
+        raise ConfigError("data.unseen_classes and data.unseen_classes_file: both given; format 'imagefolder' "
+                          "takes the unseen class names from one of them")
+    if data_cfg.unseen_classes:
+        unseen, source = list(data_cfg.unseen_classes), "data.unseen_classes"
+    elif data_cfg.unseen_classes_file:
+        unseen, source = read_class_list(data_cfg.unseen_classes_file), f"data.unseen_classes_file {data_cfg.unseen_classes_file}"
+    else:
+        raise ConfigError("data.unseen_classes: empty; format 'imagefolder' needs the unseen class names "
+                          "(data.unseen_classes, or data.unseen_classes_file: a JSON list or one name a line)")
+    return read_imagefolder(root, unseen, test_root=data_cfg.test_root or None, test_fraction=data_cfg.test_fraction,
+                            test_seed=data_cfg.test_seed, val_fraction=data_cfg.val_fraction, val_seed=data_cfg.val_seed,
+                            class_names_file=data_cfg.class_names_file or None, unseen_source=source)
 
 
 def _read_multi_label(data_cfg, root: Path) -> ZSLSplit:

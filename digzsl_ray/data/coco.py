@@ -50,13 +50,18 @@ def read_class_list(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise CocoFormatError(f"{path}: class list not found")
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CocoFormatError(f"{path}: not UTF-8 text (byte offset {e.start}); save it as UTF-8") from None
     if text.lstrip().startswith("["):
         try:
             names = json.loads(text)
         except ValueError as e:
-            raise CocoFormatError(f"{path}: not valid JSON ({e})") from None
-        if not all(isinstance(n, str) for n in names):
+            raise CocoFormatError(f"{path}: not valid JSON ({str(e)[:200]})") from None
+        except RecursionError:
+            raise CocoFormatError(f"{path}: nested too deeply") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise CocoFormatError(f"{path}: expected a JSON list of class names (strings)")
     else:
         names = [ln.strip() for ln in text.splitlines() if ln.strip()]
