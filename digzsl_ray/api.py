@@ -154,16 +154,17 @@ def generate(run_: Run | str | Path, class_name: str, n: int = 1, seed: int = 0)
 
     from digzsl_ray.errors import UserError
     from digzsl_ray.live.versions import serving_meta
-    from digzsl_ray.serve.app import make_generation
+    from digzsl_ray.methods import get_method
     from digzsl_ray.serve.rundir import load_run_meta, run_config, version_store
 
     r = run_ if isinstance(run_, Run) else open_run(run_)
     cfg = run_config(r.path)
-    if getattr(cfg, "tokens", None) is None:
-        raise UserError(f"{r.path}: method {cfg.method!r} learns no class tokens; generate needs a DIG-ZSL run")
+    generation = get_method(cfg.method).generation
+    if generation is None:
+        raise UserError(f"{r.path}: method {cfg.method!r} draws no images on request; generate needs a DIG-ZSL run")
     meta = serving_meta(version_store(r.path, load_run_meta(r.path)).active())
     if class_name not in meta["classes"]:
         raise UserError(f"unknown class {class_name!r}; the run knows {len(meta['classes'])} classes")
-    pngs = make_generation(cfg)([{"class": class_name, "n": int(n), "seed": int(seed),
+    pngs = generation(cfg)([{"class": class_name, "n": int(n), "seed": int(seed),
                                   "token": meta["tokens"].get(class_name)}])[0]
     return [Image.open(io.BytesIO(b)).convert("RGB") for b in pngs]

@@ -230,37 +230,13 @@ class ServeConfig(Section):
                                  "direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=1): the ingress replicas listen on "
                                  "their own HTTP ports (from 30000) for a load balancer, no proxy hop; pair with "
                                  "model_in_ingress. A cluster you join must be started with the variable on every node")
-    generate_max_n: int = Field(8, ge=1, le=1024, description="most images one /v1/generate request may ask for")
-    generate_max_queued: int = Field(16, ge=1, le=100_000, description="/v1/generate requests queued per generation "
-                                     "replica before new ones get 429 with Retry-After")
-    generate_max_batch_size: int = Field(8, ge=1, le=1024, description="generation requests batched together (each up to generate_max_n images)")
-    generate_min_replicas: int = Field(0, ge=0, le=10_000, description="generation replicas kept when idle (0: "
-                                       "scale to zero; the first request starts one)")
-    generate_max_replicas: int = Field(1, ge=1, le=10_000, description="most generation replicas")
-    generate_num_gpus: float = Field(0.0, ge=0.0, le=64, description="GPUs per generation replica")
-    generate_num_cpus: float = Field(1.0, gt=0.0, le=1024, description="CPUs per generation replica")
-    generate_downscale_delay_s: float = Field(20.0, ge=0.0, le=86_400, description="an idle generation replica is "
-                                              "released after this many seconds (Serve's default is 600): on a small "
-                                              "node it holds the CPU an add-class job's generation needs")
 
 
 class LiveConfig(Section):
-    """Adding classes to a served run (`POST /v1/classes`, `digzsl add-class`): docs/live.md."""
+    """Adding classes to a served run (`POST /v1/classes`, `digzsl add-class`): docs/live.md. What the
+    job queue needs; a method that can add classes extends it with its own settings."""
 
-    classifier: Literal["retrain-head", "extend"] = Field(
-        "retrain-head", description="'retrain-head': the parent's head plus a row for the new class, trained on "
-        "frozen features of real seen + every synthetic unseen image (new class included); 'extend': the parent's "
-        "head plus one row, the mean direction of the new class's synthetic features (in the input space of the "
-        "head's last layer), nothing trained (cheapest)")
-    images_per_class: int = Field(0, ge=0, le=1_000_000, description="synthetic images of the new class (0: "
-                                  "generate.images_per_class)")
-    epochs: int = Field(30, ge=1, le=100_000, description="retrain-head: epochs over the cached features")
-    lr: float = Field(5e-3, gt=0.0, le=10.0, description="retrain-head: AdamW learning rate")
-    batch_size: int = Field(256, ge=1, le=65536, description="retrain-head: features per step")
-    max_drop_points: float = Field(2.0, ge=0.0, le=100.0, description="the gate: a new version may lose at most "
-                                   "this many points of mean per-class validation accuracy on the existing classes; "
-                                   "otherwise it is rejected with its figures")
-    activate: bool = Field(True, description="switch the service to a version that passes the gate")
+    activate: bool = Field(True, description="switch the service to a version that passes the method's gate")
     max_name_length: int = Field(64, ge=1, le=1000, description="longest accepted class name")
     queue_size: int = Field(8, ge=1, le=10_000, description="add-class jobs waiting at most (more: 429)")
 

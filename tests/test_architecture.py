@@ -20,7 +20,8 @@ RAY_ALLOWED = (
     "digzsl_ray.distributed.",  # the plumbing: cluster, pool, train loop
     "digzsl_ray.methods.*.stages.",  # stage modules of each method (any method) ...
     "digzsl_ray.stages.",  # ... and the shared stages
-    "digzsl_ray.serve",  # serving
+    "digzsl_ray.serve",  # serving (its deployments; parsing, settings and run reading stay Ray-free, below)
+    "digzsl_ray.cli.serve",  # `digzsl serve`: starts a local cluster and Serve
     "digzsl_ray.pretrain.job",  # the Ray Train pretraining job
 )
 # Not the shared core: the methods and their registry, the worlds, the application layer.
@@ -87,6 +88,15 @@ def test_ray_only_at_the_edges():
     bad = [f"{name}:{line}" for name in MODS for mod, line in _imports(name)
            if (mod == "ray" or mod.startswith("ray.")) and not any(_allowed(name, p) for p in RAY_ALLOWED)]
     assert not bad, f"ray imported outside the plumbing/stage/serve modules: {bad}"
+
+
+def test_serving_parses_reads_and_configures_without_ray():
+    """What a route checks, what serving reads from a run directory and the serve settings are
+    tested without a cluster: those modules import neither Ray nor the web framework."""
+    bad = [f"{name}:{line} {mod}" for name in ("digzsl_ray.serve.requests", "digzsl_ray.serve.rundir",
+                                               "digzsl_ray.serve.settings", "digzsl_ray.serve.model")
+           for mod, line in _imports(name) if mod.split(".")[0] in ("ray", "fastapi", "starlette")]
+    assert not bad, bad
 
 
 def test_shared_core_imports_no_method_world_or_app():

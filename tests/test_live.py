@@ -320,3 +320,23 @@ def test_cli_add_class_refuses_bad_and_known_names_and_models_lists_versions(tmp
     assert out.startswith("* cli-") and "classes 2" in out
     assert main(["models", "--run", str(run), "--activate", "nope"]) == 2
     assert not (run / "jobs").exists()  # nothing queued by refused requests
+
+
+def test_version_zero_carries_the_tokens_the_method_names(tmp_path):
+    """DIG-ZSL's ``tokens`` hook: the run's token index, only files that exist; a damaged index gives none."""
+    from digzsl_ray.live.versions import base_from_meta
+    from digzsl_ray.methods import get_method
+
+    tokens = get_method("digzsl").tokens
+    (tmp_path / "tokens").mkdir()
+    (tmp_path / "tokens" / "a.safetensors").write_bytes(b"t")
+    (tmp_path / "tokens" / "index.json").write_text('{"0": {"name": "red circle", "file": "a.safetensors"}, '
+                                                    '"1": {"name": "blue square", "file": "gone.safetensors"}}')
+    assert tokens(tmp_path) == {"red circle": str(tmp_path / "tokens" / "a.safetensors")}
+    meta = {"model_version": "v0", "classes": ["red circle"], "seen": [0], "unseen": [], "lambda": 0.0,
+            "task": "single_label", "threshold": 0.5, "method": "digzsl", "classifier_dir": "c",
+            "tokens": tokens(tmp_path)}
+    assert base_from_meta(tmp_path, meta)["tokens"] == meta["tokens"]
+    (tmp_path / "tokens" / "index.json").write_text("[1, 2")
+    assert tokens(tmp_path) == {}
+    assert get_method("multilabel").tokens is None and get_method("zerodiff").generation is None

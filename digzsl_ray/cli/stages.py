@@ -57,7 +57,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from digzsl_ray.serve import serve_blocking
+    from digzsl_ray.cli.serve import serve_blocking
 
     setup_logging()
     return serve_blocking(args)

@@ -37,21 +37,13 @@ def _digest(weights: Path) -> str:
 
 def base_from_meta(run_dir: str | Path, meta: dict) -> dict:
     """Version 0 (the run's own classifier) from what serving read of the run directory
-    (:func:`digzsl_ray.serve.load_run_meta`), described like every other version."""
-    run_dir = Path(run_dir)
-    tokens: dict[str, str] = {}
-    index = run_dir / "tokens" / "index.json"
-    if index.is_file():
-        try:
-            for e in read_json(index).values():
-                if (run_dir / "tokens" / e["file"]).is_file():
-                    tokens[e["name"]] = str(run_dir / "tokens" / e["file"])
-        except (ValueError, KeyError, TypeError):
-            tokens = {}
+    (:func:`digzsl_ray.serve.load_run_meta`, its method's per-class ``tokens`` included), described
+    like every other version."""
     return {"id": meta["model_version"], "number": 0, "parent": None, "added_classes": [], "created": None,
             "classes": meta["classes"], "seen": meta["seen"], "unseen": meta["unseen"], "lambda": meta["lambda"],
             "task": meta["task"], "threshold": meta["threshold"], "method": meta["method"],
-            "classifier_dir": meta["classifier_dir"], "tokens": tokens, "metrics": {}, "extra": {}}
+            "classifier_dir": meta["classifier_dir"], "tokens": dict(meta.get("tokens", {})), "metrics": {},
+            "extra": {}}
 
 
 class VersionStore:

@@ -5,14 +5,16 @@ the application the shipped Serve and KubeRay configs name.
   label sets), free of Ray: tested without a cluster;
 * :mod:`.rundir`: what serving reads from a run directory (config, classes, versions, the
   method's add-class job);
-* :mod:`.app`: ``build_app`` and the deployments (Ingress, Classifier, Jobs, Generator);
-* :mod:`.local`: ``digzsl serve``'s blocking local runner.
+* :mod:`.settings`: the serve settings of an application (the run's ``serve`` config and overrides);
+* :mod:`.app`: ``build_app``, composing the deployments: :mod:`.front` (``Ingress``, the HTTP front),
+  :mod:`.classifier` (``Classifier``), :mod:`.jobs` (``Jobs``), :mod:`.generator` (``Generator``).
+
+``digzsl serve`` (a blocking local runner) is :mod:`digzsl_ray.cli.serve`.
 
 Routes, limits and errors: docs/live.md and the README ("The endpoint").
 """
 
-from digzsl_ray.serve.app import LIMIT_KEYS, OVERRIDABLE, build_app, make_generation
-from digzsl_ray.serve.local import serve_blocking
+from digzsl_ray.serve.app import build_app
 from digzsl_ray.serve.requests import (
     RequestError,
     decode_image,
@@ -23,7 +25,8 @@ from digzsl_ray.serve.requests import (
     top_k,
 )
 from digzsl_ray.serve.rundir import Scheduled, add_class_fn, load_run_meta, run_config, version_store
+from digzsl_ray.serve.settings import LIMIT_KEYS, OVERRIDABLE
 
 __all__ = ["LIMIT_KEYS", "OVERRIDABLE", "RequestError", "Scheduled", "add_class_fn", "build_app", "decode_image",
-           "jpeg_scans", "load_run_meta", "make_generation", "multi_label_answer", "parse_k", "parse_threshold",
-           "run_config", "serve_blocking", "top_k", "version_store"]
+           "jpeg_scans", "load_run_meta", "multi_label_answer", "parse_k", "parse_threshold",
+           "run_config", "top_k", "version_store"]

@@ -171,3 +171,67 @@ def top_k(probs: np.ndarray, classes: list[str], seen: set[int], lam: float, k: 
     order = np.argsort(-score, kind="stable")[:k]
     return [{"class": classes[i], "score": round(float(score[i]), 6), "seen": i in seen,
              "probability": round(float(probs[i]), 6)} for i in order]
+
+
+def media_type(header: str | None) -> str:
+    """The media type of a ``Content-Type`` header, lower case, without parameters."""
+    return (header or "").split(";")[0].strip().lower()
+
+
+def unsupported(ctype: str, expected: str) -> RequestError:
+    return RequestError(415, f"unsupported content type {_echo(ctype) if ctype else '(none)'}: send {expected}")
+
+
+def json_object(body: bytes) -> dict:
+    """A request body that must be a JSON object (400 otherwise, deep nesting included)."""
+    import json
+
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        raise RequestError(400, "body is not valid JSON") from None
+    except RecursionError:
+        raise RequestError(400, "JSON body nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise RequestError(400, "the JSON body must be an object")
+    return obj
+
+
+def base64_image(obj: dict) -> bytes:
+    """The image bytes of a JSON classify request (``image_base64``)."""
+    import base64
+    import binascii
+
+    if "image_base64" not in obj:
+        raise RequestError(400, "missing field 'image_base64' in the JSON body")
+    if not isinstance(obj["image_base64"], str):
+        raise RequestError(400, "field 'image_base64' must be a base64 string")
+    try:
+        return base64.b64decode(obj["image_base64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(400, "field 'image_base64' is not valid base64") from None
+
+
+def generate_request(obj: dict, classes: list[str], max_n: int) -> tuple[str, int, int]:
+    """``(class, n, seed)`` of a ``POST /v1/generate`` body: a class the served version knows, ``n``
+    from 1 to ``max_n`` images, a seed from 0 to 2**31-1."""
+    name, n, seed = obj.get("class"), obj.get("n", 4), obj.get("seed", 0)
+    if not isinstance(name, str) or not name:
+        raise RequestError(400, "missing field 'class' (a class name the model knows)")
+    if name not in classes:
+        raise RequestError(404, f"unknown class {_echo(name)}; GET /v1/classes lists them")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_n:
+        raise RequestError(400, f"bad n: got {_echo(n)}, expected an integer from 1 to {max_n}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise RequestError(400, f"bad seed: got {_echo(seed)}, expected an integer from 0 to 2**31-1")
+    return name, n, seed
+
+
+def multipart_mixed(pngs: list[bytes]) -> tuple[bytes, str]:
+    """``(body, media type)`` of PNG images as one ``multipart/mixed`` answer (``Accept: multipart/mixed``)."""
+    import hashlib
+
+    boundary = hashlib.sha256(b"".join(pngs)).hexdigest()[:24]
+    parts = [f"--{boundary}\r\nContent-Type: image/png\r\nContent-Disposition: attachment; "
+             f"filename=\"{i}.png\"\r\n\r\n".encode() + b + b"\r\n" for i, b in enumerate(pngs)]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/mixed; boundary={boundary}"

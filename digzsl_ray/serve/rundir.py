@@ -43,7 +43,8 @@ def load_run_meta(run_dir: str | Path) -> dict:
     digest = hashlib.sha256((cdir / "weights.safetensors").read_bytes()).hexdigest()[:12]
     return {"serve": cfg.serve.model_dump(), "classes": names, "seen": seen, "unseen": unseen, "lambda": lam,
             "model_version": f"{cfg.name}-{digest}", "classifier_dir": str(cdir), "task": task,
-            "threshold": threshold, "method": cfg.method}
+            "threshold": threshold, "method": cfg.method,
+            "tokens": method.tokens(run_dir) if method.tokens is not None else {}}
 
 
 def version_store(run_dir: str | Path, meta: dict | None = None):

@@ -133,6 +133,10 @@ class Method:
     add_class: Any = None  # (run_dir, job_dir, name, reporter, versions, cfg, split) -> result: one class added to
     # a served run (docs/live.md); None: the method's runs cannot grow
     add_class_stages: tuple[str, ...] = ()  # the stage names add_class reports, in order
+    generation: Any = None  # (cfg) -> (requests -> [[png bytes] per request]): images of a served run's classes
+    # (POST /v1/generate, digzsl_ray.generate); None: the method's runs do not draw images on request
+    tokens: Any = None  # (run_dir) -> {class name: file}: the learned token of each of a run's classes, which
+    # its served version 0 carries for generation; None: none
     preflight: Any = None  # (cfg) -> None: raises ConfigError for settings the models cannot take, before any work
     served: Any = None  # (cfg) -> "stage:output": the classifier a run of this config serves (default serve_model)
 

@@ -10,8 +10,13 @@ from PIL import Image
 
 from digzsl_ray.serve.requests import (
     RequestError,
+    base64_image,
     decode_image,
+    generate_request,
+    json_object,
+    media_type,
     multi_label_answer,
+    multipart_mixed,
     parse_k,
     parse_threshold,
     top_k,
@@ -67,3 +72,48 @@ def test_decode_image_sizes_and_refusals():
         with pytest.raises(RequestError) as e:
             decode_image(data, 32, 100_000)
         assert e.value.status == status, data[:20]
+
+
+@pytest.mark.parametrize("body, status, words", [
+    (b"{", 400, "not valid JSON"), (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
+    (b"[1, 2]", 400, "must be an object"), (b"\xff\xfe", 400, "not valid JSON")])
+def test_json_bodies_refused(body, status, words):
+    with pytest.raises(RequestError) as e:
+        json_object(body)
+    assert e.value.status == status and words in e.value.message
+
+
+def test_json_body_and_its_base64_image():
+    import base64
+
+    assert json_object(b'{"a": 1}') == {"a": 1}
+    assert base64_image({"image_base64": base64.b64encode(b"png!").decode()}) == b"png!"
+    for obj, words in (({}, "missing field 'image_base64'"), ({"image_base64": 3}, "must be a base64 string"),
+                       ({"image_base64": "a*b"}, "not valid base64")):
+        with pytest.raises(RequestError) as e:
+            base64_image(obj)
+        assert e.value.status == 400 and words in e.value.message
+    assert media_type("Application/JSON; charset=utf-8") == "application/json" and media_type(None) == ""
+
+
+def test_generate_requests_checked_with_their_status():
+    classes = ["red circle", "blue square"]
+    assert generate_request({"class": "red circle"}, classes, 8) == ("red circle", 4, 0)
+    assert generate_request({"class": "blue square", "n": 8, "seed": 2**31 - 1}, classes, 8) == ("blue square", 8,
+                                                                                                 2**31 - 1)
+    cases = [({}, 400, "missing field 'class'"), ({"class": "x" * 500}, 404, "unknown class"),
+             ({"class": "red circle", "n": 9}, 400, "from 1 to 8"), ({"class": "red circle", "n": True}, 400, "bad n"),
+             ({"class": "red circle", "seed": -1}, 400, "bad seed"), ({"class": "red circle", "seed": 2**31}, 400,
+                                                                      "bad seed")]
+    for obj, status, words in cases:
+        with pytest.raises(RequestError) as e:
+            generate_request(obj, classes, 8)
+        assert e.value.status == status and words in e.value.message and len(e.value.message) < 200
+
+
+def test_multipart_mixed_holds_each_image_once_between_boundaries():
+    body, mtype = multipart_mixed([b"\x89PNG-a", b"\x89PNG-bb"])
+    boundary = mtype.split("boundary=")[1]
+    parts = body.split(f"--{boundary}".encode())
+    assert parts[0] == b"" and parts[-1] == b"--\r\n" and len(parts) == 4
+    assert parts[1].endswith(b"\r\n\r\n\x89PNG-a\r\n") and b'filename="1.png"' in parts[2]

@@ -10,6 +10,7 @@ from digzsl_ray.methods.digzsl.addclass import STAGES as ADD_CLASS_STAGES
 from digzsl_ray.methods.digzsl.addclass import add_class
 from digzsl_ray.methods.digzsl.config import DigzslRunConfig
 from digzsl_ray.methods.digzsl.report import build_report
+from digzsl_ray.methods.digzsl.serving import request_generation, run_tokens
 from digzsl_ray.methods.digzsl.stages.cdm import CDMStage
 from digzsl_ray.methods.digzsl.stages.classifier import ClassifierStage
 from digzsl_ray.methods.digzsl.stages.evaluate import EvaluateStage
@@ -30,4 +31,6 @@ METHOD = Method(
     report=build_report,
     add_class=add_class,
     add_class_stages=ADD_CLASS_STAGES,
+    generation=request_generation,
+    tokens=run_tokens,
 )

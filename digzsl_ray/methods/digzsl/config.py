@@ -10,8 +10,10 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from digzsl_ray.config import (
+    LiveConfig,
     RunConfig,
     Section,
+    ServeConfig,
     TrainWorkers,
     check_template,
     measurement,
@@ -115,6 +117,43 @@ class ClassifierConfig(Section):
                                                 "head in one task (use_gpu, cpus_per_worker, max_failures apply)")
 
 
+class DigzslServeConfig(ServeConfig):
+    """The endpoint of a DIG-ZSL run: the shared settings plus its Generator deployment
+    (``POST /v1/generate``: Stable Diffusion with the learned tokens)."""
+
+    generate_max_n: int = Field(8, ge=1, le=1024, description="most images one /v1/generate request may ask for")
+    generate_max_queued: int = Field(16, ge=1, le=100_000, description="/v1/generate requests queued per generation "
+                                     "replica before new ones get 429 with Retry-After")
+    generate_max_batch_size: int = Field(8, ge=1, le=1024, description="generation requests batched together (each up to generate_max_n images)")
+    generate_min_replicas: int = Field(0, ge=0, le=10_000, description="generation replicas kept when idle (0: "
+                                       "scale to zero; the first request starts one)")
+    generate_max_replicas: int = Field(1, ge=1, le=10_000, description="most generation replicas")
+    generate_num_gpus: float = Field(0.0, ge=0.0, le=64, description="GPUs per generation replica")
+    generate_num_cpus: float = Field(1.0, gt=0.0, le=1024, description="CPUs per generation replica")
+    generate_downscale_delay_s: float = Field(20.0, ge=0.0, le=86_400, description="an idle generation replica is "
+                                              "released after this many seconds (Serve's default is 600): on a small "
+                                              "node it holds the CPU an add-class job's generation needs")
+
+
+class DigzslLiveConfig(LiveConfig):
+    """Adding classes to a served DIG-ZSL run: the shared job settings plus how the new version's
+    classifier is made and the gate it must pass (docs/live.md)."""
+
+    classifier: Literal["retrain-head", "extend"] = Field(
+        "retrain-head", description="'retrain-head': the parent's head plus a row for the new class, trained on "
+        "frozen features of real seen + every synthetic unseen image (new class included); 'extend': the parent's "
+        "head plus one row, the mean direction of the new class's synthetic features (in the input space of the "
+        "head's last layer), nothing trained (cheapest)")
+    images_per_class: int = Field(0, ge=0, le=1_000_000, description="synthetic images of the new class (0: "
+                                  "generate.images_per_class)")
+    epochs: int = Field(30, ge=1, le=100_000, description="retrain-head: epochs over the cached features")
+    lr: float = Field(5e-3, gt=0.0, le=10.0, description="retrain-head: AdamW learning rate")
+    batch_size: int = Field(256, ge=1, le=65536, description="retrain-head: features per step")
+    max_drop_points: float = Field(2.0, ge=0.0, le=100.0, description="the gate: a new version may lose at most "
+                                   "this many points of mean per-class validation accuracy on the existing classes; "
+                                   "otherwise it is rejected with its figures")
+
+
 class DigzslRunConfig(RunConfig):
     """A DIG-ZSL run: the shared sections plus DIG-ZSL's own."""
 
@@ -122,3 +161,5 @@ class DigzslRunConfig(RunConfig):
     tokens: TokensConfig = Field(default_factory=TokensConfig, description="discriminative class tokens")
     generate: GenerateConfig = Field(default_factory=GenerateConfig, description="synthetic image generation")
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig, description="final ZSL classifier")
+    serve: DigzslServeConfig = Field(default_factory=DigzslServeConfig, description="online endpoint")
+    live: DigzslLiveConfig = Field(default_factory=DigzslLiveConfig, description="adding classes to the served run")

@@ -4,8 +4,9 @@ SIGTERM."""
 import logging
 from pathlib import Path
 
-from digzsl_ray.serve.app import OVERRIDABLE, build_app
+from digzsl_ray.serve.app import build_app
 from digzsl_ray.serve.rundir import load_run_meta, run_config
+from digzsl_ray.serve.settings import OVERRIDABLE
 
 log = logging.getLogger("digzsl")
 
