@@ -49,6 +49,65 @@ def _decision_text(r: dict, candidates: list[str]) -> str:
             f"{html.escape(extra)}<br><small>{html.escape(r['reason'])}</small>")
 
 
+def _image_pairs(ctx, candidates: list[str], pairs: int, per_pair: int) -> list[str]:
+    """Section 1: the generated images per label pair (untuned | tuned), each with its filter decision."""
+    parts: list[str] = []
+    sets = image_sets(ctx.cfg)
+    rows = {s: _rows(ctx, s, pairs, per_pair) for s in sets}
+    parts.append("<h2>Generated images per label pair</h2><p>The same prompts and seeds through the untuned and "
+                 "the tuned text encoder; each image's filter decision below it.</p><table>")
+    parts.append("<tr><th>target labels / prompt</th>" + "".join(f"<th>{s} text encoder</th>" for s in sets) + "</tr>")
+    for key, base_rows in rows.get(BASE, {}).items():
+        cells = []
+        for s in sets:
+            rs = rows[s].get(key, [])
+            if not rs:
+                cells.append("<td>-</td>")
+                continue
+            dec = "".join(f"<li>{_decision_text(r, candidates)}</li>" for r in rs)
+            cells.append(f"<td>{img_tag(grid_b64([r['png'] for r in rs], len(rs)), ' + '.join(key), '420px')}"
+                         f"<ol style='font-size:80%'>{dec}</ol></td>")
+        parts.append(f"<tr><td><b>{html.escape(' + '.join(key))}</b><br><small>"
+                     f"{html.escape(base_rows[0]['prompt'])}</small></td>{''.join(cells)}</tr>")
+    parts.append("</table>")
+    return parts
+
+
+def _acceptance_per_label(acc: dict, candidates: list[str]) -> str:
+    """Section 2: the filter's acceptance rate per unseen label of each image set (an embedded PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(8, len(candidates) * 0.5), 4))
+    width = 0.8 / max(1, len(acc))
+    for k, (s, a) in enumerate(acc.items()):
+        ax.bar(np.arange(len(candidates)) + k * width, [a["per_label"].get(n) or 0 for n in candidates], width,
+               label=f"{s} ({a['overall']:.1f}% overall)")
+    ax.set_xticks(np.arange(len(candidates)) + width * (len(acc) - 1) / 2, candidates, rotation=70, ha="right",
+                  fontsize=7)
+    ax.set_ylabel("accepted (% of images holding the label)")
+    ax.set_title("Filter acceptance per unseen label")
+    ax.legend()
+    return img_tag(fig_png(fig), "acceptance per label")
+
+
+def _per_label_ap(ablation: dict, variants: list[str], candidates: list[str]) -> str:
+    """Section 3: per-label AP of every variant on the ZSL test set (an embedded PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(8, len(candidates) * 0.5), 4))
+    width = 0.8 / len(variants)
+    for k, v in enumerate(variants):
+        ap = ablation[v].get("per_label_AP", {})
+        ax.bar(np.arange(len(candidates)) + k * width, [ap.get(n, 0.0) for n in candidates], width,
+               label=f"{v} (mAP {ablation[v]['zsl_mAP']:.1f})")
+    ax.set_xticks(np.arange(len(candidates)) + width * (len(variants) - 1) / 2, candidates, rotation=70,
+                  ha="right", fontsize=7)
+    ax.set_ylabel("AP (%)")
+    ax.set_title("Per-label AP on the ZSL test set (unseen labels)")
+    ax.legend(fontsize=7)
+    return img_tag(fig_png(fig), "per-label AP")
+
+
 def build_report(ctx, pairs: int = 12, per_pair: int = 4):
     """OUT/report.html of a multi-label run (the method's ``report`` hook)."""
     import matplotlib
@@ -83,54 +142,16 @@ def build_report(ctx, pairs: int = 12, per_pair: int = 4):
                      f"{paired['a_only']}, tuned only {paired['b_only']}, McNemar p = {paired['p_value']:.3g}.</p>")
 
     # 1. Generated images per label pair (untuned | tuned), with decisions.
-    sets = image_sets(cfg)
-    rows = {s: _rows(ctx, s, pairs, per_pair) for s in sets}
-    parts.append("<h2>Generated images per label pair</h2><p>The same prompts and seeds through the untuned and "
-                 "the tuned text encoder; each image's filter decision below it.</p><table>")
-    parts.append("<tr><th>target labels / prompt</th>" + "".join(f"<th>{s} text encoder</th>" for s in sets) + "</tr>")
-    for key, base_rows in rows.get(BASE, {}).items():
-        cells = []
-        for s in sets:
-            rs = rows[s].get(key, [])
-            if not rs:
-                cells.append("<td>-</td>")
-                continue
-            dec = "".join(f"<li>{_decision_text(r, candidates)}</li>" for r in rs)
-            cells.append(f"<td>{img_tag(grid_b64([r['png'] for r in rs], len(rs)), ' + '.join(key), '420px')}"
-                         f"<ol style='font-size:80%'>{dec}</ol></td>")
-        parts.append(f"<tr><td><b>{html.escape(' + '.join(key))}</b><br><small>"
-                     f"{html.escape(base_rows[0]['prompt'])}</small></td>{''.join(cells)}</tr>")
-    parts.append("</table>")
+    parts += _image_pairs(ctx, candidates, pairs, per_pair)
 
     # 2. Acceptance rates per label.
     acc = {k: v for k, v in metrics.get("acceptance", {}).items() if "per_label" in v}  # the image sets ("paired": a test)
     if acc:
-        fig, ax = plt.subplots(figsize=(max(8, len(candidates) * 0.5), 4))
-        width = 0.8 / max(1, len(acc))
-        for k, (s, a) in enumerate(acc.items()):
-            ax.bar(np.arange(len(candidates)) + k * width, [a["per_label"].get(n) or 0 for n in candidates], width,
-                   label=f"{s} ({a['overall']:.1f}% overall)")
-        ax.set_xticks(np.arange(len(candidates)) + width * (len(acc) - 1) / 2, candidates, rotation=70, ha="right",
-                      fontsize=7)
-        ax.set_ylabel("accepted (% of images holding the label)")
-        ax.set_title("Filter acceptance per unseen label")
-        ax.legend()
-        parts.append("<h2>Acceptance per label</h2>" + img_tag(fig_png(fig), "acceptance per label"))
+        parts.append("<h2>Acceptance per label</h2>" + _acceptance_per_label(acc, candidates))
 
     # 3. Per-label AP of every variant.
     if variants:
-        fig, ax = plt.subplots(figsize=(max(8, len(candidates) * 0.5), 4))
-        width = 0.8 / len(variants)
-        for k, v in enumerate(variants):
-            ap = ablation[v].get("per_label_AP", {})
-            ax.bar(np.arange(len(candidates)) + k * width, [ap.get(n, 0.0) for n in candidates], width,
-                   label=f"{v} (mAP {ablation[v]['zsl_mAP']:.1f})")
-        ax.set_xticks(np.arange(len(candidates)) + width * (len(variants) - 1) / 2, candidates, rotation=70,
-                      ha="right", fontsize=7)
-        ax.set_ylabel("AP (%)")
-        ax.set_title("Per-label AP on the ZSL test set (unseen labels)")
-        ax.legend(fontsize=7)
-        parts.append("<h2>Per-label AP</h2>" + img_tag(fig_png(fig), "per-label AP"))
+        parts.append("<h2>Per-label AP</h2>" + _per_label_ap(ablation, variants, candidates))
 
     # 4. Training curves.
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
