@@ -251,6 +251,19 @@ class RayConfig(Section):
                                    "it runs)")
 
 
+class TrackingConfig(Section):
+    """Experiment tracking of `digzsl run` (docs/tracking.md): logged from the driver after each stage."""
+
+    backend: Literal["none", "mlflow", "tensorboard"] = Field(
+        "none", description="'none': nothing tracked; 'mlflow': one MLflow run per `digzsl run` with a nested run "
+        "per stage and per variant (needs the [tracking] extra); 'tensorboard': event files under log_dir")
+    uri: str = Field("", description="mlflow: tracking URI (http://host:5000 for a server); empty: a local store "
+                     "sqlite:///OUT/mlflow.db with artifacts in OUT/mlartifacts (offline; MLFLOW_TRACKING_URI is not read)")
+    experiment: str = Field("", max_length=500, description="mlflow: experiment name; empty: the run name (`name`)")
+    log_dir: str = Field("", description="tensorboard: folder of the event files; empty: OUT/tensorboard")
+    artifacts: bool = Field(True, description="mlflow: log metrics.json, report.html and config.yaml as artifacts "
+                            "of the pipeline run")
+
 class RunConfig(Section):
     """The shared sections of every run config; a method's config class adds its own sections."""
 
@@ -265,6 +278,8 @@ class RunConfig(Section):
     serve: ServeConfig = Field(default_factory=ServeConfig, description="online endpoint")
     live: LiveConfig = Field(default_factory=LiveConfig, description="adding classes to the served run")
     ray: RayConfig = runtime(default_factory=RayConfig, description="Ray cluster")
+    tracking: TrackingConfig = runtime(default_factory=TrackingConfig, description="experiment tracking "
+                                       "(never part of a stage's fingerprint: switching it on redoes nothing)")
 
 
 class PretrainConfig(Section):

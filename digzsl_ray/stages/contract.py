@@ -13,6 +13,7 @@ A stage is a small class (:class:`Stage`) with
 * ``fingerprint(ctx)``: a hash of those config values, the class split and the upstream contents;
 * ``complete(ctx)``: its outputs exist and carry the current fingerprint;
 * ``run(ctx)``: does the work (resuming where it can) and returns what the CLI prints.
+* ``curves(ctx)``: optional, its curves read back from its outputs (experiment tracking).
 
 A :class:`Method` is a config class, a stage list in pipeline order and the ablation variants.
 ``digzsl run`` iterates the list; the per-stage subcommands and their ``--help`` are built from
@@ -78,6 +79,11 @@ class Stage:
         """What a complete stage returns without running (default: nothing)."""
         return None
 
+    def curves(self, ctx: "Context") -> dict[str, list[tuple[int, float]]]:
+        """The per-epoch / per-update curves of the stage's outputs, read back from the run directory:
+        ``{series: [(step, value), ...]}`` (experiment tracking logs them; default: none)."""
+        return {}
+
     def required(self, ctx: "Context") -> tuple[str, ...]:
         """References that must exist before the stage may start (default: ``reads`` + ``requires``)."""
         return tuple(self.reads) + tuple(self.requires)
@@ -106,6 +112,7 @@ def execute(stage: Stage, ctx: "Context") -> Any:
     check_inputs(stage, ctx)
     if stage.complete(ctx):
         log.info("%s: complete, skipped", stage.name)
+        ctx.state.setdefault("skipped_stages", set()).add(stage.name)
         return stage.cached(ctx)
     stale = [rel for rel in stage.writes.values() if (ctx.rd.root / rel).exists()]
     if stale:

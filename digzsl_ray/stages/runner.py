@@ -88,25 +88,37 @@ def context(cfg, method, out: str | Path, progress: bool = True, args=None) -> C
 
 
 def run_pipeline(cfg, method, out: str | Path, progress: bool = True) -> dict:
-    """Run (or resume) every stage of ``method``; returns metrics.json's content."""
+    """Run (or resume) every stage of ``method``; returns metrics.json's content.
+
+    With ``tracking.backend`` set, each stage's curves are logged once it is complete (ran or skipped),
+    the final metrics and the artefacts at the end (:mod:`digzsl_ray.tracking`)."""
     from digzsl_ray.distributed.cluster import init_from_config
+    from digzsl_ray.tracking import open_tracking
 
     t_all = time.time()
-    with PeakRSS() as rss:
-        ctx = context(cfg, method, out, progress=progress)
-        ctx.state["pipeline"] = True
-        log.info("%s", ctx.split.summary())
-        if any(s.needs_ray for s in method.stages):
-            init_from_config(cfg.ray)
-        for stage in method.stages:
-            execute(stage, ctx)
-        rss.sample()
-    record_resources(ctx.rd, {"peak_rss_mb": round(rss.peak_mb, 1), "peak_memory_breakdown": rss.breakdown,
-                              "peak_rss_sum_mb": round(rss.peak_rss_sum_mb, 1),
-                              "wall_s_this_invocation": round(time.time() - t_all, 1)})
-    metrics = write_metrics(ctx.rd)
-    if method.report is not None:
-        t0 = time.time()
-        path = method.report(ctx)
-        log.info("report: %s (%.1fs)", path, time.time() - t0)
+    tracking = open_tracking(cfg, out)  # an unreachable tracker is a UserError now, before any work
+    try:
+        with PeakRSS() as rss:
+            ctx = context(cfg, method, out, progress=progress)
+            ctx.state["pipeline"] = True
+            tracking.begin(ctx)
+            log.info("%s", ctx.split.summary())
+            if any(s.needs_ray for s in method.stages):
+                init_from_config(cfg.ray)
+            for stage in method.stages:
+                execute(stage, ctx)
+                tracking.stage(stage, ctx)
+            rss.sample()
+        record_resources(ctx.rd, {"peak_rss_mb": round(rss.peak_mb, 1), "peak_memory_breakdown": rss.breakdown,
+                                  "peak_rss_sum_mb": round(rss.peak_rss_sum_mb, 1),
+                                  "wall_s_this_invocation": round(time.time() - t_all, 1)})
+        metrics = write_metrics(ctx.rd)
+        if method.report is not None:
+            t0 = time.time()
+            path = method.report(ctx)
+            log.info("report: %s (%.1fs)", path, time.time() - t0)
+    except BaseException as e:
+        tracking.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    tracking.finish(ctx, metrics)
     return metrics

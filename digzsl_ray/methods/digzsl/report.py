@@ -19,6 +19,7 @@ from digzsl_ray.htmlreport import grid_b64 as _grid_b64
 from digzsl_ray.htmlreport import img_tag as _img
 from digzsl_ray.htmlreport import page as _page
 from digzsl_ray.io import write_text
+from digzsl_ray.methods.digzsl.curves import cdm_curves, classifier_curves, token_curves
 from digzsl_ray.methods.digzsl.variants import DCT, PLAIN_PROMPT, SYNTHETIC
 from digzsl_ray.metrics.zsl import format_headline
 
@@ -179,18 +180,18 @@ def build_report(ctx, per_class_images: int = 8) -> Path:
 
     # 4. Training curves.
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    cdm_cfg = _read(ctx.path("train-cdm:config"))
-    h = [x for x in cdm_cfg["history"] if "epoch" in x]
-    axes[0].plot([x["epoch"] for x in h], [x["val_acc"] for x in h], marker="o")
+    cdm = cdm_curves(ctx).get("val_acc", [])
+    axes[0].plot([s for s, _ in cdm], [v for _, v in cdm], marker="o")
     axes[0].set_title("CDM: validation accuracy (seen, %)")
-    for e in index.values():
-        axes[1].plot(e["loss_curve"], lw=0.8)
+    for name, pts in token_curves(ctx).items():
+        if name.startswith("loss/"):
+            axes[1].plot([s for s, _ in pts], [v for _, v in pts], lw=0.8)
     axes[1].set_title("DCT: loss per update (each line a class)")
+    classifiers = classifier_curves(ctx)
     for variant in SYNTHETIC[::-1]:
-        p = ctx.path(f"train-classifier:{variant}") / "config.json"
-        if p.is_file():
-            hh = [x for x in json.loads(p.read_text())["history"] if "epoch" in x]
-            axes[2].plot([x["epoch"] for x in hh], [x["val_acc"] for x in hh], marker="o", label=variant)
+        hh = classifiers.get(f"{variant}/val_acc")
+        if hh:
+            axes[2].plot([s for s, _ in hh], [v for _, v in hh], marker="o", label=variant)
     axes[2].set_title("Classifier: validation accuracy (%)")
     axes[2].legend()
     parts.append("<h2>Training curves</h2>" + _img(_fig_png(fig), "training curves"))

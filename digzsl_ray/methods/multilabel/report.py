@@ -16,6 +16,7 @@ import numpy as np
 
 from digzsl_ray.htmlreport import fig_png, grid_b64, img_tag, page, read_json_or_empty
 from digzsl_ray.io import write_text
+from digzsl_ray.methods.multilabel.curves import classifier_curves, tuning_curves
 from digzsl_ray.methods.multilabel.variants import BASE, VARIANTS, image_sets
 from digzsl_ray.metrics.multilabel import format_headline
 
@@ -155,16 +156,15 @@ def build_report(ctx, pairs: int = 12, per_pair: int = 4):
 
     # 4. Training curves.
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    summ = read_json_or_empty(ctx.path("tune-text-encoder:summary"))
-    h = [x for x in summ.get("history", []) if "val_acceptance" in x]
+    h = tuning_curves(ctx).get("val_acceptance", [])
     if h:
-        axes[0].plot([x["step"] for x in h], [x["val_acceptance"] for x in h], marker="o")
+        axes[0].plot([s for s, _ in h], [v for _, v in h], marker="o")
     axes[0].set_title("Tuning: filter acceptance on validation label sets (%)")
     axes[0].set_xlabel("step")
+    classifiers = classifier_curves(ctx)
     for v in [v for v in variants if v in VARIANTS]:  # the trained ones (clip_zero_shot has no curve)
-        c = read_json_or_empty(ctx.path(f"train-classifier:{v}") / "config.json")
-        hh = [x for x in c.get("history", []) if "epoch" in x]
-        axes[1].plot([x["epoch"] for x in hh], [x["selection"] for x in hh], marker="o", label=v)
+        hh = classifiers.get(f"{v}/selection", [])
+        axes[1].plot([s for s, _ in hh], [x for _, x in hh], marker="o", label=v)
     axes[1].set_title("Classifier: held-out real seen mAP (selection score)")
     axes[1].set_xlabel("epoch")
     axes[1].legend(fontsize=7)

@@ -11,11 +11,12 @@ import numpy as np
 
 from digzsl_ray.htmlreport import fig_png, img_tag, page, read_json_or_empty
 from digzsl_ray.io import write_text
+from digzsl_ray.methods.zerodiff.curves import generator_curves
 from digzsl_ray.methods.zerodiff.folds import FOLDS
 from digzsl_ray.metrics.zsl import format_headline
 
 
-def _curves(hists: dict) -> str:
+def _curves(curves: dict) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,9 +26,9 @@ def _curves(hists: dict) -> str:
     for row, phase in enumerate(("drg", "dfg")):
         for col, key in enumerate(("loss_d", "wasserstein", "lambda_gp")):
             ax = axes[row, col]
-            for f, h in hists.items():
-                recs = [r for r in h.get("history", []) if r.get("phase") == phase]
-                ax.plot([r["epoch"] for r in recs], [r[key] for r in recs], label=f"{f} fold")
+            for f in FOLDS:
+                pts = curves.get(f"{f}/{phase}/{key}", [])
+                ax.plot([s for s, _ in pts], [v for _, v in pts], label=f"{f} fold")
             ax.set_title(f"{phase.upper()}: {key}")
             ax.set_xlabel("epoch")
             ax.legend(fontsize=7)
@@ -35,15 +36,15 @@ def _curves(hists: dict) -> str:
     return img_tag(fig_png(fig), "generator curves")
 
 
-def _spurious(hists: dict) -> str:
+def _spurious(curves: dict) -> str:
     import matplotlib.pyplot as plt
 
     keys = ("spurious_seen_z", "spurious_unseen_z", "semantic_error_unseen")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     for ax, key in zip(axes, keys):
-        for f, h in hists.items():
-            recs = [r for r in h.get("history", []) if "spurious" in r]
-            ax.plot([r["epoch"] for r in recs], [r["spurious"].get(key) for r in recs], marker="o", label=f"{f} fold")
+        for f in FOLDS:
+            pts = curves.get(f"{f}/dfg/spurious/{key}", [])
+            ax.plot([s for s, _ in pts], [v for _, v in pts], marker="o", label=f"{f} fold")
         ax.set_title(key)
         ax.set_xlabel("DFG epoch")
         ax.legend(fontsize=7)
@@ -112,7 +113,7 @@ def _per_class(ctx, ev: dict) -> str:
 def build_report(ctx):
     metrics = read_json_or_empty(ctx.rd.metrics)
     ev = read_json_or_empty(ctx.path("evaluate:evaluation"))
-    hists = {f: read_json_or_empty(ctx.path(f"train-generators:{f}")) for f in FOLDS}
+    curves = generator_curves(ctx)
     parts = [f"<h1>ZeroDiff++ run: {html.escape(ctx.cfg.name)}</h1>"]
     if metrics.get("select_on_test"):
         parts.append("<p><b>TEST-SELECTED</b>: epoch and lambda were chosen on the test set "
@@ -123,10 +124,10 @@ def build_report(ctx):
                      "ZeroDiff++ (docs/zerodiff.md). Validation-fold figures (what the choices were made on): "
                      + html.escape(str(metrics.get("validation_fold", {}))) + "</p>")
         parts.append("<p>Pseudo-labels: " + html.escape(str(metrics.get("pseudo_labels", {}))) + "</p>")
-    parts.append("<h2>Generator training</h2>" + _curves(hists))
+    parts.append("<h2>Generator training</h2>" + _curves(curves))
     parts.append("<h2>Spuriousness (ours, docs/zerodiff.md)</h2><p>z = gap divided by the std of the critic's "
                  "scores on training features; final fold held-out data are test data (measurement only).</p>"
-                 + _spurious(hists))
+                 + _spurious(curves))
     try:
         parts.append("<h2>Real vs generated features</h2>" + _tsne(ctx))
     except Exception as e:  # a report must not fail a finished run

@@ -260,6 +260,40 @@ def test_evaluation_and_report(env):
 
 
 
+def test_tracking_a_resumed_run_logs_every_stage_to_tensorboard(env):
+    """`digzsl run --set tracking.backend=tensorboard` on the finished run: every stage but the evaluation
+    is skipped as complete (tracking is in no fingerprint), and the event files still hold each stage's
+    curves, read back from its outputs, and each variant's final metrics."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from digzsl_ray.stages.runner import run_pipeline
+
+    overrides = ["tokens.max_updates=6", "tokens.min_updates=6", "tracking.backend=tensorboard"]  # as the tests ran
+    cfg = load_config(None, tiny_overrides(env["sd"], env["clip"], env["data"]) + overrides)
+    root = env["rd"].root
+    metrics = run_pipeline(cfg, get_method(), root, progress=False)
+    (run,) = (root / "tensorboard").iterdir()
+
+    def events(sub):
+        acc = EventAccumulator(str(run / sub))
+        acc.Reload()
+        return acc
+
+    for stage in get_method().stages:
+        tags = events(f"stages/{stage.name}").Tensors("tags/text_summary")[0].tensor_proto.string_val[0].decode()
+        status = "ran" if stage.name == "evaluate" else "complete, skipped"  # evaluation is always redone
+        assert f"digzsl.status: {status}" in tags, (stage.name, tags)
+    cdm = json.loads((root / "cdm" / "config.json").read_text())["history"]
+    assert [(e.step, round(e.value, 3)) for e in events("stages/train-cdm").Scalars("val_acc")] == [
+        (h["epoch"], round(h["val_acc"], 3)) for h in cdm if "epoch" in h]
+    assert any(t.startswith("loss/") for t in events("stages/learn-tokens").Tags()["scalars"])
+    assert "dct/val_acc" in events("stages/train-classifier").Tags()["scalars"]
+    for v in get_method().variants:
+        (e,) = events(f"variants/{v}").Scalars("zsl_top1")
+        assert abs(e.value - metrics["ablation"][v]["zsl_top1"]) < 1e-4
+
+
 def test_run_dir_of_another_config_is_refused(env, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(env["data"], other)

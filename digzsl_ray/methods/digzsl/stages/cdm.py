@@ -224,6 +224,11 @@ class CDMStage(Stage):
     def cached(self, ctx) -> dict:
         return json.loads(ctx.path("train-cdm:metrics").read_text())
 
+    def curves(self, ctx) -> dict:
+        from digzsl_ray.methods.digzsl.curves import cdm_curves
+
+        return cdm_curves(ctx)
+
     def run(self, ctx) -> dict:
         """Train the CDM and return its own metrics (OUT/cdm/metrics.json)."""
         from digzsl_ray.distributed.trainloop import fit, make_trainer

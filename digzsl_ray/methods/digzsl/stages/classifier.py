@@ -466,6 +466,11 @@ class ClassifierStage(Stage):
     def cached(self, ctx) -> list[str]:
         return [str(ctx.path(f"train-classifier:{v}")) for v in self.variants(ctx)]
 
+    def curves(self, ctx) -> dict:
+        from digzsl_ray.methods.digzsl.curves import classifier_curves
+
+        return classifier_curves(ctx)
+
     def describe(self, ctx, result) -> str:
         return "\n".join(result)
 

@@ -270,6 +270,11 @@ class TokensStage(Stage):
         return (all(finished(d, index, j, fp) for j in class_jobs(ctx.cfg, ctx.split))
                 and ctx.path("learn-tokens:summary").is_file())
 
+    def curves(self, ctx) -> dict:
+        from digzsl_ray.methods.digzsl.curves import token_curves
+
+        return token_curves(ctx)
+
     def cached(self, ctx) -> dict:
         return read_json(ctx.path("learn-tokens:summary"))
 

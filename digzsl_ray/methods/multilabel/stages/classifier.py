@@ -276,6 +276,11 @@ class ClassifierStage(Stage):
     def cached(self, ctx) -> dict:
         return {v: read_json(ctx.path(f"train-classifier:{v}") / "config.json")["best"] for v in variants(ctx.cfg)}
 
+    def curves(self, ctx) -> dict:
+        from digzsl_ray.methods.multilabel.curves import classifier_curves
+
+        return classifier_curves(ctx)
+
     def describe(self, ctx, result) -> str:
         return json.dumps({v: round(b["selection"], 2) for v, b in result.items()})
 

@@ -269,6 +269,11 @@ class TuneStage(Stage):
         return {"chosen_step": s["chosen_step"], "val_acceptance": s["chosen"]["val_acceptance"],
                 "untuned_val_acceptance": s["untuned"].get("val_acceptance")}
 
+    def curves(self, ctx) -> dict:
+        from digzsl_ray.methods.multilabel.curves import tuning_curves
+
+        return tuning_curves(ctx)
+
     def run(self, ctx):
         from digzsl_ray.distributed.trainloop import fit, make_trainer
         from digzsl_ray.methods.multilabel.prompts import read_phrases

@@ -158,6 +158,11 @@ class GeneratorsStage(Stage):
     def cached(self, ctx) -> dict:
         return {f: _summary(read_json(ctx.path(f"train-generators:{f}"))) for f in FOLDS}
 
+    def curves(self, ctx) -> dict:
+        from digzsl_ray.methods.zerodiff.curves import generator_curves
+
+        return generator_curves(ctx)
+
     def run(self, ctx) -> dict:
         from digzsl_ray.distributed.faults import current_spec
         from digzsl_ray.distributed.trainloop import fit, make_trainer

@@ -35,6 +35,11 @@ class RepresentStage(Stage):
     def cached(self, ctx) -> dict:
         return read_json(ctx.path("train-representation:meta"))
 
+    def curves(self, ctx) -> dict:
+        from digzsl_ray.methods.zerodiff.curves import representation_curves
+
+        return representation_curves(ctx)
+
     def run(self, ctx) -> dict:
         import torch
         from safetensors.torch import save_file
