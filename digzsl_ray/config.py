@@ -226,6 +226,9 @@ class ServeConfig(Section):
     model_in_ingress: bool = Field(False, description="hold the model in the ingress replicas (batched there; they "
                                    "take serve.num_cpus/num_gpus and autoscale) instead of a separate Classifier "
                                    "deployment: one hop per request fewer (benchmarks/README.md, serve)")
+    graceful_shutdown_s: float = Field(10.0, ge=0.5, le=3600.0, description="a stopping replica waits at most this "
+                                       "long for its requests in flight (Ray Serve's default is 20 s per deployment; a "
+                                       "stop must end within Kubernetes' default 30 s grace period)")
     direct_ingress: bool = Field(False, description="`digzsl serve`: start the local cluster with Ray Serve's "
                                  "direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=1): the ingress replicas listen on "
                                  "their own HTTP ports (from 30000) for a load balancer, no proxy hop; pair with "

@@ -33,7 +33,7 @@ optional overrides of the run's ``serve`` config (:data:`.settings.OVERRIDABLE`)
 import json
 from pathlib import Path
 
-from digzsl_ray.serve.settings import LIMIT_KEYS, OVERRIDABLE, app_settings
+from digzsl_ray.serve.settings import LIMIT_KEYS, OVERRIDABLE, app_settings, shutdown_options
 
 __all__ = ["LIMIT_KEYS", "OVERRIDABLE", "build_app"]
 
@@ -52,24 +52,25 @@ def build_app(args: dict):
     run_dir = str(Path(args["run_dir"]).resolve())
     cfg = run_config(Path(run_dir))
     method = get_method(meta["method"])
+    stop = shutdown_options(sc)  # every replica stops within serve.graceful_shutdown_s
     image_size = int(json.loads(Path(meta["classifier_dir"], "config.json").read_text())["image_size"])
 
     # the model: its own deployment, or held by every front replica (serve.model_in_ingress)
     model_args = (meta["classifier_dir"], sc["max_batch_size"], sc["batch_wait_timeout_s"],
                   max(1, int(sc["num_cpus"])), meta["method"], meta["task"])
     in_front = bool(sc["model_in_ingress"])
-    classifier = None if in_front else Classifier.options(**classifier_options(sc)).bind(*model_args)
+    classifier = None if in_front else Classifier.options(**classifier_options(sc), **stop).bind(*model_args)
 
     # the live service: add-class jobs and generation, where the method offers them
     jobs = None
     if method.add_class is not None:
-        jobs = Jobs.bind(run_dir, cfg.live.queue_size, cfg.live.max_name_length)
+        jobs = Jobs.options(**stop).bind(run_dir, cfg.live.queue_size, cfg.live.max_name_length)
     generator = None
     if method.generation is not None:
-        generator = Generator.options(**generator_options(sc)).bind(run_dir, sc["generate_max_batch_size"])
+        generator = Generator.options(**generator_options(sc), **stop).bind(run_dir, sc["generate_max_batch_size"])
 
     limits = {k: sc[k] for k in LIMIT_KEYS}
     access = {"digest": token_digest(sc.get("api_token_file", "")), "protect_classify": sc["protect_classify"],
               "generate_max_n": sc.get("generate_max_n", 0), "method": meta["method"], "docs": bool(sc["docs"])}
-    return Ingress.options(**ingress_options(sc)).bind(classifier, run_dir, limits, image_size, access, jobs,
+    return Ingress.options(**ingress_options(sc), **stop).bind(classifier, run_dir, limits, image_size, access, jobs,
                                                        generator, model_args if in_front else None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 # serve.* keys that build_app args may override (generate_*: methods that draw images on request)
 OVERRIDABLE = ("max_batch_size", "batch_wait_timeout_s", "max_body_bytes", "max_pixels", "default_k", "min_replicas",
                "max_replicas", "num_cpus", "num_gpus", "body_timeout_s", "max_header_bytes", "max_jpeg_scans",
-               "max_body_reads_per_client", "docs", "api_token_file", "protect_classify", "model_in_ingress",
+               "max_body_reads_per_client", "graceful_shutdown_s", "docs", "api_token_file", "protect_classify", "model_in_ingress",
                "generate_max_n", "generate_max_queued", "generate_max_batch_size", "generate_min_replicas",
                "generate_max_replicas", "generate_num_gpus", "generate_num_cpus", "generate_downscale_delay_s")
 # what the HTTP front enforces on every request (docs/live.md says what each protects)
@@ -31,3 +31,9 @@ def app_settings(args: dict) -> tuple[dict, dict]:
     sc = validate_config({**meta["serve"], **overrides}, serve_config, "build_app args").model_dump()
     sc["max_replicas"] = max(sc["max_replicas"], sc["min_replicas"])
     return meta, sc
+
+
+def shutdown_options(sc: dict) -> dict:
+    """How long a stopping replica of any deployment waits for its requests in flight."""
+    return {"graceful_shutdown_timeout_s": sc["graceful_shutdown_s"],
+            "graceful_shutdown_wait_loop_s": min(1.0, sc["graceful_shutdown_s"])}
