@@ -46,23 +46,120 @@ def _snapshot(head) -> dict:
     return {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
 
 
+def _shard_features(config: dict, cfg, clip_model, size: int, mean, std, pos: dict, rank: int, world: int, device):
+    """Step 3 of :func:`cdm_worker`: CLIP features of this worker's shard of the training images
+    (``views`` augmented views each) and of the validation images; returns
+    ``(f_train, y_train, tr_labels, f_val, y_val)``."""
+    import torch
+
+    from digzsl_ray.images import load_images
+    from digzsl_ray.methods.digzsl.cdm import extract_features
+
+    data = config["data"]
+    # equal-size shards (wrapping around), so every worker runs the same number of synchronised steps
+    n = len(data["train"]["paths"])
+    idx = [(rank + k * world) % n for k in range(-(-n // world))]
+    tr_paths = [data["train"]["paths"][i] for i in idx]
+    tr_labels = [data["train"]["labels"][i] for i in idx]
+    progress = rank == 0
+    views = 3 if cfg.cdm.augment else 1
+    f_train = extract_features(clip_model, load_images(tr_paths, size, progress), size, mean, std, device,
+                               views=views, seed=cfg.seed + rank, progress=progress)
+    y_train = torch.tensor([pos[lab] for lab in tr_labels])
+    f_val = extract_features(clip_model, load_images(data["val"]["paths"], size), size, mean, std, device)[0]
+    y_val = np.array(data["val"]["labels"])
+    return f_train, y_train, tr_labels, f_val, y_val
+
+
+def _valclass_head(config: dict, cfg, protos, seen, f_train, tr_labels, f_val, y_val: np.ndarray, gen,
+                   rank: int, world: int, device):
+    """Step 6 of :func:`cdm_worker`: the head of the validation-class protocol, trained without the
+    validation classes V and chosen on the validation images of the other seen classes; ``None``
+    when there is no V (or V is every seen class)."""
+    import ray.train.torch
+    import torch
+
+    from digzsl_ray.methods.digzsl.cdm import CDMHead, train_epoch
+
+    c = cfg.cdm
+    vset = [int(v) for v in config.get("val_classes", [])]
+    in_v = set(vset)
+    if not (vset and len(vset) < len(seen)):
+        return None
+    data = config["data"]
+    n = len(data["train"]["paths"])
+    keep_cols = torch.tensor([int(s) for s in seen.tolist() if int(s) not in in_v])
+    kpos = {int(s): i for i, s in enumerate(keep_cols.tolist())}
+    mine = [i for i, lab in enumerate(tr_labels) if int(lab) in kpos]
+    # every worker steps the same number of times (DDP): wrap this shard's rows to the longest shard's
+    labels_all = data["train"]["labels"]
+    longest = max(sum(int(labels_all[(r + k * world) % n]) in kpos for k in range(-(-n // world)))
+                  for r in range(world))
+    rows = torch.tensor([mine[k % len(mine)] for k in range(longest)] if mine else [], dtype=torch.long)
+    torch.manual_seed(cfg.seed + 50_000)  # its initialisation does not depend on what ran before
+    aux = CDMHead(protos, f_train.shape[-1], c.hidden_dim, c.temperature)
+    aux_model = ray.train.torch.prepare_model(aux)
+    aux_opt = torch.optim.AdamW(aux_model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    y_aux = torch.tensor([kpos[int(tr_labels[i])] for i in rows.tolist()])
+    vmask = np.isin(y_val, keep_cols.numpy())
+    aux_best, aux_state = -1.0, None
+    for epoch in range(c.epochs):
+        gen.manual_seed(cfg.seed * 7919 + rank * 101 + epoch + 50_000)
+        train_epoch(aux_model, f_train[:, rows], y_aux, keep_cols, aux_opt, c.batch_size, gen, device)
+        acc = _val_accuracy(aux, f_val[vmask], y_val[vmask], keep_cols.numpy(), device)
+        if acc > aux_best:
+            aux_best, aux_state = acc, _snapshot(aux)
+    aux.load_state_dict(aux_state)
+    return aux
+
+
+def _score_splits(config: dict, head, aux, clip_model, size: int, mean, std, n_classes: int, f_val,
+                  y_val: np.ndarray, device) -> dict:
+    """Step 7 of :func:`cdm_worker` (rank 0): the best head's scores of the val and test images, and
+    with the validation-class head ``aux`` its pseudo-seen / pseudo-unseen scores (the arrays of
+    ``cdm/scores.npz``)."""
+    from digzsl_ray.images import load_images
+    from digzsl_ray.methods.digzsl.cdm import extract_features, head_scores
+
+    data = config["data"]
+    vset = [int(v) for v in config.get("val_classes", [])]
+    in_v = set(vset)
+
+    def scores_of(split: str) -> np.ndarray:
+        f = extract_features(clip_model, load_images(data[split]["paths"], size), size, mean, std, device)[0]
+        return head_scores(head, f, device).numpy()
+
+    arrays = {}
+    for split in ("val", "test_seen", "test_unseen"):
+        arrays[f"{split}_scores"] = scores_of(split) if data[split]["paths"] else np.zeros((0, n_classes))
+        arrays[f"{split}_labels"] = np.array(data[split]["labels"], dtype=np.int64)
+    if aux is not None:
+        # pseudo-seen: val images of seen classes outside V; pseudo-unseen: every trainval image of V
+        vm = ~np.isin(y_val, vset)
+        arrays["valclass_seen_scores"] = head_scores(aux, f_val[vm], device).numpy()
+        arrays["valclass_seen_labels"] = y_val[vm].astype(np.int64)
+        vi = [i for i, lab in enumerate(data["val"]["labels"]) if int(lab) in in_v]
+        v_paths = [p for p, lab in zip(data["train"]["paths"], data["train"]["labels"]) if int(lab) in in_v]
+        v_labels = [int(lab) for lab in data["train"]["labels"] if int(lab) in in_v]
+        fv = extract_features(clip_model, load_images(v_paths, size), size, mean, std, device)[0] \
+            if v_paths else f_val[:0]
+        arrays["valclass_unseen_scores"] = np.concatenate([head_scores(aux, fv, device).numpy(),
+                                                           head_scores(aux, f_val[vi], device).numpy()])
+        arrays["valclass_unseen_labels"] = np.array(v_labels + [int(y_val[i]) for i in vi], dtype=np.int64)
+        arrays["valclass_classes"] = np.array(vset, dtype=np.int64)
+    return arrays
+
+
 def cdm_worker(config: dict) -> None:
     """Ray Train worker. ``config``: {"cfg": RunConfig dict, "data": {split: {paths, labels}}, ...}."""
     import ray.train
     import ray.train.torch
     import torch
 
-    from digzsl_ray.methods.digzsl.cdm import (
-        CDMHead,
-        extract_features,
-        head_scores,
-        save_cdm,
-        train_epoch,
-    )
+    from digzsl_ray.methods.digzsl.cdm import CDMHead, save_cdm, train_epoch
     from digzsl_ray.distributed.cluster import quiet_train_worker_logs
     from digzsl_ray.distributed.faults import maybe_fail
     from digzsl_ray.distributed.trainloop import report_state, restore_state
-    from digzsl_ray.images import load_images
     from digzsl_ray.methods.digzsl.config import DigzslRunConfig
     from digzsl_ray.models.presets import clip_image_size, clip_norm, load_clip
     from digzsl_ray.prototypes import load_prototypes
@@ -85,19 +182,8 @@ def cdm_worker(config: dict) -> None:
     pos = {int(s): i for i, s in enumerate(seen.tolist())}
 
     # 3. Features of this worker's shard of the training images, and of the validation images.
-    data = config["data"]
-    # equal-size shards (wrapping around), so every worker runs the same number of synchronised steps
-    n = len(data["train"]["paths"])
-    idx = [(rank + k * world) % n for k in range(-(-n // world))]
-    tr_paths = [data["train"]["paths"][i] for i in idx]
-    tr_labels = [data["train"]["labels"][i] for i in idx]
-    progress = rank == 0
-    views = 3 if c.augment else 1
-    f_train = extract_features(clip_model, load_images(tr_paths, size, progress), size, mean, std, device,
-                               views=views, seed=cfg.seed + rank, progress=progress)
-    y_train = torch.tensor([pos[lab] for lab in tr_labels])
-    f_val = extract_features(clip_model, load_images(data["val"]["paths"], size), size, mean, std, device)[0]
-    y_val = np.array(data["val"]["labels"])
+    f_train, y_train, tr_labels, f_val, y_val = _shard_features(config, cfg, clip_model, size, mean, std, pos,
+                                                                rank, world, device)
 
     # 4. Head, optimiser, resume.
     head = CDMHead(protos, f_train.shape[-1], c.hidden_dim, c.temperature)
@@ -128,62 +214,14 @@ def cdm_worker(config: dict) -> None:
     # 6. The validation-class protocol (xlsa17 trainclasses/valclasses): a second head, trained on the
     #    same features without the validation classes V, scores the real images of V as pseudo-unseen
     #    images. Calibration can then choose lambda on real images only (no synthetic image involved).
-    aux = None
-    vset = [int(v) for v in config.get("val_classes", [])]
-    in_v = set(vset)
-    if vset and len(vset) < len(seen):
-        keep_cols = torch.tensor([int(s) for s in seen.tolist() if int(s) not in in_v])
-        kpos = {int(s): i for i, s in enumerate(keep_cols.tolist())}
-        mine = [i for i, lab in enumerate(tr_labels) if int(lab) in kpos]
-        # every worker steps the same number of times (DDP): wrap this shard's rows to the longest shard's
-        labels_all = data["train"]["labels"]
-        longest = max(sum(int(labels_all[(r + k * world) % n]) in kpos for k in range(-(-n // world)))
-                      for r in range(world))
-        rows = torch.tensor([mine[k % len(mine)] for k in range(longest)] if mine else [], dtype=torch.long)
-        torch.manual_seed(cfg.seed + 50_000)  # its initialisation does not depend on what ran before
-        aux = CDMHead(protos, f_train.shape[-1], c.hidden_dim, c.temperature)
-        aux_model = ray.train.torch.prepare_model(aux)
-        aux_opt = torch.optim.AdamW(aux_model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-        y_aux = torch.tensor([kpos[int(tr_labels[i])] for i in rows.tolist()])
-        vmask = np.isin(y_val, keep_cols.numpy())
-        aux_best, aux_state = -1.0, None
-        for epoch in range(c.epochs):
-            gen.manual_seed(cfg.seed * 7919 + rank * 101 + epoch + 50_000)
-            train_epoch(aux_model, f_train[:, rows], y_aux, keep_cols, aux_opt, c.batch_size, gen, device)
-            acc = _val_accuracy(aux, f_val[vmask], y_val[vmask], keep_cols.numpy(), device)
-            if acc > aux_best:
-                aux_best, aux_state = acc, _snapshot(aux)
-        aux.load_state_dict(aux_state)
+    aux = _valclass_head(config, cfg, protos, seen, f_train, tr_labels, f_val, y_val, gen, rank, world, device)
 
     # 7. Rank 0: best head -> OUT/cdm, plus scores of val and test images for evaluation.
     if rank == 0:
         head.load_state_dict(best_state)
-        out = Path(config["out"])
-
-        def scores_of(split: str) -> np.ndarray:
-            f = extract_features(clip_model, load_images(data[split]["paths"], size), size, mean, std, device)[0]
-            return head_scores(head, f, device).numpy()
-
-        arrays = {}
-        for split in ("val", "test_seen", "test_unseen"):
-            arrays[f"{split}_scores"] = scores_of(split) if data[split]["paths"] else np.zeros((0, len(names)))
-            arrays[f"{split}_labels"] = np.array(data[split]["labels"], dtype=np.int64)
-        if aux is not None:
-            # pseudo-seen: val images of seen classes outside V; pseudo-unseen: every trainval image of V
-            vm = ~np.isin(y_val, vset)
-            arrays["valclass_seen_scores"] = head_scores(aux, f_val[vm], device).numpy()
-            arrays["valclass_seen_labels"] = y_val[vm].astype(np.int64)
-            vi = [i for i, lab in enumerate(data["val"]["labels"]) if int(lab) in in_v]
-            v_paths = [p for p, lab in zip(data["train"]["paths"], data["train"]["labels"]) if int(lab) in in_v]
-            v_labels = [int(lab) for lab in data["train"]["labels"] if int(lab) in in_v]
-            fv = extract_features(clip_model, load_images(v_paths, size), size, mean, std, device)[0] \
-                if v_paths else f_val[:0]
-            arrays["valclass_unseen_scores"] = np.concatenate([head_scores(aux, fv, device).numpy(),
-                                                               head_scores(aux, f_val[vi], device).numpy()])
-            arrays["valclass_unseen_labels"] = np.array(v_labels + [int(y_val[i]) for i in vi], dtype=np.int64)
-            arrays["valclass_classes"] = np.array(vset, dtype=np.int64)
+        arrays = _score_splits(config, head, aux, clip_model, size, mean, std, len(names), f_val, y_val, device)
         write_npz(config["scores"], **arrays)
-        save_cdm(out, head, {
+        save_cdm(Path(config["out"]), head, {
             "clip": cfg.models.clip, "clip_pretrained": cfg.models.clip_pretrained, "hidden_dim": c.hidden_dim,
             "temperature": c.temperature, "image_size": size, "mean": list(mean), "std": list(std),
             "class_names": names, "seen": seen.tolist(), "best_val_acc": best_acc, "history": history,
