@@ -137,18 +137,100 @@ def _ordered(options):
 
 
 # The worker -------------------------------------------------------------------------------------
+def _run_val(model, val_shard, num_classes: int, device) -> tuple[float, np.ndarray, np.ndarray]:
+    """Mean per-class accuracy of ``model`` on the validation shard, with its softmax scores and labels."""
+    import torch
+
+    from digzsl_ray.metrics.zsl import mean_per_class_accuracy
+
+    model.eval()
+    ys, ps = [], []
+    with torch.no_grad():
+        for b in val_shard.iter_torch_batches(batch_size=512, dtypes={"image": torch.uint8, "label": torch.int64},
+                                              device="cpu"):
+            x = b["image"].permute(0, 3, 1, 2).to(device)
+            ps.append(model(x).softmax(-1).cpu().numpy())
+            ys.append(b["label"].numpy())
+    if not ys:
+        return 0.0, np.zeros((0, num_classes)), np.zeros(0, dtype=np.int64)
+    y, p = np.concatenate(ys), np.concatenate(ps)
+    return mean_per_class_accuracy(y, p.argmax(1), sorted(set(y.tolist()))), p, y
+
+
+def _stream_epoch(ddp, opt, train_shard, c, seed: int, epoch: int, gen, device) -> tuple[float, int]:
+    """One epoch over this worker's balanced stream (each row kept with its ``keep_p``); returns the
+    summed loss and the rows trained on."""
+    import torch
+
+    from digzsl_ray.images import augment
+
+    tot, n = 0.0, 0
+    for b in train_shard.iter_torch_batches(batch_size=c.batch_size, local_shuffle_buffer_size=4 * c.batch_size,
+                                            local_shuffle_seed=seed * 10_007 + epoch,
+                                            dtypes={"image": torch.uint8, "label": torch.int64,
+                                                    "keep_p": torch.float32, "keep_u": torch.float64},
+                                            device="cpu"):
+        keep = torch.from_numpy(keep_mask(b["keep_u"].numpy(), b["keep_p"].numpy(), epoch))
+        if not bool(keep.any()):  # never an empty step (workers step in lockstep under DDP)
+            keep[0] = True
+        b = {"image": b["image"][keep], "label": b["label"][keep]}
+        x = b["image"].permute(0, 3, 1, 2)
+        if c.augment:
+            x = augment(x, gen)
+        logits = ddp(x.to(device))
+        loss = torch.nn.functional.cross_entropy(logits, b["label"].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        tot += float(loss.detach()) * len(x)
+        n += len(x)
+    return tot, n
+
+
+def _score_paths(model, paths: list[str], num_classes: int, device) -> np.ndarray:
+    """Softmax scores of ``model`` on the images at ``paths`` (256 at a time)."""
+    import torch
+
+    from digzsl_ray.images import load_images
+
+    chunks = []
+    with torch.no_grad():
+        for i in range(0, len(paths), 256):
+            x = load_images(paths[i : i + 256], model.image_size).to(device)
+            chunks.append(model(x).softmax(-1).cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, num_classes))
+
+
+def _write_outputs(config: dict, cfg, model, val_shard, num_classes: int, best: float, history: list,
+                   device) -> None:
+    """Step 3 of :func:`classifier_worker` (rank 0, best weights loaded): scores of the validation and
+    test images -> ``config["scores"]``, the classifier -> ``config["out"]``."""
+    from digzsl_ray.classifier import save_classifier
+
+    out = Path(config["out"])
+    _, p_val, y_val = _run_val(model, val_shard, num_classes, device)
+    t = config["test"]
+    arrays = {"val_scores": p_val, "val_labels": y_val,
+              "test_seen_scores": _score_paths(model, t["test_seen"]["paths"], num_classes, device),
+              "test_seen_labels": np.asarray(t["test_seen"]["labels"], dtype=np.int64),
+              "test_unseen_scores": _score_paths(model, t["test_unseen"]["paths"], num_classes, device),
+              "test_unseen_labels": np.asarray(t["test_unseen"]["labels"], dtype=np.int64)}
+    write_npz(config["scores"], **arrays)
+    save_classifier(out, model, config["classes"], config["seen"], config["unseen"], cfg.models,
+                    extra={"variant": config["variant"], "best_val_acc": best, "history": history,
+                           "fingerprint": config["fingerprint"]})
+
+
 def classifier_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
     import torch
 
-    from digzsl_ray.classifier import build_classifier, param_groups, save_classifier
+    from digzsl_ray.classifier import build_classifier, param_groups
     from digzsl_ray.distributed.cluster import quiet_train_worker_logs
     from digzsl_ray.distributed.faults import maybe_fail
     from digzsl_ray.distributed.trainloop import report_state, restore_state
-    from digzsl_ray.images import augment, load_images
     from digzsl_ray.methods.digzsl.config import DigzslRunConfig
-    from digzsl_ray.metrics.zsl import mean_per_class_accuracy
 
     quiet_train_worker_logs()
     # 1. Config, device, model.
@@ -182,46 +264,13 @@ def classifier_worker(config: dict) -> None:
     val_shard = ray.train.get_dataset_shard("val")
     gen = torch.Generator().manual_seed(cfg.seed + rank)
 
-    def run_val() -> tuple[float, np.ndarray, np.ndarray]:
-        model.eval()
-        ys, ps = [], []
-        with torch.no_grad():
-            for b in val_shard.iter_torch_batches(batch_size=512, dtypes={"image": torch.uint8, "label": torch.int64},
-                                                  device="cpu"):
-                x = b["image"].permute(0, 3, 1, 2).to(device)
-                ps.append(model(x).softmax(-1).cpu().numpy())
-                ys.append(b["label"].numpy())
-        if not ys:
-            return 0.0, np.zeros((0, num_classes)), np.zeros(0, dtype=np.int64)
-        y, p = np.concatenate(ys), np.concatenate(ps)
-        return mean_per_class_accuracy(y, p.argmax(1), sorted(set(y.tolist()))), p, y
-
     # 2. Epochs over the balanced stream; validation on held-out data; checkpoints.
     for epoch in range(start, c.epochs):
         model.train()
         maybe_fail("classifier", spec=config.get("fault", ""), epoch=epoch)
-        tot, n = 0.0, 0
         gen.manual_seed(cfg.seed * 7919 + rank * 101 + epoch)  # a resumed epoch augments as the first try did
-        for b in train_shard.iter_torch_batches(batch_size=c.batch_size, local_shuffle_buffer_size=4 * c.batch_size,
-                                                local_shuffle_seed=cfg.seed * 10_007 + epoch,
-                                                dtypes={"image": torch.uint8, "label": torch.int64,
-                                                        "keep_p": torch.float32, "keep_u": torch.float64},
-                                                device="cpu"):
-            keep = torch.from_numpy(keep_mask(b["keep_u"].numpy(), b["keep_p"].numpy(), epoch))
-            if not bool(keep.any()):  # never an empty step (workers step in lockstep under DDP)
-                keep[0] = True
-            b = {"image": b["image"][keep], "label": b["label"][keep]}
-            x = b["image"].permute(0, 3, 1, 2)
-            if c.augment:
-                x = augment(x, gen)
-            logits = ddp(x.to(device))
-            loss = torch.nn.functional.cross_entropy(logits, b["label"].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot += float(loss.detach()) * len(x)
-            n += len(x)
-        acc, _, _ = run_val()
+        tot, n = _stream_epoch(ddp, opt, train_shard, c, cfg.seed, epoch, gen, device)
+        acc, _, _ = _run_val(model, val_shard, num_classes, device)
         improved = acc > best
         if improved:
             best, since = acc, 0
@@ -240,27 +289,7 @@ def classifier_worker(config: dict) -> None:
     if rank == 0:
         model.load_state_dict(best_state, strict=False)
         model.eval()
-        out = Path(config["out"])
-        _, p_val, y_val = run_val()
-
-        def score(paths: list[str]) -> np.ndarray:
-            chunks = []
-            with torch.no_grad():
-                for i in range(0, len(paths), 256):
-                    x = load_images(paths[i : i + 256], model.image_size).to(device)
-                    chunks.append(model(x).softmax(-1).cpu().numpy())
-            return np.concatenate(chunks) if chunks else np.zeros((0, num_classes))
-
-        t = config["test"]
-        arrays = {"val_scores": p_val, "val_labels": y_val,
-                  "test_seen_scores": score(t["test_seen"]["paths"]),
-                  "test_seen_labels": np.asarray(t["test_seen"]["labels"], dtype=np.int64),
-                  "test_unseen_scores": score(t["test_unseen"]["paths"]),
-                  "test_unseen_labels": np.asarray(t["test_unseen"]["labels"], dtype=np.int64)}
-        write_npz(config["scores"], **arrays)
-        save_classifier(out, model, config["classes"], config["seen"], config["unseen"], cfg.models,
-                        extra={"variant": config["variant"], "best_val_acc": best, "history": history,
-                               "fingerprint": config["fingerprint"]})
+        _write_outputs(config, cfg, model, val_shard, num_classes, best, history, device)
 
 
 def read_synthetic_rows(files: list[str], thresholds: dict, val_fraction: float) -> dict:
@@ -280,47 +309,16 @@ def read_synthetic_rows(files: list[str], thresholds: dict, val_fraction: float)
             "held": np.asarray(out["held"], dtype=bool)}
 
 
-def feature_worker(config: dict) -> dict:
-    """The classifier of a frozen CLIP backbone, one Ray task (one GPU on a cluster): the head trains
-    on cached features.
-
-    The tower never changes, so the features of ``classifier.feature_views`` views of every image are
-    extracted once (cached in ``OUT/features/``, shared by the variants and a rerun) and the epochs run
-    on those tensors: the same maths as the streaming worker with the image pipeline taken out. A
-    head over features trains in seconds, so it runs as one task rather than a Ray Train worker group
-    (whose start-up alone costs more than the training here). The task checkpoints its state every
-    epoch to ``config["state"]``; Ray retries a failed task (``workers.max_failures``) and the retry
-    resumes from that file, which is removed once the outputs are written.
-    """
+def _feature_sets(config: dict, cfg, clip, protos, unseen: list, progress: bool) -> dict:
+    """Step 2 of :func:`feature_worker`: features of every view of the real seen training images and
+    the synthetic images (CLIP-filtered when ``classifier.clip_filter``), the distillation teacher's
+    logits, the validation features (real seen val + held-out synthetic) and the class factors."""
     import torch
 
-    from digzsl_ray.classifier import build_classifier, save_classifier
-    from digzsl_ray.distributed.faults import maybe_fail
-    from digzsl_ray.features import FrozenCLIP, clip_filter, zero_shot_logits
-    from digzsl_ray.io import atomic_path
-    from digzsl_ray.methods.digzsl.config import DigzslRunConfig
-    from digzsl_ray.methods.digzsl.head import class_factors, head_logits, train_epoch, validate
-    from digzsl_ray.models.presets import load_clip, pick_device
-    from digzsl_ray.prototypes import load_prototypes
+    from digzsl_ray.features import clip_filter, zero_shot_logits
+    from digzsl_ray.methods.digzsl.head import class_factors
 
-    # 1. Config, device, the frozen CLIP, the model.
-    cfg = DigzslRunConfig.model_validate(config["cfg"])
     c = cfg.classifier
-    torch.set_num_threads(cfg.models.torch_threads)
-    torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.models.device)
-    protos = load_prototypes(config["prototypes"])[0]
-    clip_model = load_clip(cfg.models.clip, cfg.models.clip_pretrained, device=device)[0]
-    clip = FrozenCLIP(cfg.models.clip, cfg.models.clip_pretrained, device, cache_dir=config["features"],
-                      model=clip_model)
-    model = build_classifier(c, cfg.models, len(config["classes"]), device,
-                             prototypes=protos if c.head == "prototypes" else None, clip_model=clip_model)
-    head = model.head
-    unseen = list(config["unseen"])
-    progress = bool(config.get("progress", True))
-
-    # 2. Features of every view of the real seen training images and the synthetic images, and of
-    #    the validation images (real seen val + held-out synthetic), once.
     views = c.feature_views if c.augment else 1
     real = config["real"]
     f_real = clip.of_paths(real["paths"], views=views, seed=cfg.seed, progress=progress, desc="real features")
@@ -345,6 +343,83 @@ def feature_worker(config: dict) -> dict:
     f_val = torch.cat([clip.of_paths(config["val"]["paths"])[0], clip.of_pngs([syn["png"][i] for i in held])[0]])
     y_val = np.concatenate([np.asarray(config["val"]["labels"], dtype=np.int64), syn["label"][held]])
     factors = class_factors(labels)
+    return {"feats": feats, "labels": labels, "teacher": teacher, "f_val": f_val, "y_val": y_val,
+            "factors": factors, "filtered": filtered}
+
+
+def _write_feature_outputs(config: dict, cfg, model, clip, n_classes: int, f_val, y_val: np.ndarray, best: float,
+                           history: list, filtered) -> None:
+    """Step 5 of :func:`feature_worker` (best weights loaded): scores of the validation and test
+    images -> ``config["scores"]``, the classifier -> ``config["out"]``."""
+    import torch
+
+    from digzsl_ray.classifier import save_classifier
+    from digzsl_ray.methods.digzsl.head import head_logits
+
+    head = model.head
+
+    def scores(f) -> np.ndarray:
+        with torch.no_grad():
+            return head_logits(head, f).softmax(-1).cpu().numpy() if len(f) else np.zeros((0, n_classes))
+
+    t = config["test"]
+    arrays = {"val_scores": scores(f_val), "val_labels": y_val,
+              "test_seen_scores": scores(clip.of_paths(t["test_seen"]["paths"])[0]),
+              "test_seen_labels": np.asarray(t["test_seen"]["labels"], dtype=np.int64),
+              "test_unseen_scores": scores(clip.of_paths(t["test_unseen"]["paths"])[0]),
+              "test_unseen_labels": np.asarray(t["test_unseen"]["labels"], dtype=np.int64)}
+    out = Path(config["out"])
+    write_npz(config["scores"], **arrays)
+    save_classifier(out, model, config["classes"], config["seen"], config["unseen"], cfg.models,
+                    extra={"variant": config["variant"], "best_val_acc": best, "history": history,
+                           "fingerprint": config["fingerprint"], "clip_filter": filtered,
+                           "trained_on": "cached frozen-CLIP features"})
+
+
+def feature_worker(config: dict) -> dict:
+    """The classifier of a frozen CLIP backbone, one Ray task (one GPU on a cluster): the head trains
+    on cached features.
+
+    The tower never changes, so the features of ``classifier.feature_views`` views of every image are
+    extracted once (cached in ``OUT/features/``, shared by the variants and a rerun) and the epochs run
+    on those tensors: the same maths as the streaming worker with the image pipeline taken out. A
+    head over features trains in seconds, so it runs as one task rather than a Ray Train worker group
+    (whose start-up alone costs more than the training here). The task checkpoints its state every
+    epoch to ``config["state"]``; Ray retries a failed task (``workers.max_failures``) and the retry
+    resumes from that file, which is removed once the outputs are written.
+    """
+    import torch
+
+    from digzsl_ray.classifier import build_classifier
+    from digzsl_ray.distributed.faults import maybe_fail
+    from digzsl_ray.features import FrozenCLIP
+    from digzsl_ray.io import atomic_path
+    from digzsl_ray.methods.digzsl.config import DigzslRunConfig
+    from digzsl_ray.methods.digzsl.head import train_epoch, validate
+    from digzsl_ray.models.presets import load_clip, pick_device
+    from digzsl_ray.prototypes import load_prototypes
+
+    # 1. Config, device, the frozen CLIP, the model.
+    cfg = DigzslRunConfig.model_validate(config["cfg"])
+    c = cfg.classifier
+    torch.set_num_threads(cfg.models.torch_threads)
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.models.device)
+    protos = load_prototypes(config["prototypes"])[0]
+    clip_model = load_clip(cfg.models.clip, cfg.models.clip_pretrained, device=device)[0]
+    clip = FrozenCLIP(cfg.models.clip, cfg.models.clip_pretrained, device, cache_dir=config["features"],
+                      model=clip_model)
+    model = build_classifier(c, cfg.models, len(config["classes"]), device,
+                             prototypes=protos if c.head == "prototypes" else None, clip_model=clip_model)
+    head = model.head
+    unseen = list(config["unseen"])
+    progress = bool(config.get("progress", True))
+
+    # 2. Features of every view of the real seen training images and the synthetic images, and of
+    #    the validation images (real seen val + held-out synthetic), once.
+    fs = _feature_sets(config, cfg, clip, protos, unseen, progress)
+    feats, labels, teacher, factors = fs["feats"], fs["labels"], fs["teacher"], fs["factors"]
+    f_val, y_val = fs["f_val"], fs["y_val"]
 
     # 3. Optimiser, resume, the initial head as a candidate.
     opt = torch.optim.AdamW(head.parameters(), lr=c.lr, weight_decay=c.weight_decay)
@@ -387,23 +462,7 @@ def feature_worker(config: dict) -> dict:
     # 5. Best weights, scores of validation and test images.
     head.load_state_dict(best_state)
     head.eval()
-
-    def scores(f) -> np.ndarray:
-        with torch.no_grad():
-            return head_logits(head, f).softmax(-1).cpu().numpy() if len(f) else np.zeros((0, len(protos)))
-
-    t = config["test"]
-    arrays = {"val_scores": scores(f_val), "val_labels": y_val,
-              "test_seen_scores": scores(clip.of_paths(t["test_seen"]["paths"])[0]),
-              "test_seen_labels": np.asarray(t["test_seen"]["labels"], dtype=np.int64),
-              "test_unseen_scores": scores(clip.of_paths(t["test_unseen"]["paths"])[0]),
-              "test_unseen_labels": np.asarray(t["test_unseen"]["labels"], dtype=np.int64)}
-    out = Path(config["out"])
-    write_npz(config["scores"], **arrays)
-    save_classifier(out, model, config["classes"], config["seen"], config["unseen"], cfg.models,
-                    extra={"variant": config["variant"], "best_val_acc": best, "history": history,
-                           "fingerprint": config["fingerprint"], "clip_filter": filtered,
-                           "trained_on": "cached frozen-CLIP features"})
+    _write_feature_outputs(config, cfg, model, clip, len(protos), f_val, y_val, best, history, fs["filtered"])
     state_file.unlink(missing_ok=True)
     try:
         state_file.parent.rmdir()
