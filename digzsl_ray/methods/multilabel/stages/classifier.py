@@ -90,21 +90,149 @@ def make_optimisers(net, c) -> list:
     return opts
 
 
+def _shard(n: int, rank: int, world: int) -> list[int]:
+    """This worker's rows of ``n`` (equal-size shards, wrapping around)."""
+    return [(rank + k * world) % n for k in range(-(-n // world))] if n else []
+
+
+def _worker_images(config: dict, c, names: list[str], size: int, rank: int, world: int) -> dict:
+    """Step 2 of :func:`classifier_worker`: this worker's shard of the real seen images and of the
+    variant's synthetic images (``syn`` is None without them), and the validation images."""
+    from digzsl_ray.images import decode_png_bytes, load_images
+
+    data = config["data"]
+    progress = rank == 0
+    tr = _shard(len(data["train"]["paths"]), rank, world)
+    d = {"x_real": load_images([data["train"]["paths"][i] for i in tr], size, progress, "real images"),
+         "y_real": multi_hot([data["train"]["labels"][i] for i in tr], len(names)), "syn": None}
+    if config.get("synthetic"):
+        d["syn"] = synthetic_rows(Path(config["synthetic"]["dir"]), config["synthetic"]["variant"], names,
+                                  c.synthetic_val_fraction)
+    syn = d["syn"]
+    if syn:
+        ts = _shard(len(syn["train"]["png"]), rank, world)
+        d["x_syn"] = decode_png_bytes([syn["train"]["png"][i] for i in ts], size)
+        d["y_syn"] = multi_hot([syn["train"]["labels"][i] for i in ts], len(names))
+        d["x_syn_val"] = decode_png_bytes(syn["val"]["png"], size)
+        d["y_syn_val"] = multi_hot(syn["val"]["labels"], len(names))
+    d["x_val"] = load_images(data["val"]["paths"], size)
+    d["y_val"] = multi_hot(data["val"]["labels"], len(names))
+    return d
+
+
+def _prep(x_uint8, mean, std, device):
+    from digzsl_ray.images import normalise
+
+    return normalise(x_uint8.to(device).float() / 255.0, mean, std)
+
+
+def _scores(net, x_uint8, n_classes: int, mean, std, device) -> np.ndarray:
+    """Positive probabilities of ``net`` on uint8 images (128 at a time; ``net`` left in training mode)."""
+    import torch
+
+    from digzsl_ray.methods.multilabel.classifier import positive_probability
+
+    net.eval()
+    out = []
+    with torch.no_grad():
+        text = net.text_features()
+        for i in range(0, len(x_uint8), 128):
+            out.append(positive_probability(net(_prep(x_uint8[i:i + 128], mean, std, device), text)).cpu().numpy())
+    net.train()
+    return np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
+
+
+def _validate(net, d: dict, seen: np.ndarray, unseen: np.ndarray, preset, n_classes: int, mean, std,
+              device) -> dict:
+    """Held-out real seen mAP (the selection for every variant), and the held-out synthetic unseen mAP beside it."""
+    from digzsl_ray.metrics.multilabel import mean_ap
+
+    x_val, y_val, syn = d["x_val"], d["y_val"], d["syn"]
+    v = {"val_seen_mAP": mean_ap(_scores(net, x_val, n_classes, mean, std, device)[:, seen], y_val[:, seen], preset)
+         if len(y_val) else 0.0}
+    if syn and len(d["y_syn_val"]):
+        v["val_synthetic_unseen_mAP"] = mean_ap(_scores(net, d["x_syn_val"], n_classes, mean, std, device)[:, unseen],
+                                                d["y_syn_val"][:, unseen], preset)
+    v["selection"] = v["val_seen_mAP"]  # the same criterion for every variant: held-out real seen scenes
+    return v
+
+
+def _run_pass(net, model, opts: list, x, y, columns, gen, rng, c, mean, std, device) -> float:
+    """One pass of training over ``x`` (asymmetric loss on ``columns``); returns the mean batch loss."""
+    import torch
+
+    from digzsl_ray.methods.multilabel.classifier import positive_probability
+    from digzsl_ray.methods.multilabel.losses import asymmetric_loss
+
+    order = torch.randperm(len(x), generator=gen).tolist()
+    total, n = 0.0, 0
+    for i in range(0, len(order), c.batch_size):
+        idx = order[i:i + c.batch_size]
+        xb = x[idx]
+        if c.augment:
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(-1), xb)
+        cols = pick_columns(y[idx], columns, c.max_classes_per_batch, rng)
+        cols_t = torch.as_tensor(cols, device=device)
+        text = net.text_features(cols_t)
+        prob = positive_probability(model(_prep(xb, mean, std, device), text))
+        yb = torch.as_tensor(y[idx][:, cols], device=device)
+        loss = asymmetric_loss(prob, yb, c.gamma_neg, c.gamma_pos, c.clip) / len(idx)
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        for o in opts:
+            o.step()
+        total, n = total + float(loss.detach()), n + 1
+    return total / max(1, n)
+
+
+def _write_outputs(config: dict, cfg, net, d: dict, best: dict, best_state: dict, history: list, size: int,
+                   mean, std, device) -> None:
+    """Step 5 of :func:`classifier_worker` (rank 0, best weights loaded): scores of validation and test
+    images, the weights, classes and config -> ``config["out"]``."""
+    from safetensors.torch import save_file
+
+    from digzsl_ray.images import load_images
+    from digzsl_ray.io import write_json
+
+    c, data, syn = cfg.classifier, config["data"], d["syn"]
+    names, seen, unseen = config["classes"], np.array(config["seen"]), np.array(config["unseen"])
+    n_classes = len(names)
+    out = Path(config["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {"val_scores": _scores(net, d["x_val"], n_classes, mean, std, device), "val_labels": d["y_val"]}
+    if syn:
+        arrays.update(synthetic_val_scores=_scores(net, d["x_syn_val"], n_classes, mean, std, device),
+                      synthetic_val_labels=d["y_syn_val"])
+    for split in ("test_unseen", "test_seen"):
+        arrays[f"{split}_scores"] = _scores(net, load_images(data[split]["paths"], size, True, split), n_classes,
+                                            mean, std, device)
+        arrays[f"{split}_labels"] = multi_hot(data[split]["labels"], len(names))
+    write_npz(out / "scores.npz", **arrays)
+    with atomic_path(out / "weights.safetensors") as tmp:
+        save_file(best_state, str(tmp))
+    write_json(out / "classes.json", {"classes": names, "seen": seen.tolist(), "unseen": unseen.tolist()})
+    write_json(out / "config.json", {
+        "task": "multi_label", "method": "multilabel", "variant": config["variant"],
+        "clip": cfg.models.clip, "clip_pretrained": cfg.models.clip_pretrained, "n_ctx": c.n_ctx,
+        "image_size": size, "branch": c.branch, "logit_scale": c.logit_scale, "agg_scale": c.agg_scale,
+        "mean": list(mean), "std": list(std), "class_names": names, "seen": seen.tolist(),
+        "unseen": unseen.tolist(), "best": best, "history": history,
+        "synthetic_images": {"train": len(syn["train"]["png"]), "val": len(syn["val"]["png"])} if syn else None,
+        "fingerprint": config["fingerprint"]})
+
+
 def classifier_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
     import torch
-    from safetensors.torch import save_file
 
     from digzsl_ray.distributed.cluster import quiet_train_worker_logs
     from digzsl_ray.distributed.faults import maybe_fail
     from digzsl_ray.distributed.trainloop import report_state, restore_state
-    from digzsl_ray.images import decode_png_bytes, load_images, normalise
-    from digzsl_ray.io import write_json
-    from digzsl_ray.methods.multilabel.classifier import MultiLabelCLIP, positive_probability
+    from digzsl_ray.methods.multilabel.classifier import MultiLabelCLIP
     from digzsl_ray.methods.multilabel.config import MultilabelRunConfig
-    from digzsl_ray.methods.multilabel.losses import asymmetric_loss
-    from digzsl_ray.metrics.multilabel import mean_ap
     from digzsl_ray.models.presets import clip_image_size, clip_norm, load_clip
 
     # 1. Config, threads, device; the frozen CLIP with the contexts (and the fusion branches), optimisers.
@@ -127,74 +255,12 @@ def classifier_worker(config: dict) -> None:
     opts = make_optimisers(net, c)
 
     # 2. This worker's shard of the real seen images and of the variant's synthetic images; validation images.
-    def shard(n: int) -> list[int]:
-        return [(rank + k * world) % n for k in range(-(-n // world))] if n else []
+    d = _worker_images(config, c, names, size, rank, world)
+    syn = d["syn"]
 
-    data = config["data"]
-    progress = rank == 0
-    tr = shard(len(data["train"]["paths"]))
-    x_real = load_images([data["train"]["paths"][i] for i in tr], size, progress, "real images")
-    y_real = multi_hot([data["train"]["labels"][i] for i in tr], len(names))
-    syn = None
-    if config.get("synthetic"):
-        syn = synthetic_rows(Path(config["synthetic"]["dir"]), config["synthetic"]["variant"], names,
-                             c.synthetic_val_fraction)
-    if syn:
-        ts = shard(len(syn["train"]["png"]))
-        x_syn = decode_png_bytes([syn["train"]["png"][i] for i in ts], size)
-        y_syn = multi_hot([syn["train"]["labels"][i] for i in ts], len(names))
-        x_syn_val = decode_png_bytes(syn["val"]["png"], size)
-        y_syn_val = multi_hot(syn["val"]["labels"], len(names))
-    x_val = load_images(data["val"]["paths"], size)
-    y_val = multi_hot(data["val"]["labels"], len(names))
-
-    # 3. Scoring, validation (held-out real seen mAP, the selection for every variant) and one pass of training.
-    def prep(x_uint8):
-        return normalise(x_uint8.to(device).float() / 255.0, mean, std)
-
-    def scores(x_uint8) -> np.ndarray:
-        net.eval()
-        out = []
-        with torch.no_grad():
-            text = net.text_features()
-            for i in range(0, len(x_uint8), 128):
-                out.append(positive_probability(net(prep(x_uint8[i:i + 128]), text)).cpu().numpy())
-        net.train()
-        return np.concatenate(out) if out else np.zeros((0, len(names)), np.float32)
-
-    def validate() -> dict:
-        v = {"val_seen_mAP": mean_ap(scores(x_val)[:, seen], y_val[:, seen], cfg.metrics.preset) if len(y_val) else 0.0}
-        if syn and len(y_syn_val):
-            v["val_synthetic_unseen_mAP"] = mean_ap(scores(x_syn_val)[:, unseen], y_syn_val[:, unseen],
-                                                    cfg.metrics.preset)
-        v["selection"] = v["val_seen_mAP"]  # the same criterion for every variant: held-out real seen scenes
-        return v
-
-    def run_pass(x, y, columns, gen, rng) -> float:
-        order = torch.randperm(len(x), generator=gen).tolist()
-        total, n = 0.0, 0
-        for i in range(0, len(order), c.batch_size):
-            idx = order[i:i + c.batch_size]
-            xb = x[idx]
-            if c.augment:
-                flip = torch.rand(len(idx), generator=gen) < 0.5
-                xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(-1), xb)
-            cols = pick_columns(y[idx], columns, c.max_classes_per_batch, rng)
-            cols_t = torch.as_tensor(cols, device=device)
-            text = net.text_features(cols_t)
-            prob = positive_probability(model(prep(xb), text))
-            yb = torch.as_tensor(y[idx][:, cols], device=device)
-            loss = asymmetric_loss(prob, yb, c.gamma_neg, c.gamma_pos, c.clip) / len(idx)
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            for o in opts:
-                o.step()
-            total, n = total + float(loss.detach()), n + 1
-        return total / max(1, n)
-
-    # 4. Epochs (resumed from the last checkpoint after a failure): a real pass, a synthetic pass, validation,
-    #    early stop after classifier.patience epochs without improvement.
+    # 3. Epochs (resumed from the last checkpoint after a failure): a real pass, a synthetic pass (_run_pass),
+    #    validation (_validate: held-out real seen mAP, the selection for every variant), early stop after
+    #    classifier.patience epochs without improvement.
     start, best, best_state, history, stale = 0, None, None, [], 0
     st = restore_state()
     if st:
@@ -209,10 +275,12 @@ def classifier_worker(config: dict) -> None:
         maybe_fail("classifier", spec=config.get("fault", ""), epoch=epoch)
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank * 101 + epoch)
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, rank, epoch, 33]))
-        row = {"epoch": epoch, "loss_real": run_pass(x_real, y_real, seen, gen, rng)}
-        if syn and len(x_syn):
-            row["loss_synthetic"] = run_pass(x_syn, y_syn, unseen, gen, rng)
-        row.update(validate())
+        row = {"epoch": epoch,
+               "loss_real": _run_pass(net, model, opts, d["x_real"], d["y_real"], seen, gen, rng, c, mean, std, device)}
+        if syn and len(d["x_syn"]):
+            row["loss_synthetic"] = _run_pass(net, model, opts, d["x_syn"], d["y_syn"], unseen, gen, rng, c, mean, std,
+                                              device)
+        row.update(_validate(net, d, seen, unseen, cfg.metrics.preset, len(names), mean, std, device))
         if best is None or row["selection"] > best["selection"]:
             best, best_state, stale = dict(row), net.trainable_state(), 0
         else:
@@ -223,29 +291,10 @@ def classifier_worker(config: dict) -> None:
                                                       "epoch": epoch, "best": best, "best_state": best_state,
                                                       "history": history, "stale": stale}, rank)
 
-    # 5. Rank 0: the best epoch's weights, scores of validation and test images -> OUT/classifier_ml/<variant>/.
+    # 4. Rank 0: the best epoch's weights, scores of validation and test images -> OUT/classifier_ml/<variant>/.
     if rank == 0:
         net.load_state_dict(best_state, strict=False)
-        out = Path(config["out"])
-        out.mkdir(parents=True, exist_ok=True)
-        arrays = {"val_scores": scores(x_val), "val_labels": y_val}
-        if syn:
-            arrays.update(synthetic_val_scores=scores(x_syn_val), synthetic_val_labels=y_syn_val)
-        for split in ("test_unseen", "test_seen"):
-            arrays[f"{split}_scores"] = scores(load_images(data[split]["paths"], size, progress, split))
-            arrays[f"{split}_labels"] = multi_hot(data[split]["labels"], len(names))
-        write_npz(out / "scores.npz", **arrays)
-        with atomic_path(out / "weights.safetensors") as tmp:
-            save_file(best_state, str(tmp))
-        write_json(out / "classes.json", {"classes": names, "seen": seen.tolist(), "unseen": unseen.tolist()})
-        write_json(out / "config.json", {
-            "task": "multi_label", "method": "multilabel", "variant": config["variant"],
-            "clip": cfg.models.clip, "clip_pretrained": cfg.models.clip_pretrained, "n_ctx": c.n_ctx,
-            "image_size": size, "branch": c.branch, "logit_scale": c.logit_scale, "agg_scale": c.agg_scale,
-            "mean": list(mean), "std": list(std), "class_names": names, "seen": seen.tolist(),
-            "unseen": unseen.tolist(), "best": best, "history": history,
-            "synthetic_images": {"train": len(syn["train"]["png"]), "val": len(syn["val"]["png"])} if syn else None,
-            "fingerprint": config["fingerprint"]})
+        _write_outputs(config, cfg, net, d, best, best_state, history, size, mean, std, device)
 
 
 class ClassifierStage(Stage):

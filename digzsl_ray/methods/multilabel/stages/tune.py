@@ -87,36 +87,20 @@ def confused_sets(cfg, split) -> list[frozenset]:
     return [frozenset((index[a], index[b])) for a, b in cfg.generate.confusions]
 
 
-def tune_worker(config: dict) -> None:
-    """Ray Train worker: tune the text encoder; rank 0 validates, checkpoints and exports."""
-    from pathlib import Path
-
-    import numpy as np
-    import ray.train
+def _tuner_of(config: dict, cfg, device, world: int):
+    """Step 2 of :func:`tune_worker`: the Stable Diffusion pipeline, the filter (``Discriminator``)
+    and the tuner of its text encoder (fp32 weights; DDP-wrapped with several workers); returns
+    ``(disc, tuner, encoder)``."""
     import ray.train.torch
     import torch
 
-    from digzsl_ray.distributed.cluster import quiet_train_worker_logs
-    from digzsl_ray.distributed.faults import maybe_fail
-    from digzsl_ray.distributed.trainloop import report_state, restore_state
-    from digzsl_ray.methods.multilabel.config import MultilabelRunConfig
-    from digzsl_ray.methods.multilabel.generation import Discriminator, Row
-    from digzsl_ray.methods.multilabel.prompts import phrase_for
+    from digzsl_ray.methods.multilabel.generation import Discriminator
     from digzsl_ray.methods.multilabel.tuning import TextEncoderTuner, TuningSettings
     from digzsl_ray.models.presets import load_sd_pipeline
     from digzsl_ray.models.sd import latent_side
 
-    quiet_train_worker_logs()
-    cfg = MultilabelRunConfig.model_validate(config["cfg"])
     t, g, f = cfg.tune, cfg.generate, cfg.filter
-    torch.set_num_threads(cfg.models.torch_threads)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
     names, unseen = config["classes"], config["unseen"]
-    phrases = {tuple(k.split("\x00")): v for k, v in config["phrases"].items()}
-    confused = [frozenset(c) for c in config["confused"]]
-
     pipe = load_sd_pipeline(cfg.models.sd, device, cfg.models.precision, cfg.models.attention)
     if t.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
@@ -133,39 +117,133 @@ def tune_worker(config: dict) -> None:
                              disc.size, text=disc.text)
     if world > 1:  # gradients averaged across workers; the tuner steps the same parameters
         pipe.text_encoder = ray.train.torch.prepare_model(encoder)
+    return disc, tuner, encoder
+
+
+def _accepted_on(encoder, tuner, disc, rows, batch_size: int) -> list[bool]:
+    """The filter's decision on each of ``rows`` rendered by the current encoder."""
+    import torch
+
+    encoder.eval()
+    out = []
+    for i in range(0, len(rows), batch_size):
+        part = rows[i:i + batch_size]
+        with torch.no_grad():
+            imgs = tuner.images([r.prompt for r in part], [r.seed for r in part], grad=False)
+        out += [bool(d.accepted) for d in disc.decide(imgs, [list(r.targets) for r in part])]
+    encoder.train()
+    return out
+
+
+def _validate(encoder, tuner, disc, val, batch_size: int) -> dict:
+    """Filter acceptance (%) and mean target probability on the validation label sets."""
+    import numpy as np
+    import torch
+
+    encoder.eval()
+    acc, tp = [], []
+    for i in range(0, len(val), batch_size):
+        part = val[i:i + batch_size]
+        with torch.no_grad():
+            imgs = tuner.images([r.prompt for r in part], [r.seed for r in part], grad=False)
+        for r, d in zip(part, disc.decide(imgs, [list(r.targets) for r in part])):
+            acc.append(d.accepted)
+            cand = disc.candidates
+            tp.append(float(np.mean([d.probs[cand.index(x)] for x in r.targets])))
+    encoder.train()
+    return {"val_acceptance": float(np.mean(acc) * 100), "val_target_prob": float(np.mean(tp))}
+
+
+def _snapshot(encoder) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
+
+
+def _step_batch(rng, t, g, unseen: list, confused, phrases: dict, names: list[str]):
+    """One step's target label sets, prompts and seeds, drawn from ``rng``; returns
+    ``(prompts, targets, seeds)`` (``targets``: a bool matrix over the unseen labels)."""
+    import torch
+
+    from digzsl_ray.methods.multilabel.prompts import phrase_for
+
     pos = {c: i for i, c in enumerate(unseen)}
+    sets = [_draw(rng, list(unseen), g.set_size, g.redraw_single, confused) for _ in range(t.batch_size)]
+    prompts = [phrase_for(phrases, [names[j] for j in s], int(rng.integers(1 << 30))) for s in sets]
+    seeds = [int(x) for x in rng.integers(0, 2**31 - 1, size=len(sets))]
+    targets = torch.zeros((len(sets), len(unseen)), dtype=torch.bool)
+    for i, s in enumerate(sets):
+        targets[i, [pos[j] for j in s]] = True
+    return prompts, targets, seeds
+
+
+def _confirm_and_export(config: dict, cfg, encoder, tuner, disc, val, confirm_rows, untuned_state, best: dict,
+                        best_state, history: list, step_s: list, world: int) -> None:
+    """Step 5 of :func:`tune_worker` (rank 0): the chosen step confirmed on independent label sets
+    (else the untuned encoder), the exported encoder and ``summary.json``."""
+    from pathlib import Path
+
+    t = cfg.tune
+    if best_state is None:  # zero steps and nothing restored: the untuned encoder
+        best_state, best = _snapshot(encoder), {"step": 0, **_validate(encoder, tuner, disc, val, t.batch_size)}
+    confirmation = None
+    if confirm_rows and best["step"] != 0:  # the winner of several noisy validations, checked on new sets
+        encoder.load_state_dict(untuned_state)
+        before = _accepted_on(encoder, tuner, disc, confirm_rows, t.batch_size)
+        encoder.load_state_dict(best_state)
+        confirmation = {"step": best["step"],
+                        **confirmed(before, _accepted_on(encoder, tuner, disc, confirm_rows, t.batch_size))}
+        log.info("tune: step %d on %d confirmation sets: acceptance %+.1f points (SE %.1f) -> %s", best["step"],
+                 len(confirm_rows), confirmation["gain_pct"], confirmation["se_pct"],
+                 "exported" if confirmation["confirmed"] else "not confirmed, the untuned encoder is exported")
+        if not confirmation["confirmed"]:
+            best_state, best = untuned_state, {**next(h for h in history if h.get("step") == 0),
+                                               "not_confirmed_step": best["step"]}
+    encoder.load_state_dict(best_state)
+    out_dir = Path(config["out"])
+    encoder.save_pretrained(str(out_dir / "text_encoder"), safe_serialization=True)
+    first = next((h for h in history if h.get("step") == 0), {})
+    write_json(out_dir / "summary.json", {
+        "chosen_step": best["step"], "chosen": best, "untuned": first, "history": history,
+        "confirmation": confirmation, "steps": t.steps,
+        "selection": "highest filter acceptance on validation label sets (tune.val_sets), exported only when "
+                     "its gain over the untuned encoder on tune.confirm_sets independent sets exceeds two "
+                     "standard errors (tune.confirm_sets 0: not checked)",
+        "step_seconds_mean": round(sum(step_s) / len(step_s), 4) if step_s else None,
+        "step_seconds_steps": len(step_s), "world_size": world, "batch_size_per_worker": t.batch_size,
+        "fingerprint": config["fingerprint"]})
+
+
+def tune_worker(config: dict) -> None:
+    """Ray Train worker: tune the text encoder; rank 0 validates, checkpoints and exports."""
+    import numpy as np
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from digzsl_ray.distributed.cluster import quiet_train_worker_logs
+    from digzsl_ray.distributed.faults import maybe_fail
+    from digzsl_ray.distributed.trainloop import report_state, restore_state
+    from digzsl_ray.methods.multilabel.config import MultilabelRunConfig
+    from digzsl_ray.methods.multilabel.generation import Row
+
+    # 1. Config, threads, device, this run's label phrases and confusable sets.
+    quiet_train_worker_logs()
+    cfg = MultilabelRunConfig.model_validate(config["cfg"])
+    t, g = cfg.tune, cfg.generate
+    torch.set_num_threads(cfg.models.torch_threads)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    names, unseen = config["classes"], config["unseen"]
+    phrases = {tuple(k.split("\x00")): v for k, v in config["phrases"].items()}
+    confused = [frozenset(c) for c in config["confused"]]
+
+    # 2. The pipeline, the filter, the tuner; the validation and confirmation label sets.
+    disc, tuner, encoder = _tuner_of(config, cfg, device, world)
     val = [Row(**r) for r in config["val_rows"]]
     confirm_rows = [Row(**r) for r in config.get("confirm_rows", [])]
 
-    def accepted_on(rows) -> list[bool]:
-        encoder.eval()
-        out = []
-        for i in range(0, len(rows), t.batch_size):
-            part = rows[i:i + t.batch_size]
-            with torch.no_grad():
-                imgs = tuner.images([r.prompt for r in part], [r.seed for r in part], grad=False)
-            out += [bool(d.accepted) for d in disc.decide(imgs, [list(r.targets) for r in part])]
-        encoder.train()
-        return out
-
-    def validate() -> dict:
-        encoder.eval()
-        acc, tp = [], []
-        for i in range(0, len(val), t.batch_size):
-            part = val[i:i + t.batch_size]
-            with torch.no_grad():
-                imgs = tuner.images([r.prompt for r in part], [r.seed for r in part], grad=False)
-            for r, d in zip(part, disc.decide(imgs, [list(r.targets) for r in part])):
-                acc.append(d.accepted)
-                cand = disc.candidates
-                tp.append(float(np.mean([d.probs[cand.index(x)] for x in r.targets])))
-        encoder.train()
-        return {"val_acceptance": float(np.mean(acc) * 100), "val_target_prob": float(np.mean(tp))}
-
-    def snapshot() -> dict:
-        return {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
-
-    untuned_state = snapshot() if rank == 0 and confirm_rows else None  # loaded fresh: the untuned weights
+    # 3. Resume, or (rank 0) validate the untuned encoder as step 0.
+    untuned_state = _snapshot(encoder) if rank == 0 and confirm_rows else None  # loaded fresh: the untuned weights
     start, history, best, best_state = 0, [], None, None
     st = restore_state()
     if st:
@@ -174,12 +252,13 @@ def tune_worker(config: dict) -> None:
         start, history, best, best_state = st["step"], st["history"], st["best"], st["best_state"]
         history.append({"resumed_at_step": start})
     elif rank == 0:
-        v = validate()
-        best, best_state = {"step": 0, **v}, snapshot()
+        v = _validate(encoder, tuner, disc, val, t.batch_size)
+        best, best_state = {"step": 0, **v}, _snapshot(encoder)
         history.append({"step": 0, **v})
         log.info("tune: step 0 (untuned) validation acceptance %.1f%%, target prob %.3f", v["val_acceptance"],
                  v["val_target_prob"])
 
+    # 4. Steps; every tune.eval_every of them rank 0 validates, and every worker reports a checkpoint.
     from tqdm.auto import tqdm
 
     bar = tqdm(total=t.steps, initial=start, desc="tune text encoder", unit="step", disable=rank != 0,
@@ -189,12 +268,7 @@ def tune_worker(config: dict) -> None:
         t_step = time.perf_counter()
         maybe_fail("tune", spec=config.get("fault", ""), epoch=step)
         rng = np.random.default_rng(np.random.SeedSequence([t.seed, 616161, rank, step]))
-        sets = [_draw(rng, list(unseen), g.set_size, g.redraw_single, confused) for _ in range(t.batch_size)]
-        prompts = [phrase_for(phrases, [names[j] for j in s], int(rng.integers(1 << 30))) for s in sets]
-        seeds = [int(x) for x in rng.integers(0, 2**31 - 1, size=len(sets))]
-        targets = torch.zeros((len(sets), len(unseen)), dtype=torch.bool)
-        for i, s in enumerate(sets):
-            targets[i, [pos[j] for j in s]] = True
+        prompts, targets, seeds = _step_batch(rng, t, g, unseen, confused, phrases, names)
         out = tuner.step(prompts, targets, seeds)
         step_s.append(time.perf_counter() - t_step)
         losses.append(out["loss"])
@@ -205,44 +279,21 @@ def tune_worker(config: dict) -> None:
             row = {"step": done, "loss": float(np.mean(losses)), "skipped": 0 if out["applied"] else 1}
             losses = []
             if rank == 0:
-                v = validate()
+                v = _validate(encoder, tuner, disc, val, t.batch_size)
                 row.update(v)
                 if (v["val_acceptance"], v["val_target_prob"]) > (best["val_acceptance"], best["val_target_prob"]):
-                    best, best_state = {"step": done, **v}, snapshot()
+                    best, best_state = {"step": done, **v}, _snapshot(encoder)
                 log.info("tune: step %d loss %.3f, validation acceptance %.1f%% (best %.1f%% at step %d)", done,
                          row["loss"], v["val_acceptance"], best["val_acceptance"], best["step"])
             history.append(row)
             report_state(row, {"encoder": encoder.state_dict(), "opt": tuner.opt.state_dict(), "step": done,
                                "history": history, "best": best, "best_state": best_state}, rank)
     bar.close()
+
+    # 5. Rank 0: confirm the chosen step, export the encoder and the summary.
     if rank == 0:
-        if best_state is None:  # zero steps and nothing restored: the untuned encoder
-            best_state, best = snapshot(), {"step": 0, **validate()}
-        confirmation = None
-        if confirm_rows and best["step"] != 0:  # the winner of several noisy validations, checked on new sets
-            encoder.load_state_dict(untuned_state)
-            before = accepted_on(confirm_rows)
-            encoder.load_state_dict(best_state)
-            confirmation = {"step": best["step"], **confirmed(before, accepted_on(confirm_rows))}
-            log.info("tune: step %d on %d confirmation sets: acceptance %+.1f points (SE %.1f) -> %s", best["step"],
-                     len(confirm_rows), confirmation["gain_pct"], confirmation["se_pct"],
-                     "exported" if confirmation["confirmed"] else "not confirmed, the untuned encoder is exported")
-            if not confirmation["confirmed"]:
-                best_state, best = untuned_state, {**next(h for h in history if h.get("step") == 0),
-                                                   "not_confirmed_step": best["step"]}
-        encoder.load_state_dict(best_state)
-        out_dir = Path(config["out"])
-        encoder.save_pretrained(str(out_dir / "text_encoder"), safe_serialization=True)
-        first = next((h for h in history if h.get("step") == 0), {})
-        write_json(out_dir / "summary.json", {
-            "chosen_step": best["step"], "chosen": best, "untuned": first, "history": history,
-            "confirmation": confirmation, "steps": t.steps,
-            "selection": "highest filter acceptance on validation label sets (tune.val_sets), exported only when "
-                         "its gain over the untuned encoder on tune.confirm_sets independent sets exceeds two "
-                         "standard errors (tune.confirm_sets 0: not checked)",
-            "step_seconds_mean": round(sum(step_s) / len(step_s), 4) if step_s else None,
-            "step_seconds_steps": len(step_s), "world_size": world, "batch_size_per_worker": t.batch_size,
-            "fingerprint": config["fingerprint"]})
+        _confirm_and_export(config, cfg, encoder, tuner, disc, val, confirm_rows, untuned_state, best, best_state,
+                            history, step_s, world)
 
 
 class TuneStage(Stage):
