@@ -38,6 +38,7 @@ def cnn_worker(config: dict) -> None:
     from digzsl_ray.methods.zerodiff.features import CNN_MEAN, CNN_STD, build_cnn, cnn_epoch, cnn_loss, save_cnn
 
     quiet_train_worker_logs()
+    # 1. Settings, threads, seed, device.
     f = config["features"]
     torch.set_num_threads(config["threads"])
     torch.manual_seed(config["seed"])
@@ -46,10 +47,12 @@ def cnn_worker(config: dict) -> None:
     size = f["cnn_image_size"]
     seen = config["seen"]
     pos = {c: i for i, c in enumerate(seen)}
+    # 2. The seen training and validation images, in memory.
     tr = load_images(config["train_paths"], size, progress=rank == 0, desc="cnn: loading images")
     ytr = torch.tensor([pos[c] for c in config["train_labels"]])
     va = load_images(config["val_paths"], size)
     yva = torch.tensor([pos[c] for c in config["val_labels"]])
+    # 3. The network and its optimiser; a restarted worker resumes from the last checkpoint.
     net = build_cnn(f["cnn_arch"], len(seen), f["cnn_weights"]).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=f["cnn_lr"], momentum=0.9, weight_decay=1e-4)
     start, best, best_state, history = 0, float("inf"), None, []
@@ -58,6 +61,7 @@ def cnn_worker(config: dict) -> None:
         net.load_state_dict(st["net"])
         opt.load_state_dict(st["opt"])
         start, best, best_state, history = st["epoch"] + 1, st["best"], st["best_state"], st["history"]
+    # 4. Epochs: train, validation loss (the best epoch kept), a checkpoint each.
     gen = torch.Generator()
     for epoch in range(start, f["cnn_epochs"]):
         gen.manual_seed(config["seed"] * 1009 + epoch)
@@ -70,6 +74,7 @@ def cnn_worker(config: dict) -> None:
         report_state({"epoch": epoch, "val_loss": vloss}, {"net": net.state_dict(), "opt": opt.state_dict(),
                                                           "epoch": epoch, "best": best, "best_state": best_state,
                                                           "history": history}, rank)
+    # 5. Rank 0: the best epoch's weights -> OUT/features/cnn.
     if rank == 0:
         net.load_state_dict(best_state)
         save_cnn(Path(config["out"]), net, {"arch": f["cnn_arch"], "num_classes": len(seen), "seen": seen,
