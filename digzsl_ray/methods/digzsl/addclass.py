@@ -244,133 +244,203 @@ def train_head(head, train, val, n_classes: int, live, seed: int, lam: float, se
 
 
 # The job ------------------------------------------------------------------------------------------
+def _parent_of(job_dir: Path, versions) -> dict:
+    """The version a job builds on, fixed when the job first starts (so a resumed job builds on the same one)."""
+    pfile = job_dir / "parent.json"
+    if not pfile.is_file():
+        write_json(pfile, {"version": versions.active_id()})
+    return versions.get(read_json(pfile)["version"])
+
+
+def _prototype_and_cdm(run_dir: Path, parent: dict, name: str, cfg, device, proto_path: Path, cdm_dir: Path) -> None:
+    """Stage 1: the new name's CLIP prototype and the parent's CDM with it appended (skipped when both exist)."""
+    from digzsl_ray.models.presets import load_clip
+    from digzsl_ray.prototypes import build_prototypes, save_prototypes
+
+    if not (proto_path.is_file() and (cdm_dir / "config.json").is_file()):
+        clip, _, tok = load_clip(cfg.models.clip, cfg.models.clip_pretrained, device=device)
+        p = build_prototypes(clip, tok, [name], cfg.prototypes.templates, device=device).cpu()
+        extend_cdm(cdm_dir_of(run_dir, parent), cdm_dir, p[0], name)
+        save_prototypes(proto_path, p, [name], extra={"clip": cfg.models.clip})
+
+
+def _learn_token(job_dir: Path, cdm_dir: Path, name: str, new_idx: int, slug: str, unseen: list, classes: list,
+                 cfg, rep) -> dict:
+    """Stage 2: the new class's token on the token actor pool (skipped when learned); its index entry."""
+    from digzsl_ray.methods.digzsl.dct import init_word_for, placeholder_for
+    from digzsl_ray.methods.digzsl.stages.tokens import learn_on_pool, load_index, write_result
+
+    tokens_dir, index_path = job_dir / "tokens", job_dir / "tokens" / "index.json"
+    job = {"name": name, "class_idx": new_idx, "slug": slug, "token": placeholder_for(slug, cfg.tokens.placeholder),
+           "init_word": init_word_for(name, cfg.tokens.init_word)}
+    index = load_index(index_path)
+    if slug not in index or not (tokens_dir / f"{slug}.safetensors").is_file():
+        tokens_dir.mkdir(parents=True, exist_ok=True)
+        progress_dir = job_dir / "progress"
+        progress_dir.mkdir(exist_ok=True)
+
+        def on_tick():
+            for f in progress_dir.glob("actor-*.json"):
+                try:
+                    d = json.loads(f.read_text())
+                    rep.progress(d["update"] / d["max_updates"], f"update {d['update']}/{d['max_updates']}")
+                except (ValueError, KeyError, OSError):
+                    pass
+
+        learn_on_pool(cfg, [job], str(cdm_dir), progress_dir, unseen, classes, job_dir,
+                      lambda shard, results: [write_result(tokens_dir, index_path, index, r, "live")
+                                              for r in results], on_tick)
+    return load_index(index_path)[slug]
+
+
+def _generate_images(syn_dir: Path, tokens_dir: Path, cdm_dir: Path, entry: dict, name: str, new_idx: int,
+                     slug: str, unseen: list, cfg, rep) -> None:
+    """Stage 3: the new class's synthetic images on the generation pool (the shards not yet written)."""
+    from digzsl_ray.generation import read_manifest
+    from digzsl_ray.methods.digzsl.generation import plan_shards, prompts_for
+    from digzsl_ray.methods.digzsl.stages.generate import build_manifest, generate_shards
+    from digzsl_ray.methods.digzsl.variants import DCT
+
+    live, g = cfg.live, cfg.generate
+    n_images = live.images_per_class or g.images_per_class
+    shards = plan_shards(DCT, [{"name": name, "label": new_idx, "slug": slug, "token": entry["token"],
+                                "token_sha256": entry["sha256"],
+                                "prompts": prompts_for(cfg.tokens.templates, entry["token"], name, n_images)}],
+                         g.rows_per_shard, g.seed, "live")
+    todo = [s for s in shards if not (syn_dir / f"{s.shard_id}.parquet").is_file()]
+    if todo or read_manifest(syn_dir) is None:
+        syn_dir.mkdir(parents=True, exist_ok=True)
+        done = [0]
+
+        def on_rows(n):
+            done[0] += n
+            rep.progress(done[0] / max(1, sum(len(s.seeds) for s in todo)), f"{done[0]} images")
+
+        if todo:
+            generate_shards(syn_dir, todo, dict(sd=cfg.models.sd, tokens_dir=str(tokens_dir), cdm_dir=str(cdm_dir),
+                                                unseen=unseen), cfg, on_rows=on_rows)
+        write_json(syn_dir / "_manifest.json", build_manifest(syn_dir, shards, DCT, g, "live"))
+
+
+def _new_classifier(run_dir: Path, parent: dict, syn_dir: Path, staging: Path, new_idx: int, prototype,
+                    classes: list, unseen: list, cfg, split, device, rep):
+    """Stage 4: the parent's classifier with a row for the new class (``live.classifier``), saved to
+    ``staging/classifier``; returns the parent's head, the new head and the held-out rows
+    ``(xv, yv, pick)`` (``pick``: the half that chose the epoch)."""
+    import torch
+
+    from digzsl_ray.classifier import load_classifier, save_classifier
+
+    live = cfg.live
+    model, ccfg, _ = load_classifier(parent["classifier_dir"], device)
+    dirs = synthetic_dirs_of(run_dir, parent) + [syn_dir]
+    feats = feature_sets(run_dir, cfg, model, split, dirs, ccfg["image_size"], rep)
+    new_train = feats["train"][0][feats["train"][1] == new_idx]
+    parent_head = model.head  # grown_head copies what it keeps: the parent's head stays as it was, for the gate
+    head = grown_head(model, 1, class_direction(parent_head, new_train, prototype))
+    history: list = []
+    # held-out rows in two halves: even rows choose the epoch, odd rows are the gate's (so the
+    # gate never scores the data that picked the model)
+    xv, yv = feats["val"]
+    pick = torch.arange(len(yv)) % 2 == 0
+    if live.classifier == "retrain-head":
+        head, history = train_head(head, feats["train"], (xv[pick], yv[pick]), len(classes), live, cfg.seed,
+                                   float(parent["lambda"]), list(parent["seen"]), rep)
+    model.head = head
+    shutil.rmtree(staging, ignore_errors=True)
+    save_classifier(staging / "classifier", model, classes, list(parent["seen"]), unseen, cfg.models,
+                    extra={"variant": f"live-{live.classifier}", "parent": parent["id"], "history": history})
+    return parent_head, head, (xv, yv, pick)
+
+
+def _gate(parent: dict, parent_head, head, held_out, new_idx: int, live) -> tuple[dict, float, float]:
+    """Stage 5: parent vs new head on the gate's half of the held-out rows; returns the gate's
+    figures (``passed`` included), and the existing classes' accuracy before and after."""
+    xv, yv, pick = held_out
+    xv, yv = xv[~pick], yv[~pick]
+    lam, seen = float(parent["lambda"]), list(parent["seen"])
+    existing = list(range(len(parent["classes"])))
+    keep = (yv != new_idx).numpy()
+    old = mean_class_acc(scores(parent_head, xv[keep], lam, seen).argmax(1), yv[keep].numpy(), existing)
+    s_new = scores(head, xv, lam, seen)
+    new_existing = mean_class_acc(s_new[keep].argmax(1), yv[keep].numpy(), existing)
+    new_cls = mean_class_acc(s_new[~keep].argmax(1), yv[~keep].numpy(), [new_idx])
+    gate = {"existing_val_acc_parent": round(old, 3), "existing_val_acc_new": round(new_existing, 3),
+            "drop_points": round(old - new_existing, 3), "max_drop_points": live.max_drop_points,
+            "new_class_val_acc": round(new_cls, 3), "new_class_val_images": int((~keep).sum()),
+            "classifier": live.classifier}
+    gate["passed"] = old - new_existing <= live.max_drop_points
+    return gate, old, new_existing
+
+
+def _commit_version(run_dir: Path, job_dir: Path, staging: Path, tokens_dir: Path, cdm_dir: Path, syn_dir: Path,
+                    parent: dict, name: str, slug: str, classes: list, unseen: list, metrics: dict, versions,
+                    cfg) -> dict:
+    """Stage 6: the staged classifier, token and CDM committed as a new version (activated unless
+    ``live.activate`` is off)."""
+    (staging / "tokens").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(tokens_dir / f"{slug}.safetensors", staging / "tokens" / f"{slug}.safetensors")
+    shutil.copytree(cdm_dir, staging / "cdm", dirs_exist_ok=True)
+    extra = dict(parent.get("extra", {}))
+    extra["synthetic"] = list(extra.get("synthetic", [])) + [str(syn_dir.relative_to(run_dir))]
+    v = versions.commit(staging, {
+        "run_name": cfg.name, "parent": parent["id"], "added_classes": list(parent.get("added_classes", [])) + [name],
+        "classes": classes, "seen": list(parent["seen"]), "unseen": unseen, "lambda": float(parent["lambda"]),
+        "task": "single_label", "threshold": float(parent.get("threshold", 0.5)), "method": "digzsl",
+        "metrics": metrics, "tokens": dict(parent.get("tokens", {})),
+        "added_tokens": {name: f"tokens/{slug}.safetensors"}, "extra": extra, "job": job_dir.name})
+    if cfg.live.activate:
+        versions.activate(v["id"])
+    return v
+
+
 def add_class(run_dir: Path, job_dir: Path, name: str, rep, versions, cfg, split) -> dict:
     """Run (or resume) the add-class job of ``name``; returns ``{"status": "succeeded" | "rejected",
     "version", "parent", "metrics", "reason"}``. ``versions``: the run's
     :class:`~digzsl_ray.live.versions.VersionStore`; ``cfg``: the run config; ``split``: its data."""
-    import torch
-
-    from digzsl_ray.classifier import load_classifier, save_classifier
     from digzsl_ray.generation import read_manifest
-    from digzsl_ray.methods.digzsl.generation import plan_shards, prompts_for
-    from digzsl_ray.methods.digzsl.dct import init_word_for, placeholder_for
-    from digzsl_ray.methods.digzsl.stages.generate import build_manifest, generate_shards
-    from digzsl_ray.methods.digzsl.stages.tokens import learn_on_pool, load_index, write_result
-    from digzsl_ray.methods.digzsl.variants import DCT
-    from digzsl_ray.models.presets import load_clip, pick_device
-    from digzsl_ray.prototypes import build_prototypes, load_prototypes, save_prototypes
+    from digzsl_ray.models.presets import pick_device
+    from digzsl_ray.prototypes import load_prototypes
 
     run_dir, job_dir = Path(run_dir), Path(job_dir)
-    # The parent is fixed when the job first starts, so a resumed job builds on the same version.
-    pfile = job_dir / "parent.json"
-    if not pfile.is_file():
-        write_json(pfile, {"version": versions.active_id()})
-    parent = versions.get(read_json(pfile)["version"])
+    parent = _parent_of(job_dir, versions)
     classes = list(parent["classes"]) + [name]
     new_idx = len(parent["classes"])
     unseen = list(parent["unseen"]) + [new_idx]
     slug = slugify(name)
     metrics: dict = {"parent": parent["id"]}
-    live, g = cfg.live, cfg.generate
+    live = cfg.live
     device = pick_device(cfg.models.device)
 
     # 1. prototype and the CDM over the parent's classes plus this one
     proto_path, cdm_dir = job_dir / "prototype.safetensors", job_dir / "cdm"
     with rep.stage("prototype"):
-        if not (proto_path.is_file() and (cdm_dir / "config.json").is_file()):
-            clip, _, tok = load_clip(cfg.models.clip, cfg.models.clip_pretrained, device=device)
-            p = build_prototypes(clip, tok, [name], cfg.prototypes.templates, device=device).cpu()
-            extend_cdm(cdm_dir_of(run_dir, parent), cdm_dir, p[0], name)
-            save_prototypes(proto_path, p, [name], extra={"clip": cfg.models.clip})
+        _prototype_and_cdm(run_dir, parent, name, cfg, device, proto_path, cdm_dir)
     prototype = load_prototypes(proto_path)[0][0]
 
     # 2. the token, on the token actor pool
-    tokens_dir, index_path = job_dir / "tokens", job_dir / "tokens" / "index.json"
+    tokens_dir = job_dir / "tokens"
     with rep.stage("token"):
-        job = {"name": name, "class_idx": new_idx, "slug": slug, "token": placeholder_for(slug, cfg.tokens.placeholder),
-               "init_word": init_word_for(name, cfg.tokens.init_word)}
-        index = load_index(index_path)
-        if slug not in index or not (tokens_dir / f"{slug}.safetensors").is_file():
-            tokens_dir.mkdir(parents=True, exist_ok=True)
-            progress_dir = job_dir / "progress"
-            progress_dir.mkdir(exist_ok=True)
-
-            def on_tick():
-                for f in progress_dir.glob("actor-*.json"):
-                    try:
-                        d = json.loads(f.read_text())
-                        rep.progress(d["update"] / d["max_updates"], f"update {d['update']}/{d['max_updates']}")
-                    except (ValueError, KeyError, OSError):
-                        pass
-
-            learn_on_pool(cfg, [job], str(cdm_dir), progress_dir, unseen, classes, job_dir,
-                          lambda shard, results: [write_result(tokens_dir, index_path, index, r, "live")
-                                                  for r in results], on_tick)
-        entry = load_index(index_path)[slug]
+        entry = _learn_token(job_dir, cdm_dir, name, new_idx, slug, unseen, classes, cfg, rep)
         metrics["token"] = {"updates": entry["updates"], "stop_reason": entry["stop_reason"],
                             "fresh_seed_cdm_acc": {k: round(100 * v["cdm_acc"], 2) for k, v in entry["eval"].items()}}
 
     # 3. its synthetic images
     syn_dir = job_dir / "synthetic"
-    n_images = live.images_per_class or g.images_per_class
     with rep.stage("generate"):
-        shards = plan_shards(DCT, [{"name": name, "label": new_idx, "slug": slug, "token": entry["token"],
-                                    "token_sha256": entry["sha256"],
-                                    "prompts": prompts_for(cfg.tokens.templates, entry["token"], name, n_images)}],
-                             g.rows_per_shard, g.seed, "live")
-        todo = [s for s in shards if not (syn_dir / f"{s.shard_id}.parquet").is_file()]
-        if todo or read_manifest(syn_dir) is None:
-            syn_dir.mkdir(parents=True, exist_ok=True)
-            done = [0]
-
-            def on_rows(n):
-                done[0] += n
-                rep.progress(done[0] / max(1, sum(len(s.seeds) for s in todo)), f"{done[0]} images")
-
-            if todo:
-                generate_shards(syn_dir, todo, dict(sd=cfg.models.sd, tokens_dir=str(tokens_dir), cdm_dir=str(cdm_dir),
-                                                    unseen=unseen), cfg, on_rows=on_rows)
-            write_json(syn_dir / "_manifest.json", build_manifest(syn_dir, shards, DCT, g, "live"))
+        _generate_images(syn_dir, tokens_dir, cdm_dir, entry, name, new_idx, slug, unseen, cfg, rep)
         metrics["images"] = read_manifest(syn_dir)["rows"]
 
     # 4. the classifier
     staging = job_dir / "staging"
     with rep.stage("classifier"):
-        model, ccfg, _ = load_classifier(parent["classifier_dir"], device)
-        dirs = synthetic_dirs_of(run_dir, parent) + [syn_dir]
-        feats = feature_sets(run_dir, cfg, model, split, dirs, ccfg["image_size"], rep)
-        new_train = feats["train"][0][feats["train"][1] == new_idx]
-        parent_head = model.head  # grown_head copies what it keeps: the parent's head stays as it was, for the gate
-        head = grown_head(model, 1, class_direction(parent_head, new_train, prototype))
-        history: list = []
-        # held-out rows in two halves: even rows choose the epoch, odd rows are the gate's (so the
-        # gate never scores the data that picked the model)
-        xv, yv = feats["val"]
-        pick = torch.arange(len(yv)) % 2 == 0
-        if live.classifier == "retrain-head":
-            head, history = train_head(head, feats["train"], (xv[pick], yv[pick]), len(classes), live, cfg.seed,
-                                       float(parent["lambda"]), list(parent["seen"]), rep)
-        model.head = head
-        shutil.rmtree(staging, ignore_errors=True)
-        save_classifier(staging / "classifier", model, classes, list(parent["seen"]), unseen, cfg.models,
-                        extra={"variant": f"live-{live.classifier}", "parent": parent["id"], "history": history})
+        parent_head, head, held_out = _new_classifier(run_dir, parent, syn_dir, staging, new_idx, prototype,
+                                                      classes, unseen, cfg, split, device, rep)
 
     # 5. the gate on validation data
     with rep.stage("gate"):
-        xv, yv = xv[~pick], yv[~pick]
-        lam, seen = float(parent["lambda"]), list(parent["seen"])
-        existing = list(range(len(parent["classes"])))
-        keep = (yv != new_idx).numpy()
-        old = mean_class_acc(scores(parent_head, xv[keep], lam, seen).argmax(1), yv[keep].numpy(), existing)
-        s_new = scores(head, xv, lam, seen)
-        new_existing = mean_class_acc(s_new[keep].argmax(1), yv[keep].numpy(), existing)
-        new_cls = mean_class_acc(s_new[~keep].argmax(1), yv[~keep].numpy(), [new_idx])
-        metrics["gate"] = {"existing_val_acc_parent": round(old, 3), "existing_val_acc_new": round(new_existing, 3),
-                           "drop_points": round(old - new_existing, 3), "max_drop_points": live.max_drop_points,
-                           "new_class_val_acc": round(new_cls, 3), "new_class_val_images": int((~keep).sum()),
-                           "classifier": live.classifier}
-        passed = old - new_existing <= live.max_drop_points
-        metrics["gate"]["passed"] = passed
+        metrics["gate"], old, new_existing = _gate(parent, parent_head, head, held_out, new_idx, live)
+        passed = metrics["gate"]["passed"]
     if not passed:
         return {"status": "rejected", "parent": parent["id"], "metrics": metrics,
                 "reason": f"existing classes' validation accuracy {old:.1f}% -> {new_existing:.1f}%: a drop of "
@@ -378,17 +448,6 @@ def add_class(run_dir: Path, job_dir: Path, name: str, rep, versions, cfg, split
 
     # 6. the version
     with rep.stage("version"):
-        (staging / "tokens").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(tokens_dir / f"{slug}.safetensors", staging / "tokens" / f"{slug}.safetensors")
-        shutil.copytree(cdm_dir, staging / "cdm", dirs_exist_ok=True)
-        extra = dict(parent.get("extra", {}))
-        extra["synthetic"] = list(extra.get("synthetic", [])) + [str(syn_dir.relative_to(run_dir))]
-        v = versions.commit(staging, {
-            "run_name": cfg.name, "parent": parent["id"], "added_classes": list(parent.get("added_classes", [])) + [name],
-            "classes": classes, "seen": list(parent["seen"]), "unseen": unseen, "lambda": float(parent["lambda"]),
-            "task": "single_label", "threshold": float(parent.get("threshold", 0.5)), "method": "digzsl",
-            "metrics": metrics, "tokens": dict(parent.get("tokens", {})),
-            "added_tokens": {name: f"tokens/{slug}.safetensors"}, "extra": extra, "job": job_dir.name})
-        if live.activate:
-            versions.activate(v["id"])
+        v = _commit_version(run_dir, job_dir, staging, tokens_dir, cdm_dir, syn_dir, parent, name, slug, classes,
+                            unseen, metrics, versions, cfg)
     return {"status": "succeeded", "version": v["id"], "parent": parent["id"], "metrics": metrics}
