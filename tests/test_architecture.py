@@ -175,3 +175,16 @@ def test_method_only_code_lives_in_its_method():
             bad.append(f"{mod} (used by {sorted(users)})")
     assert not bad, f"core modules only one method uses: move them under methods/<name>/: {bad}"
 
+
+
+def test_no_function_over_100_lines_in_methods_or_serve():
+    """Methods and serving read as short steps: no function (nested ones included) over 100 lines."""
+    long = []
+    for area in ("methods", "serve"):
+        for path in sorted((PKG / area).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    n = node.end_lineno - node.lineno + 1
+                    if n > 100:
+                        long.append(f"{path.relative_to(PKG.parent)}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, "functions over 100 lines (split them into helpers): " + ", ".join(long)
