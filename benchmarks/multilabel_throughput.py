@@ -85,7 +85,7 @@ def filter_throughput(images: int = 256, batch: int = 64) -> dict:
 def bare_tuning(steps: int) -> dict:
     import torch
 
-    from digzsl_ray.methods.multilabel.tuning import TextEncoderTuner, TuningSettings
+    from digzsl_ray.methods.multilabel.tuning import TextEncoderTuner
     from digzsl_ray.methods.multilabel.config import TuneConfig
     from digzsl_ray.models.presets import clip_norm, load_clip, load_sd_pipeline
     from digzsl_ray.models.sd import latent_side
@@ -98,9 +98,7 @@ def bare_tuning(steps: int) -> dict:
     set_vit_resolution(clip.visual, 64)
     mean, std = clip_norm(clip)
     labels = [f"label {i}" for i in range(18)]
-    s = TuningSettings(num_inference_steps=t.num_inference_steps, grad_steps=t.grad_steps,
-                       guidance_scale=t.guidance_scale, lr=t.lr, latent_side=latent_side(pipe, 64))
-    tuner = TextEncoderTuner(pipe, clip, tok, labels, s, mean, std, 64)
+    tuner = TextEncoderTuner(pipe, clip, tok, labels, t, mean, std, 64, latent_side=latent_side(pipe, 64))
     targets = torch.zeros(t.batch_size, 18, dtype=torch.bool)
     targets[:, :2] = True
     prompts = ["a label 0 next to a label 1"] * t.batch_size

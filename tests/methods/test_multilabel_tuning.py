@@ -4,7 +4,8 @@ import open_clip
 import pytest
 import torch
 
-from digzsl_ray.methods.multilabel.tuning import TextEncoderTuner, TuningSettings
+from digzsl_ray.methods.multilabel.config import TuneConfig
+from digzsl_ray.methods.multilabel.tuning import TextEncoderTuner
 from digzsl_ray.models.presets import ASSETS, clip_image_size, clip_norm, load_sd_pipeline
 
 
@@ -15,7 +16,7 @@ def _tuner(lr=1e-3):
     tok = open_clip.get_tokenizer(f"local-dir:{ASSETS / 'clip'}")
     labels = ["red circle", "blue square", "faramu"]
     mean, std = clip_norm(clip)
-    s = TuningSettings(num_inference_steps=3, grad_steps=1, lr=lr)
+    s = TuneConfig(num_inference_steps=3, grad_steps=1, lr=lr)  # the run's tune section, as the stage passes it
     return TextEncoderTuner(pipe, clip, tok, labels, s, mean, std, clip_image_size(clip)), pipe, clip
 
 

@@ -18,7 +18,7 @@ One step, for a batch of (prompt, target label set, seed):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -27,27 +27,22 @@ from digzsl_ray.methods.multilabel.discriminator import grouping_softmax
 from digzsl_ray.methods.multilabel.losses import asymmetric_loss
 from digzsl_ray.models.sd import decode, denoise, encode_text, scaled_latents
 
-
-@dataclass
-class TuningSettings:
-    num_inference_steps: int = 10
-    grad_steps: int = 1
-    guidance_scale: float = 3.0
-    lr: float = 7e-8  # the reference's (real SD 2); MiniWorld's tiny encoder needs far more
-    weight_decay: float = 1e-3
-    gamma_neg: float = 4.0
-    gamma_pos: float = 0.0
-    clip: float = 0.05
-    max_grad_norm: float = 1.0
-    latent_side: int = 0  # 0: the UNet's native sample_size
+if TYPE_CHECKING:
+    from digzsl_ray.methods.multilabel.config import TuneConfig
 
 
 class TextEncoderTuner:
     """Holds the pipeline, the frozen CLIP and the label text features; :meth:`step` does one update."""
 
-    def __init__(self, pipe, clip_model, clip_tokenizer, labels: list[str], settings: TuningSettings,
-                 mean: tuple[float, ...], std: tuple[float, ...], image_size: int, text: torch.Tensor | None = None):
+    MAX_GRAD_NORM = 1.0
+
+    def __init__(self, pipe, clip_model, clip_tokenizer, labels: list[str], settings: TuneConfig,
+                 mean: tuple[float, ...], std: tuple[float, ...], image_size: int, text: torch.Tensor | None = None,
+                 latent_side: int = 0):
+        """``settings``: the run's ``tune`` section (denoising and gradient steps, guidance, AdamW,
+        the asymmetric loss); ``latent_side``: the latents' side (0: the UNet's native sample_size)."""
         self.pipe, self.clip, self.s = pipe, clip_model.eval(), settings
+        self.latent_side = latent_side
         self.device = pipe.device
         for m in (pipe.unet, pipe.vae, clip_model):
             m.requires_grad_(False)
@@ -77,7 +72,7 @@ class TextEncoderTuner:
             cond = encode_text(p.text_encoder, p.tokenizer, prompts, self.device).to(dt)
             uncond = encode_text(p.text_encoder, p.tokenizer, [""], self.device).to(dt).expand(len(prompts), -1, -1)
             p.scheduler.set_timesteps(s.num_inference_steps, device=self.device)
-            lat = scaled_latents(p.unet, p.scheduler, seeds, self.device, p.unet.dtype, s.latent_side)
+            lat = scaled_latents(p.unet, p.scheduler, seeds, self.device, p.unet.dtype, self.latent_side)
             lat = denoise(p.unet, p.scheduler, lat, cond, uncond, s.num_inference_steps, s.guidance_scale,
                           s.grad_steps if grad else 0)
             return decode(p.vae, lat)
@@ -92,7 +87,7 @@ class TextEncoderTuner:
         params = [q for q in self.pipe.text_encoder.parameters() if q.grad is not None]
         finite = all(torch.isfinite(q.grad).all() for q in params) and math.isfinite(float(loss.detach()))
         if finite:
-            torch.nn.utils.clip_grad_norm_(params, self.s.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(params, self.MAX_GRAD_NORM)
             self.opt.step()
         else:
             self.opt.zero_grad(set_to_none=True)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 
 def load_representation(d, fold: str, in_dim: int, c):
+    """The fold's trained representation net R (eval mode); ``c``: the run's ``represent`` section."""
     from safetensors.torch import load_file
 
     from digzsl_ray.methods.zerodiff.represent import RepresentationNet
 
-    net = RepresentationNet(in_dim, c["hidden"], c["r_dim"], c["proj_dim"])
+    net = RepresentationNet(in_dim, c.hidden, c.r_dim, c.proj_dim)
     net.load_state_dict(load_file(str(d / f"{fold}.safetensors")))
     return net.eval()
 
@@ -63,8 +64,7 @@ def load_fold_models(ctx, folds, att):
     cfg = ctx.cfg
     out = {}
     for f in folds:
-        net = load_representation(ctx.path("train-representation:dir"), f, folds[f].x["train"].shape[1],
-                                  cfg.represent.model_dump())
+        net = load_representation(ctx.path("train-representation:dir"), f, folds[f].x["train"].shape[1], cfg.represent)
         p = prepare(folds[f], net, att)
         drg, dfg = build_gans(cfg, p, "cpu")
         d = ctx.path("train-generators:dir") / f

@@ -95,7 +95,7 @@ def _tuner_of(config: dict, cfg, device, world: int):
     import torch
 
     from digzsl_ray.methods.multilabel.generation import Discriminator
-    from digzsl_ray.methods.multilabel.tuning import TextEncoderTuner, TuningSettings
+    from digzsl_ray.methods.multilabel.tuning import TextEncoderTuner
     from digzsl_ray.models.presets import load_sd_pipeline
     from digzsl_ray.models.sd import latent_side
 
@@ -106,15 +106,11 @@ def _tuner_of(config: dict, cfg, device, world: int):
         pipe.unet.enable_gradient_checkpointing()
     disc = Discriminator(cfg.models.clip, cfg.models.clip_pretrained, config["prototypes"], unseen, f.policy,
                          f.threshold, f.top_k, f.extra_threshold, config["parents"], f.image_size, str(device))
-    settings = TuningSettings(num_inference_steps=t.num_inference_steps, grad_steps=t.grad_steps,
-                              guidance_scale=t.guidance_scale, lr=t.lr, weight_decay=t.weight_decay,
-                              gamma_neg=t.gamma_neg, gamma_pos=t.gamma_pos, clip=t.clip,
-                              latent_side=latent_side(pipe, g.image_size))
     encoder = pipe.text_encoder
     if encoder.dtype != torch.float32:  # fp16/bf16 on GPU: the trained encoder keeps fp32 weights (AdamW on
         encoder.to(torch.float32)       # half-precision weights loses small updates); UNet and VAE stay half
-    tuner = TextEncoderTuner(pipe, disc.model, None, [names[i] for i in unseen], settings, disc.mean, disc.std,
-                             disc.size, text=disc.text)
+    tuner = TextEncoderTuner(pipe, disc.model, None, [names[i] for i in unseen], t, disc.mean, disc.std,
+                             disc.size, text=disc.text, latent_side=latent_side(pipe, g.image_size))
     if world > 1:  # gradients averaged across workers; the tuner steps the same parameters
         pipe.text_encoder = ray.train.torch.prepare_model(encoder)
     return disc, tuner, encoder

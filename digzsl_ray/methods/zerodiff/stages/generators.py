@@ -163,7 +163,7 @@ def generators_worker(config: dict) -> None:
     att_np = np.asarray(config["att"], np.float32)
     att = torch.from_numpy(att_np)
     rep = Path(config["represent"])
-    prepared = {f: prepare(folds[f], load_representation(rep, f, folds[f].x["train"].shape[1], config["represent_cfg"]),
+    prepared = {f: prepare(folds[f], load_representation(rep, f, folds[f].x["train"].shape[1], cfg.represent),
                            att_np) for f in mine}
     # 3. Networks from their own seeds; a restarted worker loads its folds' last checkpoint.
     state = _restore_folds(cfg, mine, prepared, device)
@@ -217,7 +217,7 @@ class GeneratorsStage(Stage):
         fit(make_trainer(generators_worker, {
             "cfg": cfg.model_dump(mode="json"), "plan": fold_plan(cfg, split, ytv), "att": att.tolist(),
             "features": str(ctx.path("extract-features:dir")), "represent": str(ctx.path("train-representation:dir")),
-            "represent_cfg": cfg.represent.model_dump(), "out": str(ctx.path("train-generators:dir")),
+            "out": str(ctx.path("train-generators:dir")),
             "fingerprint": fp, "fault": current_spec()},
             name=f"generators-{fp}", storage=ctx.rd.ray_storage, num_workers=w.num_workers, use_gpu=w.use_gpu,
             cpus_per_worker=w.cpus_per_worker, max_failures=w.max_failures), cfg.ray.keep_checkpoints)
