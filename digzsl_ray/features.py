@@ -34,12 +34,14 @@ def extract_features(clip_model, images: torch.Tensor, image_size: int, mean, st
     """Frozen-encoder features ``[V, N, D]`` of uint8 images; view 0 is clean, others augmented."""
     from tqdm.auto import tqdm
 
+    from digzsl_ray.logs import bars
+
     gen = torch.Generator().manual_seed(seed)
     out = []
     for v in range(views):
         feats = []
         for i in tqdm(range(0, len(images), batch), desc=f"{desc} (view {v + 1}/{views})",
-                      disable=not progress, leave=False, mininterval=1.0):
+                      disable=not bars(progress), leave=False, mininterval=1.0):
             x = images[i : i + batch]
             if v > 0:
                 x = augment(x, gen)

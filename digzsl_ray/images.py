@@ -25,7 +25,9 @@ def to_uint8_tensor(im: Image.Image, size: int) -> torch.Tensor:
 def load_images(paths: list[str], size: int, progress: bool = False, desc: str = "loading images") -> torch.Tensor:
     """``uint8 [N, 3, size, size]`` from image files."""
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
-    for i, p in enumerate(tqdm(paths, desc=desc, disable=not progress, mininterval=1.0, leave=False)):
+    from digzsl_ray.logs import bars
+
+    for i, p in enumerate(tqdm(paths, desc=desc, disable=not bars(progress), mininterval=1.0, leave=False)):
         with Image.open(p) as im:
             out[i] = to_uint8_tensor(im, size)
     return out

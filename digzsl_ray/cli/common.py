@@ -29,9 +29,22 @@ def load_run_config(args):
     return load(args.config, args.overrides)
 
 
-def setup_logging() -> None:
+def add_verbose_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="print every library's log lines, in every Ray worker too (open_clip, Ray Train and Ray "
+                        "Data INFO lines, known-harmless warnings, workers' progress bars); default: filtered "
+                        "(docs/logging.md). Same as DIGZSL_VERBOSE=1")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """INFO lines of this project on stderr; third-party chatter filtered per logger unless ``verbose``
+    (``--verbose``) or ``DIGZSL_VERBOSE=1`` (:mod:`digzsl_ray.logs`)."""
+    import digzsl_ray.logs as logs
+
+    logs.set_verbose(verbose)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
+    logs.quiet_logging()
 
 
 def report_user_error(prog: str, e: BaseException) -> int:

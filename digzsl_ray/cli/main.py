@@ -15,6 +15,7 @@ from pathlib import Path
 
 from digzsl_ray.cli.common import (
     add_config_args,
+    add_verbose_arg,
     guarded,
     load_run_config,
     setup_logging,
@@ -42,7 +43,7 @@ def cmd_pretrain(args) -> int:
     from digzsl_ray.pretrain.job import run_pretrain
 
     cfg = load_config(args.config, args.overrides, PretrainConfig)
-    setup_logging()
+    setup_logging(args.verbose)
     # The dashboard is on as in pipeline runs: Ray Train's placement-group cleaner queries actor
     # state through it and otherwise logs a warning about every second.
     init_ray(num_cpus=max(cfg.cpus_per_worker * cfg.num_workers, os.cpu_count() or 1), dashboard=True)
@@ -231,6 +232,7 @@ def add_pretrain_parser(sub, name: str, help_suffix: str = "") -> None:
     p.add_argument("--config", "-c", default=None, help="YAML overrides of the pretraining config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a pretraining key, e.g. --set sd_steps=100")
+    add_verbose_arg(p)
     p.set_defaults(func=cmd_pretrain)
 
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from digzsl_ray.cli.common import add_config_args, load_run_config, setup_logging
+from digzsl_ray.cli.common import add_config_args, add_verbose_arg, load_run_config, setup_logging
 
 
 def cmd_stage(args) -> int:
     from digzsl_ray.stages.contract import check_inputs, execute
     from digzsl_ray.stages.runner import context
 
-    setup_logging()
+    setup_logging(args.verbose)
     cfg = load_run_config(args)
     method = _method(cfg)
     try:
@@ -45,7 +45,7 @@ def cmd_run(args) -> int:
     from digzsl_ray.metrics.zsl import format_headline
     from digzsl_ray.stages.runner import run_pipeline
 
-    setup_logging()
+    setup_logging(args.verbose)
     cfg = load_run_config(args)
     method = _method(cfg)
     metrics = run_pipeline(cfg, method, args.out)
@@ -73,7 +73,7 @@ def cmd_add_class(args) -> int:
     from digzsl_ray.live.names import name_problem, same_class
     from digzsl_ray.serve import add_class_fn, run_config, version_store
 
-    setup_logging()
+    setup_logging(args.verbose)
     run = Path(args.run)
     versions = version_store(run)
     overrides = [o if o.startswith("live.") else f"live.{o}" for o in args.overrides]
@@ -161,6 +161,7 @@ def register(sub) -> None:
             text = "; ".join(f"method {m}: {st.help}" for m, st in owners)
         p = sub.add_parser(stage_name, help=text, description=text[0].upper() + text[1:] + ".")
         add_config_args(p)
+        add_verbose_arg(p)
         seen_args: set = set()
         for _, st in owners:
             if type(st).add_arguments not in seen_args:
@@ -168,8 +169,11 @@ def register(sub) -> None:
                 st.add_arguments(p)
         p.set_defaults(func=cmd_stage, stage=stage_name)
     p = sub.add_parser("run", help="the whole pipeline, skipping complete stages",
-                       description="Run every stage of the config's method in order, skipping complete ones.")
+                       description="Run every stage of the config's method in order, skipping complete ones. "
+                                   "Prints this project's lines and one progress bar per long step; --verbose "
+                                   "adds every library's log lines.")
     add_config_args(p)
+    add_verbose_arg(p)
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("serve", help="serve the classifier of a run directory over HTTP (Ray Serve)",
                        description="Start the Ray Serve endpoint for a finished run directory: POST /v1/classify, "
@@ -196,6 +200,7 @@ def register(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a live.* key, e.g. --set live.classifier=extend")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_verbose_arg(p)
     p.set_defaults(func=cmd_add_class)
     p = sub.add_parser("models", help="list a run's model versions (* = served); --activate ID switches",
                        description="List the model versions of a run directory with their lineage and gate "

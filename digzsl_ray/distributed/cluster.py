@@ -26,15 +26,20 @@ def init_ray(address: str = "", num_cpus: int = 0, dashboard: bool = False, **kw
     Pipeline runs turn it on: besides letting you watch the run, Ray Train 2.60's placement-group
     cleaner queries actor state through it and warns every few seconds when it is missing.
     """
+    import digzsl_ray.logs as logs
+
+    logs.quiet_logging()  # before ray's first import: it reads RAY_DEDUP_LOGS_SKIP_REGEX then
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS", "")
-    env = {"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
-                        "TOKENIZERS_PARALLELISM": "false"}}
+    # workers of a local cluster filter their logs as the driver does (docs: --verbose)
+    env = logs.worker_runtime_env({"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
+                                   "TOKENIZERS_PARALLELISM": "false"})
+    level = logging.INFO if logs.verbose() else logging.WARNING
     if address:
-        ray.init(address=address, runtime_env=kwargs.pop("runtime_env", None), logging_level=logging.WARNING, **kwargs)
+        ray.init(address=address, runtime_env=kwargs.pop("runtime_env", None), logging_level=level, **kwargs)
         return
     if dashboard:
         kwargs.setdefault("dashboard_host", "127.0.0.1")
@@ -42,7 +47,7 @@ def init_ray(address: str = "", num_cpus: int = 0, dashboard: bool = False, **kw
     ctx = ray.init(
         num_cpus=num_cpus or os.cpu_count() or 1,
         include_dashboard=dashboard,
-        logging_level=logging.WARNING,
+        logging_level=level,
         runtime_env=kwargs.pop("runtime_env", env),
         **kwargs,
     )
@@ -57,8 +62,10 @@ def init_from_config(ray_cfg) -> None:
 
 def quiet_data_progress() -> None:
     """Our stages draw their own progress bars; Ray Data's per-operator bars and periodic progress
-    log lines would repeat them in every worker's log."""
+    log lines would repeat them in every worker's log. With ``--verbose`` Ray Data logs at INFO."""
     import ray.data
+
+    import digzsl_ray.logs as logs
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -66,7 +73,7 @@ def quiet_data_progress() -> None:
         ctx.enable_operator_progress_bars = False
     if hasattr(ctx, "print_on_execution_start"):
         ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.INFO if logs.verbose() else logging.WARNING)
 
 
 def quiet_train_worker_logs() -> None:
@@ -76,6 +83,11 @@ def quiet_train_worker_logs() -> None:
     """
     import importlib
 
+    import digzsl_ray.logs as logs
+
+    if logs.verbose():
+        return
+    logs.quiet_logging()
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     try:  # this module's logger is named by its file path
         ctx = importlib.import_module("ray.train.v2._internal.execution.context")

@@ -15,8 +15,10 @@ def make_trainer(loop: Callable[[dict], None], config: dict, *, name: str, stora
                  use_gpu: bool, cpus_per_worker: float, max_failures: int, keep: int = 2, **kwargs: Any):
     """A ``TorchTrainer`` whose run ``name`` under ``storage`` keeps the last ``keep`` checkpoints
     and restarts failed workers up to ``max_failures`` times from the latest one."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    from digzsl_ray.logs import train_log_level
 
     trainer = TorchTrainer(
         loop, train_loop_config=config,
@@ -24,7 +26,9 @@ def make_trainer(loop: Callable[[dict], None], config: dict, *, name: str, stora
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=keep),
-                             failure_config=FailureConfig(max_failures=max_failures)),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             # the controller's and worker group's INFO lines only with --verbose
+                             logging_config=LoggingConfig(log_level=train_log_level())),
         **kwargs,
     )
     trainer._digzsl_run_path = Path(storage) / name  # what fit() removes once the run has succeeded

@@ -140,19 +140,14 @@ def load_clip(name: str, pretrained: str = "", device: str | torch.device = "cpu
     model_name, tag = resolve_clip(name, pretrained)
     if model_name.startswith("local-dir:") and not Path(model_name[len("local-dir:"):]).is_dir():
         raise ModelLoadError(f"models.clip: got {name!r}; {model_name[len('local-dir:'):]} is not a directory")
-    import logging
+    from digzsl_ray.logs import quiet_open_clip
 
-    # open_clip logs a dozen INFO lines per load on the root logger (every process, every stage)
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))
+    quiet_open_clip()  # a dozen INFO lines per load on the root logger (every process, every stage)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=tag or None)
         tokenizer = open_clip.get_tokenizer(model_name)
     except RuntimeError as e:
         raise ModelLoadError(f"models.clip: could not load {name!r} ({e})") from e
-    finally:
-        root.setLevel(level)
     dev = device if isinstance(device, torch.device) else pick_device(device)
     model = model.to(dev).float().eval()
     return model, preprocess, tokenizer

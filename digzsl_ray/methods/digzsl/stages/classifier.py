@@ -131,9 +131,15 @@ def keep_mask(keep_u, keep_p, epoch: int) -> np.ndarray:
     return u < np.asarray(keep_p, dtype=np.float64)
 
 
-def _ordered(options):
-    options.preserve_order = True
-    return options
+def _ordered_ingest():
+    """Ray Train's default ingest options with ``preserve_order``, built without the deprecated
+    ``exclude_resources`` that ``DataConfig.default_ingest_options()`` still sets (a
+    RayDeprecationWarning per trainer)."""
+    from ray.data import DataContext, ExecutionOptions
+
+    current = DataContext.get_current().execution_options
+    return ExecutionOptions(resource_limits=current.resource_limits, preserve_order=True,
+                            verbose_progress=current.verbose_progress)
 
 
 # The worker -------------------------------------------------------------------------------------
@@ -621,7 +627,7 @@ class ClassifierStage(Stage):
             datasets={"train": train, "val": val},
             # preserve_order: the stream (and with the seeded shuffle, every batch) repeats run to run
             dataset_config=DataConfig(datasets_to_split=["train"],
-                                      execution_options=_ordered(DataConfig.default_ingest_options())))
+                                      execution_options=_ordered_ingest()))
         fit(trainer, cfg.ray.keep_checkpoints)
         return self._done(ctx, variant, out, t0)
 
