@@ -1,6 +1,6 @@
 """The Python API without a cluster: importing it is torch- and Ray-free, a run directory opens with its
 config, metrics, ablation and artefacts, and bad input is a clear error. (Its classifier against the
-endpoint: tests/test_serve.py.)"""
+endpoint: tests/serve/test_endpoint.py.)"""
 
 from __future__ import annotations
 

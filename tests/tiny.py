@@ -89,3 +89,29 @@ def tiny_overrides(sd: Path, clip: Path, data: Path) -> list[str]:
         "classifier.epochs=3", "classifier.batch_size=16", "classifier.patience=5",
         "classifier.synthetic_val_fraction=0.34",
     ]
+
+
+def make_run_dir(base: Path) -> Path:
+    """A finished run directory with a (randomly initialised) classifier over the tiny CLIP."""
+    import json
+
+    from digzsl_ray.classifier import ZSLClassifier, save_classifier
+    from digzsl_ray.config import to_yaml
+    from digzsl_ray.methods import load_run_config as load_config
+    from digzsl_ray.models.presets import clip_image_size, clip_norm, load_clip
+
+    _, clip = make_tiny_models(base / "models")
+    cfg = load_config(None, ["name=servetest", f"models.clip=local-dir:{clip}", "serve.max_batch_size=8",
+                             "serve.batch_wait_timeout_s=0.01", "serve.max_body_bytes=200000",
+                             "serve.max_pixels=250000", "serve.default_k=3"])
+    run = base / "run"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    (run / "metrics.json").write_text(json.dumps({"calibration_lambda": 0.05}))
+    model, _, _ = load_clip(cfg.models.clip)
+    torch.manual_seed(0)
+    clf = ZSLClassifier("clip", len(TINY_CLASSES), "mlp", clip_image_size(model), *clip_norm(model), clip_model=model)
+    seen = [i for i, n in enumerate(TINY_CLASSES) if n not in TINY_UNSEEN]
+    unseen = [i for i, n in enumerate(TINY_CLASSES) if n in TINY_UNSEEN]
+    save_classifier(run / "classifier", clf, TINY_CLASSES, seen, unseen, cfg.models)
+    return run

@@ -13,7 +13,7 @@ import time
 import httpx
 import psutil
 import pytest
-from test_serve import make_run_dir
+from tiny import make_run_dir
 
 pytestmark = pytest.mark.ray
 
