@@ -23,7 +23,7 @@ import pytest
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 NEW_CLASS = "striped red circle"  # a seen MiniWorld class with a descriptive name (its CLIP knows the words)
