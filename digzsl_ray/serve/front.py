@@ -62,13 +62,35 @@ def unavailable(what: str, e: Exception) -> JSONResponse:
                         headers={"Retry-After": "1"})
 
 
-# Handlers are registered before @serve.ingress(app), which takes the app as it is then.
-@app.middleware("http")
-async def count_requests(request, call_next):
-    response = await call_next(request)
-    route = request.scope.get("route")
-    request_metrics().request(getattr(route, "path", "unrouted"), response.status_code)
-    return response
+class CountRequests:
+    """Counts every answer by route and status (docs/live.md, metrics). A plain ASGI middleware:
+    Starlette's ``BaseHTTPMiddleware`` (``@app.middleware``) reads the body in a task group of its
+    own, whose exception is never retrieved when a client goes away mid-body."""
+
+    def __init__(self, asgi):
+        self.asgi = asgi
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.asgi(scope, receive, send)
+        status = {"code": 499}  # no answer started: the client went away
+
+        async def counted(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.asgi(scope, receive, counted)
+        except Exception:
+            status["code"] = 500
+            raise
+        finally:
+            request_metrics().request(getattr(scope.get("route"), "path", "unrouted"), status["code"])
+
+
+# Middleware and handlers are registered before @serve.ingress(app), which takes the app as it is then.
+app.add_middleware(CountRequests)
 
 
 def no_route(request) -> JSONResponse:
@@ -185,24 +207,24 @@ class Ingress:
         return body
 
     async def _read(self, request: Request, limit: int) -> bytes:
+        """The body chunks within ``body_timeout_s``, read in this task (``asyncio.timeout``, not a
+        task of its own that a timeout would leave with an exception nobody retrieves)."""
         from starlette.requests import ClientDisconnect
 
         chunks, total = [], 0
-
-        async def read() -> None:
-            nonlocal total
-            async for chunk in request.stream():
-                total += len(chunk)
-                if total > limit:
-                    raise RequestError(413, f"request body too large: over {limit} bytes")
-                chunks.append(chunk)
-
         try:
-            await asyncio.wait_for(read(), timeout=self.limits["body_timeout_s"])
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.limits["body_timeout_s"]):
+                async for chunk in request.stream():
+                    total += len(chunk)
+                    if total > limit:
+                        raise RequestError(413, f"request body too large: over {limit} bytes")
+                    chunks.append(chunk)
+        except RequestError:
+            raise
+        except TimeoutError:
             raise RequestError(408, f"request body not received within {self.limits['body_timeout_s']} s "
                                     f"({total} bytes arrived)") from None
-        except ClientDisconnect:
+        except (ClientDisconnect, Exception):  # the client went away mid-body (Serve cancels its receive)
             raise RequestError(499, "client disconnected") from None
         return b"".join(chunks)
 
