@@ -24,9 +24,9 @@ from digzsl_ray.serve.requests import (
     parse_threshold,
     top_k,
 )
-from digzsl_ray.serve.rundir import Scheduled, add_class_fn, load_run_meta, run_config, version_store
+from digzsl_ray.serve.rundir import ActiveVersion, add_class_fn, load_run_meta, run_config, version_store
 from digzsl_ray.serve.settings import LIMIT_KEYS, OVERRIDABLE
 
-__all__ = ["LIMIT_KEYS", "OVERRIDABLE", "RequestError", "Scheduled", "add_class_fn", "build_app", "decode_image",
+__all__ = ["LIMIT_KEYS", "OVERRIDABLE", "ActiveVersion", "RequestError", "add_class_fn", "build_app", "decode_image",
            "jpeg_scans", "load_run_meta", "multi_label_answer", "parse_k", "parse_threshold",
            "run_config", "top_k", "version_store"]

@@ -127,13 +127,13 @@ class Ingress:
                  generator=None, model_args=None):
         from digzsl_ray.distributed.metrics import Metrics
         from digzsl_ray.serve.classifier import ModelHost
-        from digzsl_ray.serve.rundir import Scheduled, version_store
+        from digzsl_ray.serve.rundir import ActiveVersion, version_store
 
         # serve.model_in_ingress: this replica holds the model (one hop per request fewer)
         self.host = ModelHost(*model_args) if model_args is not None else None
         self.classifier, self.limits, self.size = classifier, limits, image_size
         self.versions = version_store(run_dir)
-        self.schedule = Scheduled(self.versions)
+        self.active = ActiveVersion(self.versions)
         self.access, self.jobs, self.generator = access, jobs, generator
         self.metrics = Metrics()
         self._served = None
@@ -142,7 +142,7 @@ class Ingress:
     @property
     def meta(self) -> dict:
         """The served version's metadata (classes, calibration, tokens), followed within 0.2 s of an activation."""
-        m = self.schedule.current()
+        m = self.active.current()
         if m["model_version"] != self._served:
             self.metrics.version(m["model_version"], self._served)
             if self._served is not None:
@@ -409,7 +409,7 @@ class Ingress:
             v = await asyncio.to_thread(self.versions.activate, version)
         except VersionError as e:
             return JSONResponse({"error": str(e)}, status_code=404)
-        self.schedule._checked = 0.0  # this replica follows at once; the others within 0.2 s
+        self.active.refresh_now()  # this replica follows at once; the others within 0.2 s
         log.info("model version %s activated", v["id"])
         return {"active": v["id"], "model": public(v)}
 

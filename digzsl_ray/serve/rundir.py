@@ -77,9 +77,10 @@ def add_class_fn(run_dir: str | Path, versions=None, overrides: list[str] | None
     return run, tuple(method.add_class_stages)
 
 
-class Scheduled:
-    """Reads the served version from ``models/active.json`` at most every ``interval`` seconds
-    (a stat call): every ingress replica follows an activation within that time."""
+class ActiveVersion:
+    """The served version's metadata, read again from ``models/active.json`` when that file changes
+    (checked by a stat call at most every ``interval`` seconds): every ingress replica follows an
+    activation within that time."""
 
     def __init__(self, versions, interval: float = 0.2):
         import time
@@ -95,6 +96,10 @@ class Scheduled:
             log.error("model versions: cannot read the active version (%s); serving version %s until it is "
                       "repaired", e, versions.base["id"])
             self.meta = serving_meta(versions.base)
+
+    def refresh_now(self) -> None:
+        """Check ``active.json`` at the next :meth:`current` (this replica made the activation)."""
+        self._checked = 0.0
 
     def current(self) -> dict:
         now = self._clock()
