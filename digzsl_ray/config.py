@@ -1,8 +1,8 @@
 """Typed configuration of the shared core: sections every method uses, and the loader.
 
 A run config is the shared sections below (``method``, ``data``, ``models``, ``prototypes``,
-``evaluate``, ``serve``, ``ray``) plus the sections of the method it names (``method: digzsl``
-adds ``cdm``, ``tokens``, ``generate``, ``classifier``; see :mod:`digzsl_ray.methods`). Every field
+``evaluate``, ``serve``, ``live``, ``ray``, ``tracking``) plus the sections of the method it names
+(each method's config module; see :mod:`digzsl_ray.methods`). Every field
 is documented; YAML files hold overrides only.
 
 ``read_config_data(path, overrides)`` reads a YAML file (or nothing: the defaults run MiniWorld)
@@ -445,9 +445,9 @@ def _section_for(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """``"cdm.lr=0.01"`` -> ``(["cdm", "lr"], 0.01)``; the value is parsed as YAML (1.2 scalars)."""
+    """``"evaluate.lambda_max=0.5"`` -> ``(["evaluate", "lambda_max"], 0.5)``; the value is parsed as YAML (1.2 scalars)."""
     if "=" not in item:
-        raise ConfigError(f"--set {short(item)}: expected key=value, e.g. --set cdm.epochs=5")
+        raise ConfigError(f"--set {short(item)}: expected key=value, e.g. --set seed=1")
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key or any(not p for p in key.split(".")):
@@ -551,7 +551,7 @@ def to_yaml(cfg: BaseModel) -> str:
 
 
 def section_value(cfg: BaseModel, dotted: str) -> Any:
-    """The config value at ``dotted`` ("cdm", "models.clip", "seed") in fingerprint form: a section
+    """The config value at ``dotted`` ("evaluate", "models.clip", "seed") in fingerprint form: a section
     whole (recursively), minus its fields marked ``affects_outputs=False``."""
     cur: Any = cfg
     for part in dotted.split("."):

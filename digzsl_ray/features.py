@@ -2,7 +2,7 @@
 frozen CLIP's zero-shot scores with the run's prototypes (the floor every method is compared with).
 
 A frozen tower maps an image to the same feature every time, so a stage that trains a head on it
-(the CDM, the DIG-ZSL classifier with ``backbone: clip``) extracts the features of a fixed number of
+(a method's head on a frozen CLIP) extracts the features of a fixed number of
 views once (view 0 clean, the others flipped and shifted by :func:`digzsl_ray.images.augment`) and
 trains on those tensors. :class:`FeatureCache` keeps them under ``OUT/features/<key>.safetensors``,
 keyed by the CLIP reference, the input size, the images (their paths, or a hash of their bytes),

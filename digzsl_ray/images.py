@@ -1,4 +1,4 @@
-"""Image loading and tensor transforms shared by the CDM, the classifier and serving.
+"""Image loading and tensor transforms shared by the methods' models and serving.
 
 Images become ``uint8 [N, 3, S, S]`` tensors (resize the short side to S with bicubic, centre
 crop), the CLIP preprocessing of open_clip; float conversion and normalisation happen on the

@@ -12,7 +12,7 @@ import re
 import unicodedata
 
 _BAD = re.compile(r"[^a-z0-9]+")
-# A class name becomes file names (tokens/<slug>.safetensors, placeholders <dct-<slug>>), prompts
+# A class name becomes file names (a method's per-class files), placeholder words, prompts
 # and report labels; 200 characters leaves room under the 255-byte file-name limit of every common
 # file system for the longest suffix the stages add.
 MAX_NAME_CHARS = 200

@@ -87,7 +87,7 @@ def numeric_leaves(data: Any, prefix: str = "", skip: tuple[str, ...] = ()) -> d
 
 
 def flatten_params(data: Any, prefix: str = "") -> dict[str, str]:
-    """The resolved config as ``{"cdm.lr": "0.001", ...}``: sections flattened, lists as JSON."""
+    """The resolved config as ``{"evaluate.lambda_max": "1.0", ...}``: sections flattened, lists as JSON."""
     out: dict[str, str] = {}
     for k, v in data.items():
         key = f"{prefix}{k}"

@@ -99,6 +99,17 @@ def test_serving_parses_reads_and_configures_without_ray():
     assert not bad, bad
 
 
+def test_shared_core_names_no_method_only_model():
+    """The shared core says nothing about DIG-ZSL's CDM, not even in an example: a core module that
+    needs it is method code that came back. (Learned tokens stay nameable: ``tokens`` is a key of
+    version.json, the live service's per-class files, which any method may fill.)"""
+    import re
+
+    bad = [f"{name}:{i}" for name in MODS if _is_core(name)
+           for i, line in enumerate(MODS[name].read_text().splitlines(), 1) if re.search(r"\bcdm\b", line, re.I)]
+    assert not bad, bad
+
+
 def test_shared_core_imports_no_method_world_or_app():
     bad = [f"{name} -> {dep}" for name in MODS if _is_core(name)
            for dep in _internal(name) if not _is_core(dep)]

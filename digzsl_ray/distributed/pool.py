@@ -11,7 +11,7 @@ with a ``ray.wait`` loop (docs/DESIGN.md section 3):
   ``min_alive`` remain (at most ``max_restarts`` replacements);
 * an exception raised *by the work itself* (a bug or bad input) is not retried: it propagates.
 
-The pool knows nothing about tokens: the caller supplies ``make_actor(i)`` and
+The pool knows nothing about the work: the caller supplies ``make_actor(i)`` and
 ``submit(actor, shard) -> ObjectRef`` and receives results in ``on_result(shard, result)``.
 """
 

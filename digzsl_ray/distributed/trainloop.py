@@ -1,4 +1,4 @@
-"""What the three Ray Train jobs (MiniWorld pretraining, the CDM, the classifier) share: building
+"""What every Ray Train job (MiniWorld pretraining, the methods' trainers) shares: building
 the ``TorchTrainer`` with checkpointing and retries, and saving / restoring the worker's state
 through Ray Train checkpoints (one ``state.pt`` of tensors and plain values, loaded with
 ``weights_only=True``: nothing is unpickled beyond tensors and builtins).

@@ -118,7 +118,7 @@ class JobStore:
 
 
 class Reporter:
-    """What a job's stages call: ``with rep.stage("token"): ... rep.progress(0.4)``. Keeps
+    """What a job's stages call: ``with rep.stage("train"): ... rep.progress(0.4)``. Keeps
     state.json current (stage, progress, ETA) and the stage timings."""
 
     def __init__(self, store: JobStore, state: dict, metrics=None, on_change=None, cancelled=None):

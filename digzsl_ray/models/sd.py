@@ -5,7 +5,7 @@ An image is a pure function of (pipeline, prompt, seed): each image gets its own
 
 The differentiable pieces (:func:`encode_text`, :func:`denoise` with gradient through the last K
 steps, :func:`decode`, :func:`initial_latents`) serve every method that backpropagates a loss on
-generated images into the text side: DIG-ZSL's class tokens, the multi-label text-encoder tuning.
+generated images into the text side (a learned token embedding, a tuned text encoder).
 """
 
 from __future__ import annotations

@@ -2,11 +2,11 @@
 
 A stage is a small class (:class:`Stage`) with
 
-* ``name``: its ``digzsl`` subcommand (``train-cdm``) and its key in references;
+* ``name``: its ``digzsl`` subcommand (``train-classifier``) and its key in references;
 * ``writes``: the run-directory paths it owns, declared once, here and nowhere else
-  (``{"scores": "cdm/scores.npz"}``); other stages refer to them as ``"train-cdm:scores"``;
+  (``{"evaluation": "evaluation.json"}``); other stages refer to them as ``"evaluate:evaluation"``;
 * ``reads``: references to upstream outputs whose *content* its output depends on;
-* ``depends_on``: config keys whose values its output depends on: whole sections (``"cdm"``) or
+* ``depends_on``: config keys whose values its output depends on: whole sections (``"evaluate"``) or
   single keys (``"models.clip"``). A section counts whole, minus fields marked
   ``affects_outputs=False`` where they are declared (:func:`digzsl_ray.config.runtime`), so a new
   setting invalidates stale outputs unless it says it cannot;
