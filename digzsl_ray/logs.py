@@ -8,7 +8,7 @@ What a default run hides (``--verbose``, or ``DIGZSL_VERBOSE=1``, shows all of i
   (``ray.data``);
 * warnings known to be harmless, each named by its logger and message in :data:`HARMLESS`;
 * Ray core's "constructor arguments in the object store" line forwarded from Ray Train's controller
-  (Ray Train's and Ray Data's own actors take object refs; ray-project/ray#53727), through Ray's
+  (Ray Train's and Ray Data's own actors take object refs), through Ray's
   ``RAY_DEDUP_LOGS_SKIP_REGEX``;
 * progress bars drawn inside Ray workers (``TQDM_DISABLE=1`` in the workers' environment): each long
   step keeps the one bar the driver draws.
