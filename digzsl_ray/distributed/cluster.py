@@ -87,8 +87,7 @@ def quiet_train_worker_logs() -> None:
 
     if logs.verbose():
         return
-    logs.quiet_logging()
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    logs.quiet_logging()  # ray.train (and ray.data, ray.tune) at WARNING, among the rest
     try:  # this module's logger is named by its file path
         ctx = importlib.import_module("ray.train.v2._internal.execution.context")
         logging.getLogger(ctx.__file__).setLevel(logging.WARNING)
