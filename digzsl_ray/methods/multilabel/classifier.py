@@ -69,7 +69,7 @@ class PromptContexts(nn.Module):
         return self.encode(clip, self.ctx_pos), self.encode(clip, self.ctx_neg)
 
 
-def vit_regions(visual, images: torch.Tensor) -> torch.Tensor:
+def vit_regions(visual, images: torch.Tensor, class_token_only: bool = False) -> torch.Tensor:
     """Normalised regions ``[B, 1 + N, E]`` of an open_clip ViT tower: the pooled class token (the
     image's CLIP embedding) followed by the N projected patch tokens.
 
@@ -86,6 +86,8 @@ def vit_regions(visual, images: torch.Tensor) -> torch.Tensor:
         pooled, tokens = visual(images)
     finally:
         visual.output_tokens = was
+    if class_token_only:
+        return F.normalize(pooled.unsqueeze(1), dim=-1)
     if visual.proj is not None:
         tokens = tokens @ visual.proj
     return F.normalize(torch.cat([pooled.unsqueeze(1), tokens], 1), dim=-1)
@@ -93,11 +95,26 @@ def vit_regions(visual, images: torch.Tensor) -> torch.Tensor:
 
 def region_scores(regions: torch.Tensor, text_pos: torch.Tensor, text_neg: torch.Tensor,
                   logit_scale: float = 20.0, agg_scale: float = 5.0) -> torch.Tensor:
-    """``regions [B, N, E]``, text ``[C, E]`` -> logits ``[B, 2, C]`` (index 0 negative, 1 positive)."""
+    """``regions [B, N, E]``, text ``[C, E]`` -> logits ``[B, 2, C]`` (index 0 negative, 1 positive).
+
+    ``text_neg`` is the negative prompt's text features ``[C, E]`` (DualCoOp), or learned cosine
+    thresholds, ``[C]`` or one for every label (0-d), so that a label's score ranks images exactly as
+    its positive text feature does."""
     lp = logit_scale * regions @ text_pos.t()  # [B, N, C]
-    ln = logit_scale * regions @ text_neg.t()
     w = lp.softmax(1)  # over regions, from the positive half
-    return agg_scale * torch.stack([(w * ln).sum(1), (w * lp).sum(1)], 1)
+    pos = (w * lp).sum(1)
+    if text_neg.dim() < 2:  # thresholds: one per label [C] or one for all (0-d)
+        neg = (logit_scale * text_neg).expand_as(pos)
+    else:
+        neg = (w * (logit_scale * regions @ text_neg.t())).sum(1)
+    return agg_scale * torch.stack([neg, pos], 1)
+
+
+def positive_margin(logits: torch.Tensor) -> torch.Tensor:
+    """``[B, 2, C]`` -> ``[B, C]``: positive minus negative logit, the log-odds of
+    :func:`positive_probability`. Rankings use it: the probability saturates to exactly 0 or 1 in
+    floating point once the margin passes about 17 (float32), which turns different scores into ties."""
+    return logits[:, 1] - logits[:, 0]
 
 
 def positive_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -107,44 +124,87 @@ def positive_probability(logits: torch.Tensor) -> torch.Tensor:
 
 class MultiLabelCLIP(nn.Module):
     """The classifier: frozen CLIP (image tower at ``image_size``, with the fusion branches when
-    ``branch``) + :class:`PromptContexts`. Only the contexts and the branches train."""
+    ``branch``) and one of two text sides (``head``):
+
+    - ``"contexts"``: DualCoOp's learned positive/negative prompt contexts (:class:`PromptContexts`),
+      shared by all labels; ``negative="bias"`` replaces the negative prompt by one learned cosine
+      threshold;
+    - ``"prototypes"``: one weight vector per label started at the label's prototype (the run's
+      prompt-ensemble text embedding, ``prototypes [C, E]``), and one learned cosine threshold per
+      label (``bias_init``). It is the classifier tuning of He et al. (ICLR 2023) for multi-label
+      scores: with ``regions="class_token"`` and no branch its first scores rank images exactly as
+      the frozen CLIP with the prototypes does (the ``clip_zero_shot`` floor); an unseen label's row
+      moves only with images of it (the synthetic ones).
+
+    Only the text side and the branches train."""
 
     def __init__(self, clip, tokenizer, class_names: list[str], n_ctx: int = 16, image_size: int = 0,
-                 branch: bool = True, logit_scale: float = 20.0, agg_scale: float = 5.0, ctx_init: str = ""):
+                 branch: bool = True, logit_scale: float = 20.0, agg_scale: float = 5.0, ctx_init: str = "",
+                 regions: str = "all", negative: str = "prompt", bias_init: float = 0.3, head: str = "contexts",
+                 prototypes: torch.Tensor | None = None):
         super().__init__()
         from digzsl_ray.methods.multilabel.fusion import convert_vit
         from digzsl_ray.models.vit import set_vit_resolution
 
+        for name, value, allowed in (("regions", regions, ("all", "class_token")),
+                                     ("negative", negative, ("prompt", "bias")),
+                                     ("head", head, ("contexts", "prototypes"))):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         clip.requires_grad_(False)
         set_vit_resolution(clip.visual, image_size)
         self.clip = clip
         self.branches = convert_vit(clip.visual.transformer) if branch else 0
         if branch and not self.branches:
             raise ValueError("the feature-fusion branch needs a ViT image tower with self-attention blocks")
-        self.contexts = PromptContexts(clip, tokenizer, class_names, n_ctx, ctx_init=ctx_init)
         self.logit_scale, self.agg_scale = logit_scale, agg_scale
+        self.regions, self.negative, self.head = regions, negative, head
+        if head == "prototypes":
+            width = clip.text_projection.shape[-1] if not isinstance(clip.text_projection, nn.Linear) \
+                else clip.text_projection.out_features
+            w = torch.zeros(len(class_names), width) if prototypes is None else F.normalize(prototypes.float(), dim=-1)
+            if w.shape != (len(class_names), width):
+                raise ValueError(f"prototypes {tuple(w.shape)} do not match {len(class_names)} labels x {width}")
+            self.weight = nn.Parameter(w.clone())
+            self.head_bias = nn.Parameter(torch.full((len(class_names),), float(bias_init)))
+        else:
+            self.contexts = PromptContexts(clip, tokenizer, class_names, n_ctx, ctx_init=ctx_init)
+            if negative == "bias":
+                self.neg_bias = nn.Parameter(torch.tensor(float(bias_init)))
 
     def trainable(self) -> list[nn.Parameter]:
         from digzsl_ray.methods.multilabel.fusion import branch_parameters
 
-        return [self.contexts.ctx_pos, self.contexts.ctx_neg] + branch_parameters(self.clip)
+        return self.context_parameters() + branch_parameters(self.clip)
+
+    def context_parameters(self) -> list[nn.Parameter]:
+        """What the text side's optimiser trains: the label weights and thresholds, or the positive
+        context with the negative prompt or threshold."""
+        if self.head == "prototypes":
+            return [self.weight, self.head_bias]
+        neg = self.neg_bias if self.negative == "bias" else self.contexts.ctx_neg
+        return [self.contexts.ctx_pos, neg]
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         names = {id(p): n for n, p in self.named_parameters()}
         return {names[id(p)]: p.detach().cpu().contiguous() for p in self.trainable()}
 
     def text_features(self, classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised positive and negative text features ``[C', E]`` (all classes, or ``classes``)."""
+        """Normalised positive text features ``[C', E]`` (all classes, or ``classes``) and the negative
+        side: text features ``[C', E]``, thresholds ``[C']`` or one threshold (a 0-d tensor)."""
+        if self.head == "prototypes":
+            w, b = (self.weight, self.head_bias) if classes is None else (self.weight[classes], self.head_bias[classes])
+            return F.normalize(w, dim=-1), b
         ctx = self.contexts
-        if classes is None:
-            return ctx(self.clip)
-        sub = _SubsetContexts(ctx, classes)
-        return sub.encode(self.clip, ctx.ctx_pos), sub.encode(self.clip, ctx.ctx_neg)
+        enc = ctx if classes is None else _SubsetContexts(ctx, classes)
+        pos = enc.encode(self.clip, ctx.ctx_pos)
+        return pos, (self.neg_bias if self.negative == "bias" else enc.encode(self.clip, ctx.ctx_neg))
 
     def forward(self, images: torch.Tensor, text: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Normalised images ``[B, 3, S, S]`` -> logits ``[B, 2, C']``."""
         pos, neg = text if text is not None else self.text_features()
-        return region_scores(vit_regions(self.clip.visual, images), pos, neg, self.logit_scale, self.agg_scale)
+        regions = vit_regions(self.clip.visual, images, self.regions == "class_token")
+        return region_scores(regions, pos, neg, self.logit_scale, self.agg_scale)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -194,7 +254,8 @@ def load_multilabel(path, device="cpu") -> tuple[ServedMultiLabel, dict]:
     cfg = json.loads((Path(path) / "config.json").read_text())
     clip, _, tokenizer = load_clip(cfg["clip"], cfg.get("clip_pretrained", ""), device=device)
     net = MultiLabelCLIP(clip, tokenizer, cfg["class_names"], cfg["n_ctx"], cfg["image_size"], cfg["branch"],
-                         cfg["logit_scale"], cfg["agg_scale"])
+                         cfg["logit_scale"], cfg["agg_scale"], regions=cfg.get("regions", "all"),
+                         negative=cfg.get("negative", "prompt"), head=cfg.get("head", "contexts"))
     state = load_file(str(Path(path) / "weights.safetensors"))
     missing = set(state) - {n for n, _ in net.named_parameters()}
     if missing:

@@ -95,19 +95,21 @@ class TuneConfig(Section):
     steps: int = Field(60, ge=0, le=1_000_000, description="optimisation steps (each worker generates its own batch)")
     batch_size: int = Field(4, ge=1, le=4096, description="label sets per step per worker")
     num_inference_steps: int = Field(10, ge=1, le=1000, description="denoising steps of the tuning images")
-    grad_steps: int = Field(2, ge=1, le=1000, description="K: gradient through the last K denoising steps and the "
-                            "VAE decoder (the reference: all steps, UNet checkpointed)")
+    grad_steps: int = Field(10, ge=1, le=1000, description="K: gradient through the last K denoising steps and the "
+                            "VAE decoder (the reference and the default: all steps; which objects appear is decided "
+                            "at high noise)")
     guidance_scale: float = Field(3.0, ge=1.0, le=100.0, description="classifier-free guidance scale")
-    lr: float = Field(1e-4, gt=0.0, le=10.0, description="AdamW learning rate of the text encoder (the reference, "
-                      "for SD 2: 7e-8)")
+    lr: float = Field(2e-5, gt=0.0, le=10.0, description="AdamW learning rate of the text encoder (the reference, "
+                      "for SD 2: 7e-8 over 4,000-26,000 one-image steps; MiniWorld's 60 steps of 4 images take "
+                      "2e-5)")
     weight_decay: float = Field(1e-3, ge=0.0, le=10.0, description="AdamW weight decay")
     gamma_neg: float = Field(4.0, ge=0.0, le=100.0, description="asymmetric loss: negative focusing")
     gamma_pos: float = Field(0.0, ge=0.0, le=100.0, description="asymmetric loss: positive focusing")
     clip: float = Field(0.05, ge=0.0, lt=1.0, description="asymmetric loss: negative probability shift")
-    eval_every: int = Field(15, ge=1, le=1_000_000, description="steps between validations and checkpoints")
-    val_sets: int = Field(32, ge=1, le=100_000, description="validation label sets (a seed stream of their own; "
+    eval_every: int = Field(30, ge=1, le=1_000_000, description="steps between validations and checkpoints")
+    val_sets: int = Field(256, ge=1, le=100_000, description="validation label sets (a seed stream of their own; "
                           "never test images): the checkpoint with the highest filter acceptance on them is exported")
-    confirm_sets: int = Field(96, ge=0, le=100_000, description="independent label sets the chosen checkpoint is "
+    confirm_sets: int = Field(256, ge=0, le=100_000, description="independent label sets the chosen checkpoint is "
                               "confirmed on against the untuned encoder: exported only when its acceptance gain "
                               "exceeds two standard errors (0: not checked)")
     seed: int = Field(0, ge=0, description="seed of the tuning label sets and latents")
@@ -121,6 +123,21 @@ class ClassifierConfig(Section):
                        "prompt (DualCoOp; shared across classes)")
     ctx_init: str = Field("", max_length=200, description="CoOp's initialisation: the positive context's last tokens "
                           "start as this prompt's words (e.g. 'a photo of a'); empty: random (DualCoOp's default)")
+    head: Literal["prototypes", "contexts"] = Field(
+        "prototypes", description="the text side: 'prototypes' (one weight vector per label started at its "
+        "prototype and a learned threshold per label: the frozen CLIP's zero-shot ranking before any step, He et "
+        "al. 2023) or 'contexts' (DualCoOp's learned positive/negative prompt contexts, the reference's)")
+    regions: Literal["class_token", "all"] = Field(
+        "class_token", description="image features scored: the class token (CLIP's image embedding) or the class "
+        "token and every patch token with DualCoOp's softmax aggregation")
+    negative: Literal["prompt", "bias"] = Field(
+        "prompt", description="head 'contexts' only: the negative side is a learned prompt context (DualCoOp) or "
+        "one learned cosine threshold")
+    bias_init: float = Field(0.3, ge=-1.0, le=1.0, description="starting cosine threshold of the learned "
+                             "thresholds (head 'prototypes', negative 'bias')")
+    prototype_reg: float = Field(0.0, ge=0.0, le=1e6, description="weight of the pull of every label's positive text "
+                                 "feature toward its prototype, mean (1 - cos) over all labels (KgCoOp for "
+                                 "contexts; a return-to-start term for the prototype head); 0: off")
     image_size: int = Field(0, ge=0, le=4096, description="CLIP input side (0: CLIP's native size; others resize a "
                             "ViT's positional grid and must be a multiple of its patch size)")
     branch: bool = Field(True, description="add the zero-initialised global feature-fusion branch (the method); "

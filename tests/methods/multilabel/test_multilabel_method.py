@@ -277,3 +277,92 @@ def test_a_run_without_tuning_serves_its_filtered_classifier():
     untuned = load_run_config("miniworld_multilabel", ["tune.enabled=false"])
     assert m.serve_ref(untuned) == "train-classifier:filtered"  # filtered_tuned is never trained then
     assert get_method("digzsl").serve_ref(load_run_config("miniworld")) == "train-classifier:dct"
+
+
+def _prototype_net(names, protos, branch=False, **kw):
+    clip, tok = _clip()
+    return MultiLabelCLIP(clip, tok, names, image_size=64, branch=branch, head="prototypes", regions="class_token",
+                          prototypes=protos, **kw)
+
+
+def test_the_prototype_head_starts_as_the_frozen_clip_floor_and_ranks_without_ties():
+    from digzsl_ray.features import zero_shot_logits
+    from digzsl_ray.metrics.multilabel import average_precision
+    from digzsl_ray.methods.multilabel.classifier import positive_margin, positive_probability, vit_regions
+    from digzsl_ray.methods.multilabel.stages.evaluate import ranking
+
+    names = ["red circle", "blue square", "faramu", "goso"]
+    torch.manual_seed(0)
+    protos = torch.randn(4, 64)
+    net = _prototype_net(names, protos, bias_init=0.1)
+    x = torch.randn(40, 3, 64, 64)
+    with torch.no_grad():
+        logits = net(x)
+        feats = vit_regions(net.clip.visual, x, class_token_only=True)[:, 0]
+    floor = zero_shot_logits(feats.numpy(), protos, 100.0)
+    margin = positive_margin(logits).numpy()
+    # margin = 100 * (cos - 0.1): the floor's logits shifted by the threshold, per label the same ranking
+    np.testing.assert_allclose(margin, floor - 10.0, atol=1e-3)
+    y = (np.random.default_rng(0).random((40, 4)) < 0.3).astype(np.float32)
+    np.testing.assert_allclose(average_precision(margin, y), average_precision(floor, y), atol=1e-6)
+    # a margin beyond ~17 saturates the float32 probability into ties; the margins stay distinct
+    big = torch.tensor([[[0.0, 0.0, 0.0]], [[20.0, 30.0, 40.0]]]).permute(1, 0, 2)  # [1, 2, 3]: pos 20, 30, 40
+    prob = positive_probability(big)
+    assert len(torch.unique(prob)) == 1 and len(torch.unique(positive_margin(big))) == 3
+    s = {"test_unseen_scores": prob.numpy(), "test_unseen_margins": positive_margin(big).numpy()}
+    assert ranking(s, "test_unseen") is s["test_unseen_margins"]
+    assert ranking({"test_unseen_scores": s["test_unseen_scores"]}, "test_unseen") is s["test_unseen_scores"]
+
+
+def test_training_on_seen_columns_leaves_an_unseen_labels_row_where_it_started():
+    from types import SimpleNamespace
+
+    from digzsl_ray.methods.multilabel.stages.classifier import _run_pass, make_optimisers, prototype_penalty
+
+    names = ["red circle", "blue square", "faramu", "goso"]
+    torch.manual_seed(0)
+    protos = torch.nn.functional.normalize(torch.randn(4, 64), dim=-1)
+    net = _prototype_net(names, protos)
+    c = SimpleNamespace(lr=1e-2, weight_decay=0.0, branch_optimizer="sgd", branch_lr=1e-4, batch_size=4,
+                        augment=False, max_classes_per_batch=0, gamma_neg=2.0, gamma_pos=1.0, clip=0.05)
+    opts = make_optimisers(net, c)
+    x = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8)
+    y = np.zeros((8, 4), np.float32)
+    y[:4, 0] = y[4:, 1] = 1
+    seen = np.array([0, 1])
+    loss = _run_pass(net, net, opts, x, y, seen, torch.Generator().manual_seed(0), np.random.default_rng(0), c,
+                     [0.5] * 3, [0.25] * 3, "cpu")
+    assert np.isfinite(loss)
+    w, b = net.weight.detach(), net.head_bias.detach()
+    assert not torch.allclose(w[:2], protos[:2]) and torch.equal(w[2:], protos[2:])  # unseen rows untouched
+    assert torch.equal(b[2:], torch.full((2,), 0.3))
+    # the pull toward the prototypes is zero at the start and grows as a row moves away
+    assert float(prototype_penalty(net, (protos, 1.0)).detach()) > 0
+    fresh = _prototype_net(names, protos)
+    assert float(prototype_penalty(fresh, (protos, 1.0)).detach()) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_prototype_head_classifier_saves_and_serves_the_same_probabilities(tmp_path):
+    from safetensors.torch import save_file
+
+    from digzsl_ray.io import write_json
+
+    names = ["red circle", "blue square", "faramu", "goso"]
+    torch.manual_seed(1)
+    net = _prototype_net(names, torch.randn(4, 64), branch=True)
+    with torch.no_grad():
+        net.weight.add_(0.05 * torch.randn_like(net.weight))
+        net.head_bias.add_(0.1)
+    state = net.trainable_state()
+    assert {"weight", "head_bias"} <= set(state) and all(
+        n in ("weight", "head_bias") or "global_branch" in n for n in state)
+    save_file(state, str(tmp_path / "weights.safetensors"))
+    write_json(tmp_path / "config.json", {"clip": "miniworld", "clip_pretrained": "", "n_ctx": 16, "image_size": 64,
+                                          "branch": True, "logit_scale": 20.0, "agg_scale": 5.0, "head": "prototypes",
+                                          "regions": "class_token", "negative": "prompt",
+                                          "mean": [0.5] * 3, "std": [0.25] * 3, "class_names": names})
+    served, _ = load_multilabel(tmp_path)
+    img = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        want = torch.softmax(net((img.float() / 255 - 0.5) / 0.25), 1)[:, 1]
+    assert torch.allclose(served(img), want, atol=1e-5)

@@ -1,10 +1,10 @@
 """Stage: train the multi-label classifier of every variant on Ray Train -> ``OUT/classifier_ml/<variant>/``.
 
 ```
-OUT/classifier_ml/<variant>/weights.safetensors     the learned contexts and fusion branches (all that trains)
+OUT/classifier_ml/<variant>/weights.safetensors     the text side (label weights and thresholds, or contexts) and fusion branches (all that trains)
 OUT/classifier_ml/<variant>/config.json             CLIP, image size, n_ctx, scales, classes, history, fingerprint
 OUT/classifier_ml/<variant>/classes.json            class names, seen and unseen indices (what serving reads)
-OUT/classifier_ml/<variant>/scores.npz              probabilities of validation and test images (for evaluate)
+OUT/classifier_ml/<variant>/scores.npz              probabilities (<split>_scores) and margins (<split>_margins) of validation and test images
 ```
 Per epoch a worker makes one pass over its shard of the real seen training images (asymmetric loss
 on the seen labels' columns) and, for the synthetic variants, one pass over the synthetic images
@@ -80,7 +80,7 @@ def make_optimisers(net, c) -> list:
 
     from digzsl_ray.methods.multilabel.fusion import branch_parameters
 
-    opts = [torch.optim.AdamW([net.contexts.ctx_pos, net.contexts.ctx_neg], lr=c.lr, weight_decay=c.weight_decay)]
+    opts = [torch.optim.AdamW(net.context_parameters(), lr=c.lr, weight_decay=c.weight_decay)]
     branch = branch_parameters(net.clip)
     if branch:
         if c.branch_optimizer == "sgd":
@@ -127,19 +127,26 @@ def _prep(x_uint8, mean, std, device):
 
 
 def _scores(net, x_uint8, n_classes: int, mean, std, device) -> np.ndarray:
-    """Positive probabilities of ``net`` on uint8 images (128 at a time; ``net`` left in training mode)."""
+    """Positive margins (log-odds, :func:`~digzsl_ray.methods.multilabel.classifier.positive_margin`)
+    of ``net`` on uint8 images, 128 at a time (``net`` left in training mode). Rankings (mAP, top-k)
+    use them; the probability is their sigmoid (:func:`probabilities`)."""
     import torch
 
-    from digzsl_ray.methods.multilabel.classifier import positive_probability
+    from digzsl_ray.methods.multilabel.classifier import positive_margin
 
     net.eval()
     out = []
     with torch.no_grad():
         text = net.text_features()
         for i in range(0, len(x_uint8), 128):
-            out.append(positive_probability(net(_prep(x_uint8[i:i + 128], mean, std, device), text)).cpu().numpy())
+            out.append(positive_margin(net(_prep(x_uint8[i:i + 128], mean, std, device), text)).cpu().numpy())
     net.train()
     return np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
+
+
+def probabilities(margins: np.ndarray) -> np.ndarray:
+    """The positive probabilities (float32) of margins."""
+    return (1.0 / (1.0 + np.exp(-np.clip(margins.astype(np.float64), -80, 80)))).astype(np.float32)
 
 
 def _validate(net, d: dict, seen: np.ndarray, unseen: np.ndarray, preset, n_classes: int, mean, std,
@@ -157,8 +164,19 @@ def _validate(net, d: dict, seen: np.ndarray, unseen: np.ndarray, preset, n_clas
     return v
 
 
-def _run_pass(net, model, opts: list, x, y, columns, gen, rng, c, mean, std, device) -> float:
-    """One pass of training over ``x`` (asymmetric loss on ``columns``); returns the mean batch loss."""
+def prototype_penalty(net, anchor: tuple):
+    """``weight * mean_c (1 - cos(positive text feature_c, prototype_c))`` over every label, unseen
+    ones included, so the text side stays near what the class-name prompts already knew (KgCoOp's
+    knowledge-guided term for learned contexts; for the prototype head, a pull of each label's weight
+    back to its start). ``anchor``: ``(normalised prototypes [C, E], weight)``."""
+    protos, weight = anchor
+    pos = net.text_features()[0]
+    return weight * (1 - (pos * protos.to(pos.dtype)).sum(-1)).mean()
+
+
+def _run_pass(net, model, opts: list, x, y, columns, gen, rng, c, mean, std, device, anchor=None) -> float:
+    """One pass of training over ``x`` (asymmetric loss on ``columns``, plus :func:`prototype_penalty`
+    with ``anchor``); returns the mean batch loss."""
     import torch
 
     from digzsl_ray.methods.multilabel.classifier import positive_probability
@@ -178,6 +196,8 @@ def _run_pass(net, model, opts: list, x, y, columns, gen, rng, c, mean, std, dev
         prob = positive_probability(model(_prep(xb, mean, std, device), text))
         yb = torch.as_tensor(y[idx][:, cols], device=device)
         loss = asymmetric_loss(prob, yb, c.gamma_neg, c.gamma_pos, c.clip) / len(idx)
+        if anchor is not None:
+            loss = loss + prototype_penalty(net, anchor)
         for o in opts:
             o.zero_grad(set_to_none=True)
         loss.backward()
@@ -201,14 +221,18 @@ def _write_outputs(config: dict, cfg, net, d: dict, best: dict, best_state: dict
     n_classes = len(names)
     out = Path(config["out"])
     out.mkdir(parents=True, exist_ok=True)
-    arrays = {"val_scores": _scores(net, d["x_val"], n_classes, mean, std, device), "val_labels": d["y_val"]}
+    margins = {"val": _scores(net, d["x_val"], n_classes, mean, std, device)}
+    labels = {"val": d["y_val"]}
     if syn:
-        arrays.update(synthetic_val_scores=_scores(net, d["x_syn_val"], n_classes, mean, std, device),
-                      synthetic_val_labels=d["y_syn_val"])
+        margins["synthetic_val"] = _scores(net, d["x_syn_val"], n_classes, mean, std, device)
+        labels["synthetic_val"] = d["y_syn_val"]
     for split in ("test_unseen", "test_seen"):
-        arrays[f"{split}_scores"] = _scores(net, load_images(data[split]["paths"], size, True, split), n_classes,
-                                            mean, std, device)
-        arrays[f"{split}_labels"] = multi_hot(data[split]["labels"], len(names))
+        margins[split] = _scores(net, load_images(data[split]["paths"], size, True, split), n_classes, mean, std,
+                                 device)
+        labels[split] = multi_hot(data[split]["labels"], len(names))
+    arrays = {}
+    for k in margins:  # probabilities (the served decision's scale), margins (what rankings use), labels
+        arrays.update({f"{k}_scores": probabilities(margins[k]), f"{k}_margins": margins[k], f"{k}_labels": labels[k]})
     write_npz(out / "scores.npz", **arrays)
     with atomic_path(out / "weights.safetensors") as tmp:
         save_file(best_state, str(tmp))
@@ -217,10 +241,33 @@ def _write_outputs(config: dict, cfg, net, d: dict, best: dict, best_state: dict
         "task": "multi_label", "method": "multilabel", "variant": config["variant"],
         "clip": cfg.models.clip, "clip_pretrained": cfg.models.clip_pretrained, "n_ctx": c.n_ctx,
         "image_size": size, "branch": c.branch, "logit_scale": c.logit_scale, "agg_scale": c.agg_scale,
+        "head": c.head, "regions": c.regions, "negative": c.negative,
         "mean": list(mean), "std": list(std), "class_names": names, "seen": seen.tolist(),
         "unseen": unseen.tolist(), "best": best, "history": history,
         "synthetic_images": {"train": len(syn["train"]["png"]), "val": len(syn["val"]["png"])} if syn else None,
         "fingerprint": config["fingerprint"]})
+
+
+def _prototypes(config: dict, names: list[str]):
+    """The run's normalised prototypes ``[C, E]`` in the order of ``names`` (the stage passes their path)."""
+    import torch.nn.functional as F
+
+    from digzsl_ray.prototypes import load_prototypes
+
+    protos, proto_names, _ = load_prototypes(config["prototypes"])
+    if list(proto_names) != list(names):
+        raise ValueError(f"{config['prototypes']}: its labels differ from the split's ({len(proto_names)} vs "
+                         f"{len(names)}); rerun the prototypes stage")
+    return F.normalize(protos.float(), dim=-1)
+
+
+def build_classifier(c, clip, tokenizer, names: list[str], protos=None):
+    """The classifier of the ``classifier`` section ``c`` on ``clip`` (``protos``: the run's prototypes,
+    the prototype head's start)."""
+    from digzsl_ray.methods.multilabel.classifier import MultiLabelCLIP
+
+    return MultiLabelCLIP(clip, tokenizer, names, c.n_ctx, c.image_size, c.branch, c.logit_scale, c.agg_scale,
+                          c.ctx_init, c.regions, c.negative, c.bias_init, c.head, protos)
 
 
 def classifier_worker(config: dict) -> None:
@@ -231,7 +278,6 @@ def classifier_worker(config: dict) -> None:
     from digzsl_ray.distributed.cluster import quiet_train_worker_logs
     from digzsl_ray.distributed.faults import maybe_fail
     from digzsl_ray.distributed.trainloop import report_state, restore_state
-    from digzsl_ray.methods.multilabel.classifier import MultiLabelCLIP
     from digzsl_ray.methods.multilabel.config import MultilabelRunConfig
     from digzsl_ray.models.presets import clip_image_size, clip_norm, load_clip
 
@@ -248,8 +294,9 @@ def classifier_worker(config: dict) -> None:
 
     clip, _, tokenizer = load_clip(cfg.models.clip, cfg.models.clip_pretrained, device=device)
     mean, std = clip_norm(clip)
-    net = MultiLabelCLIP(clip, tokenizer, names, c.n_ctx, c.image_size, c.branch, c.logit_scale, c.agg_scale,
-                         c.ctx_init).to(device)
+    protos = _prototypes(config, names)
+    net = build_classifier(c, clip, tokenizer, names, protos).to(device)
+    anchor = (protos.to(device), c.prototype_reg) if c.prototype_reg else None
     size = clip_image_size(clip)
     model = ray.train.torch.prepare_model(net) if world > 1 else net
     opts = make_optimisers(net, c)
@@ -276,10 +323,11 @@ def classifier_worker(config: dict) -> None:
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank * 101 + epoch)
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, rank, epoch, 33]))
         row = {"epoch": epoch,
-               "loss_real": _run_pass(net, model, opts, d["x_real"], d["y_real"], seen, gen, rng, c, mean, std, device)}
+               "loss_real": _run_pass(net, model, opts, d["x_real"], d["y_real"], seen, gen, rng, c, mean, std, device,
+                                      anchor)}
         if syn and len(d["x_syn"]):
             row["loss_synthetic"] = _run_pass(net, model, opts, d["x_syn"], d["y_syn"], unseen, gen, rng, c, mean, std,
-                                              device)
+                                              device, anchor)
         row.update(_validate(net, d, seen, unseen, cfg.metrics.preset, len(names), mean, std, device))
         if best is None or row["selection"] > best["selection"]:
             best, best_state, stale = dict(row), net.trainable_state(), 0
@@ -303,7 +351,7 @@ class ClassifierStage(Stage):
     writes = {"dir": "classifier_ml", "no_synthetic": "classifier_ml/no_synthetic",
               "unfiltered": "classifier_ml/unfiltered", "filtered": "classifier_ml/filtered",
               "filtered_tuned": "classifier_ml/filtered_tuned"}
-    requires = ("generate:base_manifest",)
+    requires = ("generate:base_manifest", "prototypes:prototypes")
     depends_on = ("classifier", "metrics.preset", "models.clip", "models.clip_pretrained", "seed", "data.val_fraction",
                   "data.val_seed")
 
@@ -312,7 +360,7 @@ class ClassifierStage(Stage):
         if variant in SET_OF:
             m = ctx.path(f"generate:{SET_OF[variant]}_manifest")
             src = file_sha(m)
-        return self.fingerprint(ctx, variant, src)
+        return self.fingerprint(ctx, variant, src, file_sha(ctx.path("prototypes:prototypes")))
 
     def _done(self, ctx, variant: str) -> bool:
         d = ctx.path(f"train-classifier:{variant}")
@@ -350,7 +398,8 @@ class ClassifierStage(Stage):
             trainer = make_trainer(classifier_worker, {
                 "fault": current_spec(), "cfg": cfg.model_dump(mode="json"), "classes": list(split.classes),
                 "seen": list(split.seen), "unseen": list(split.unseen), "data": data, "synthetic": syn,
-                "out": str(ctx.path(f"train-classifier:{v}")), "fingerprint": fp, "variant": v},
+                "out": str(ctx.path(f"train-classifier:{v}")), "fingerprint": fp, "variant": v,
+                "prototypes": str(ctx.require("prototypes:prototypes"))},
                 name=f"classifier-ml-{v}-{fp}", storage=ctx.rd.ray_storage, num_workers=w.num_workers,
                 use_gpu=w.use_gpu, cpus_per_worker=w.cpus_per_worker, max_failures=w.max_failures, keep=1)
             fit(trainer, cfg.ray.keep_checkpoints)

@@ -49,15 +49,22 @@ def choose_threshold(blocks, grid: int) -> tuple[float, float]:
     return round(best[1], 4), round(best[0], 2)
 
 
+def ranking(s: dict, key: str) -> np.ndarray:
+    """What a ranking metric reads of ``key`` (``test_unseen``, ...): the margins (log-odds) where the
+    classifier wrote them, else the scores (older runs; the floor's logits). Probabilities saturate to
+    exact ties in floating point; their log-odds do not."""
+    return s[f"{key}_margins"] if f"{key}_margins" in s else s[f"{key}_scores"]
+
+
 def variant_metrics(s, split, preset: str) -> dict:
     from digzsl_ray.metrics.multilabel import average_precision, zsl_gzsl
 
     unseen = list(split.unseen)
-    g_scores = np.concatenate([s["test_unseen_scores"], s["test_seen_scores"]])
+    g_scores = np.concatenate([ranking(s, "test_unseen"), ranking(s, "test_seen")])
     g_labels = np.concatenate([s["test_unseen_labels"], s["test_seen_labels"]])
-    m = {k: round(float(v), 2) for k, v in zsl_gzsl(s["test_unseen_scores"], s["test_unseen_labels"], unseen, preset,
+    m = {k: round(float(v), 2) for k, v in zsl_gzsl(ranking(s, "test_unseen"), s["test_unseen_labels"], unseen, preset,
                                                    scores_gzsl=g_scores, labels_gzsl=g_labels).items()}
-    ap = average_precision(s["test_unseen_scores"][:, unseen], s["test_unseen_labels"][:, unseen], preset)
+    ap = average_precision(ranking(s, "test_unseen")[:, unseen], s["test_unseen_labels"][:, unseen], preset)
     m["per_label_AP"] = {split.classes[u]: round(float(a), 2) for u, a in zip(unseen, ap)}
     return m
 
