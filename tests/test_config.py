@@ -116,3 +116,17 @@ def test_yaml_merge_keys_may_override_and_explicit_tags_fail_cleanly(tmp_path):
     p.write_text("cdm:\n  epochs: !!int 0b101\n")
     with pytest.raises(ConfigError, match="cannot be read"):
         load_config(p)
+
+
+def test_keys_another_methods_version_of_a_shared_section_adds_are_ignored(tmp_path):
+    """A multi-label run directory written before serve.generate_* and live.epochs moved to DIG-ZSL's
+    sections still loads (what `digzsl serve --run` reads); a key no method knows is still an error."""
+    p = tmp_path / "config.yaml"
+    p.write_text("method: multilabel\nserve: {port: 8123, generate_max_n: 8}\nlive: {epochs: 3, queue_size: 5}\n")
+    cfg = load_config(p)
+    assert cfg.method == "multilabel" and cfg.serve.port == 8123 and cfg.live.queue_size == 5
+    assert not hasattr(cfg.serve, "generate_max_n")
+    digzsl = load_config(p, ["method=digzsl"])  # DIG-ZSL keeps its own keys
+    assert digzsl.serve.generate_max_n == 8 and digzsl.live.epochs == 3
+    with pytest.raises(ConfigError, match="unknown key 'serve.generate_max_nn'"):
+        load_config(p, ["serve.generate_max_nn=3"])

@@ -50,21 +50,45 @@ def method_of(data: dict) -> str:
 
 
 def drop_foreign_sections(data: dict, method: str) -> dict:
-    """``data`` without the top-level sections that belong to *other* registered methods only (so
-    ``--config miniworld --set method=zerodiff`` ignores DIG-ZSL's ``tokens:``); a key no method
-    knows stays, and validation names it."""
-    own = set(get_method(method).config.model_fields)
-    foreign = set()
+    """``data`` without what belongs to *other* registered methods only: their top-level sections (so
+    ``--config miniworld --set method=zerodiff`` ignores DIG-ZSL's ``tokens:``) and the keys their
+    versions of a shared section add (DIG-ZSL's ``serve.generate_*`` and ``live.epochs`` in a
+    multi-label config, or in a run directory written before those keys moved to DIG-ZSL). A key no
+    method knows stays, and validation names it."""
+    own_cls = get_method(method).config
+    own = set(own_cls.model_fields)
+    foreign, foreign_keys = set(), {}
     for name in registered():
-        if name != method:
-            try:
-                foreign |= set(get_method(name).config.model_fields) - own
-            except Exception:  # a broken third-party method must not break this one
-                continue
+        if name == method:
+            continue
+        try:
+            other = get_method(name).config
+        except Exception:  # a broken third-party method must not break this one
+            continue
+        foreign |= set(other.model_fields) - own
+        for section in own & set(other.model_fields):
+            mine, theirs = _section_keys(own_cls, section), _section_keys(other, section)
+            if mine is not None and theirs is not None:
+                foreign_keys.setdefault(section, set()).update(theirs - mine)
     dropped = sorted(k for k in data if k in foreign)
     if dropped:
         log.info("config: sections %s belong to other methods; method %r ignores them", ", ".join(dropped), method)
-    return {k: v for k, v in data.items() if k not in foreign}
+    out = {k: v for k, v in data.items() if k not in foreign}
+    for section, keys in foreign_keys.items():
+        if isinstance(out.get(section), dict) and keys & set(out[section]):
+            gone = sorted(keys & set(out[section]))
+            log.info("config: %s belong to other methods' %s section; method %r ignores them",
+                     ", ".join(f"{section}.{k}" for k in gone), section, method)
+            out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    return out
+
+
+def _section_keys(config_cls, section: str) -> set | None:
+    """The keys of ``config_cls``'s section ``section`` (None when it is not a config section)."""
+    from pydantic import BaseModel
+
+    ann = config_cls.model_fields[section].annotation
+    return set(ann.model_fields) if isinstance(ann, type) and issubclass(ann, BaseModel) else None
 
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
