@@ -80,6 +80,13 @@ ABOUT = {
                            "`prompts.seed`, `tune.seed`, `generate.seed` and `data.val_seed`; ZSL/GZSL mAP and "
                            "P/R/F1, per-label AP (mean over seeds), filter acceptance, the tuning's validation "
                            "acceptance, each variant's validation selection score, wall time and peak memory.",
+    "multilabel_floor": "Which multi-label classifier design keeps what the frozen CLIP already knows "
+                        "(`python benchmarks/multilabel_floor.py RUN`, no Ray, one kept run's data): the "
+                        "validation-class protocol (a third as many seen labels as unseen held out as pseudo-unseen; "
+                        "training on the scenes without them), per candidate and variant the history per epoch of "
+                        "`val_seen_mAP` (the stage's selection), `valclass_mAP` (pseudo-unseen labels, the ZSL "
+                        "protocol one level down) and, for the record only, `test_zsl_mAP`; the floor "
+                        "(`clip_zero_shot`) on the same images.",
     "multilabel_oracle": "The MiniWorld oracle's judgement of the multi-label method's generated images, untuned "
                          "(`base`) and tuned text encoder, over the three seeds' kept runs (`python "
                          "benchmarks/multilabel_oracle.py RUN...`, no Ray): the oracle is a single-object classifier, "

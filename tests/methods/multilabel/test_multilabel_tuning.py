@@ -51,6 +51,7 @@ def test_a_tuned_checkpoint_is_exported_only_when_its_gain_exceeds_two_standard_
     c = confirmed(untuned, small)
     assert c["gain_pct"] == 3.0 and c["se_pct"] == pytest.approx((3 - 9 / 100) ** 0.5, abs=1e-3)
     assert not c["confirmed"]
+    assert (c["a"], c["a_only"], c["b"], c["b_only"]) == ("tuned", 3, "untuned", 0)  # which side is which, written out
     big = [True] * 30 + [False] * 70  # +20 points on 20 discordant sets -> confirmed
     assert confirmed(untuned, big)["confirmed"] and confirmed(untuned, big)["p_value"] < 0.001
     assert not confirmed(big, untuned)["confirmed"]  # a loss is never exported

@@ -82,7 +82,7 @@ def paired_acceptance(ctx) -> dict:
         sets[s] = {(i, sd): a for i, sd, a in zip(t["index"], t["seed"], t["accepted"])}
     shared = sorted(set(sets["base"]) & set(sets["tuned"]))
     out = mcnemar(np.array([sets["base"][k] for k in shared]), np.array([sets["tuned"][k] for k in shared]))
-    out.update(base_pct=round(100 * (out["both"] + out["a_only"]) / max(1, out["rows"]), 2),
+    out.update(a="base", b="tuned", base_pct=round(100 * (out["both"] + out["a_only"]) / max(1, out["rows"]), 2),
                tuned_pct=round(100 * (out["both"] + out["b_only"]) / max(1, out["rows"]), 2))
     return out
 

@@ -74,7 +74,8 @@ def confirmed(untuned, tuned) -> dict:
     n, b, c = max(1, m["rows"]), m["a_only"], m["b_only"]
     gain = 100.0 * (b - c) / n
     se = 100.0 * float(np.sqrt(max(0.0, b + c - (b - c) ** 2 / n))) / n
-    return {**m, "gain_pct": round(gain, 3), "se_pct": round(se, 3), "confirmed": bool(gain > 2 * se and gain > 0)}
+    return {**m, "a": "tuned", "b": "untuned", "gain_pct": round(gain, 3), "se_pct": round(se, 3),
+            "confirmed": bool(gain > 2 * se and gain > 0)}
 
 
 def confused_sets(cfg, split) -> list[frozenset]:
