@@ -120,10 +120,6 @@ def test_filter_decisions_map_back_to_dataset_labels(monkeypatch, tmp_path):
 
 
 def test_classifier_starts_as_its_contexts_alone_and_saves_only_what_trains(tmp_path):
-    from safetensors.torch import save_file
-
-    from digzsl_ray.io import write_json
-
     names = ["red circle", "blue square", "faramu", "goso"]
     torch.manual_seed(0)
     clip, tok = _clip()
@@ -148,12 +144,21 @@ def test_classifier_starts_as_its_contexts_alone_and_saves_only_what_trains(tmp_
     # saved as the stage saves it, loaded as serving loads it: the same probabilities
     with torch.no_grad():
         net.contexts.ctx_pos.add_(0.1)
+    _assert_served_like(net, names, tmp_path, n_ctx=4)  # an old classifier folder: no head key -> contexts
+
+
+def _assert_served_like(net, names, tmp_path, **config):
+    """Saved as the stage saves ``net``, loaded as serving loads it: the same probabilities."""
+    from safetensors.torch import save_file
+
+    from digzsl_ray.io import write_json
+
     save_file(net.trainable_state(), str(tmp_path / "weights.safetensors"))
-    write_json(tmp_path / "config.json", {"clip": "miniworld", "clip_pretrained": "", "n_ctx": 4, "image_size": 64,
+    write_json(tmp_path / "config.json", {"clip": "miniworld", "clip_pretrained": "", "image_size": 64,
                                           "branch": True, "logit_scale": 20.0, "agg_scale": 5.0,
-                                          "mean": [0.5] * 3, "std": [0.25] * 3, "class_names": names})
+                                          "mean": [0.5] * 3, "std": [0.25] * 3, "class_names": names, **config})
     served, _ = load_multilabel(tmp_path)
-    img = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    img = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
     with torch.no_grad():
         want = torch.softmax(net((img.float() / 255 - 0.5) / 0.25), 1)[:, 1]
     assert torch.allclose(served(img), want, atol=1e-5)
@@ -343,10 +348,6 @@ def test_training_on_seen_columns_leaves_an_unseen_labels_row_where_it_started()
 
 
 def test_a_prototype_head_classifier_saves_and_serves_the_same_probabilities(tmp_path):
-    from safetensors.torch import save_file
-
-    from digzsl_ray.io import write_json
-
     names = ["red circle", "blue square", "faramu", "goso"]
     torch.manual_seed(1)
     net = _prototype_net(names, torch.randn(4, 64), branch=True)
@@ -356,13 +357,4 @@ def test_a_prototype_head_classifier_saves_and_serves_the_same_probabilities(tmp
     state = net.trainable_state()
     assert {"weight", "head_bias"} <= set(state) and all(
         n in ("weight", "head_bias") or "global_branch" in n for n in state)
-    save_file(state, str(tmp_path / "weights.safetensors"))
-    write_json(tmp_path / "config.json", {"clip": "miniworld", "clip_pretrained": "", "n_ctx": 16, "image_size": 64,
-                                          "branch": True, "logit_scale": 20.0, "agg_scale": 5.0, "head": "prototypes",
-                                          "regions": "class_token", "negative": "prompt",
-                                          "mean": [0.5] * 3, "std": [0.25] * 3, "class_names": names})
-    served, _ = load_multilabel(tmp_path)
-    img = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
-    with torch.no_grad():
-        want = torch.softmax(net((img.float() / 255 - 0.5) / 0.25), 1)[:, 1]
-    assert torch.allclose(served(img), want, atol=1e-5)
+    _assert_served_like(net, names, tmp_path, n_ctx=16, head="prototypes", regions="class_token", negative="prompt")
