@@ -143,7 +143,7 @@ def main() -> None:
              "collected as tests.", ""]
     for name in ("dct_step", "token_scaling", "generation", "serve", "pipeline", "ablation", "beat_clip",
                  "ablation-h4", "ablation-h1", "ablation-h3", "token_hypotheses", "classifier_stage", "determinism", "diagnose",
-                 "multilabel_ablation", "multilabel_oracle", "multilabel_throughput", "zerodiff_ablation", "zerodiff_scarce",
+                 "multilabel_ablation", "multilabel_oracle", "multilabel_floor", "multilabel_throughput", "zerodiff_ablation", "zerodiff_scarce",
                  "zerodiff_beat_clip", "zerodiff_scale",
                  "compare_miniworld", "live", "live-extend", "live-excluded-class", "live-excluded-class-extend", "gpu"):
         p = HERE / "results" / f"{name}.json"
