@@ -119,9 +119,9 @@ class TuneConfig(Section):
 
 
 class ClassifierConfig(Section):
-    n_ctx: int = Field(16, ge=1, le=64, description="learned context tokens of the positive and of the negative "
-                       "prompt (DualCoOp; shared across classes)")
-    ctx_init: str = Field("", max_length=200, description="CoOp's initialisation: the positive context's last tokens "
+    n_ctx: int = Field(16, ge=1, le=64, description="head 'contexts': learned context tokens of the positive and "
+                       "of the negative prompt (DualCoOp; shared across classes)")
+    ctx_init: str = Field("", max_length=200, description="head 'contexts': CoOp's initialisation, the positive context's last tokens "
                           "start as this prompt's words (e.g. 'a photo of a'); empty: random (DualCoOp's default)")
     head: Literal["prototypes", "contexts"] = Field(
         "prototypes", description="the text side: 'prototypes' (one weight vector per label started at its "
