@@ -13,8 +13,10 @@ from digzsl_ray.errors import EXIT_USER_ERROR, UserError, one_line
 
 def add_config_args(p: argparse.ArgumentParser, out_required: bool | None = True) -> None:
     """``--config``, repeatable ``--set``, and (unless ``out_required`` is None) ``--out``."""
+    from digzsl_ray.config import shipped_configs
+
     p.add_argument("--config", "-c", default=None,
-                   help="YAML file of overrides, or a shipped config name (miniworld, cub, awa2, sun, flo); "
+                   help=f"YAML file of overrides, or a shipped config name ({', '.join(shipped_configs())}); "
                         "default: the built-in MiniWorld settings")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set cdm.epochs=5 (repeatable; values parsed as YAML)")
